@@ -1,0 +1,1 @@
+"""presel.executors"""

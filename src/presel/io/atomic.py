@@ -1,0 +1,107 @@
+"""Atomic writes: build outputs under a temporary name, rename at the end.
+
+A failed command never leaves a half-written file or directory behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from presel.errors import PreselError
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory next to ``out``; on success it replaces ``out``.
+
+    If ``out`` exists and is non-empty, it is an error unless ``overwrite`` is set. On any
+    exception the temporary directory is removed and ``out`` is left untouched.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PreselError(f"--out {out} exists and is not a directory; choose another path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise PreselError(f"--out {out} already exists and is not empty; remove it, choose another path or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w", **kw: Any) -> Iterator[Any]:
+    """Open a temporary file next to ``path``; it is fsynced and renamed onto ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        if "b" not in mode:
+            kw.setdefault("encoding", "utf-8")
+        with open(tmp, mode, **kw) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def dumps_json(obj: Any) -> str:
+    """Stable JSON text (sorted keys) so identical inputs give byte-identical files."""
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=_json_default) + "\n"
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_file(path) as f:
+        f.write(dumps_json(obj))
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
+    with atomic_file(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=_json_default, separators=(", ", ": ")) + "\n")
+
+
+def write_parquet(path: str | os.PathLike, table: Any) -> None:
+    """Write a pyarrow Table (or a dict of columns) atomically, deterministically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if isinstance(table, dict):
+        table = pa.table(table)
+    with atomic_file(path, "wb") as f:
+        pq.write_table(table, f, compression="zstd", write_statistics=False)

@@ -1,0 +1,284 @@
+"""Read pool manifests in the formats users already have.
+
+Supported: LLaVA JSON (a list) and JSONL (``id``, ``image``, ``conversations``), Vision-FLAN
+records (``task_name``), ShareGPT/messages records (``messages``, ``images``), generic
+JSONL/CSV/Parquet (``id``, ``image``, ``task``) and image folders (task = first-level
+subfolder). The task of a record comes from, in this order: a mapping file (id -> task),
+image-path prefix rules, a named field, the fields ``task`` / ``task_name``, a default.
+Records with no image (text-only) are counted and left out.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from presel.errors import PreselError
+from presel.records import Pool, PoolRecord, Turn, image_key
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+AUTO_TASK_FIELDS = ("task", "task_name")
+ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def _format_of(path: Path) -> str:
+    if path.is_dir():
+        return "folder"
+    suffixes = "".join(path.suffixes[-2:]).lower()
+    for fmt, ends in (("jsonl", (".jsonl", ".ndjson")), ("json", (".json",)), ("csv", (".csv",)),
+                      ("parquet", (".parquet", ".pq"))):
+        if suffixes.endswith(ends) or path.suffix.lower() in ends:
+            return fmt
+    raise PreselError(f"{path}: unknown manifest format '{path.suffix}'; use .json, .jsonl, .csv, .parquet or an image folder")
+
+
+def iter_raw_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line, record)`` from a JSON list, JSONL, CSV or Parquet file; ``line`` is 1-based."""
+    path = Path(path)
+    if not path.exists():
+        raise PreselError(f"{path}: file not found; check the path")
+    fmt = _format_of(path)
+    if fmt == "jsonl":
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise PreselError(f"{path} line {n}: not valid JSON ({e.msg}); fix or remove that line") from None
+                if not isinstance(rec, dict):
+                    raise PreselError(f"{path} line {n}: expected a JSON object, got {type(rec).__name__}; fix that line")
+                yield n, rec
+    elif fmt == "json":
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise PreselError(f"{path} line {e.lineno}: not valid JSON ({e.msg}); fix the file "
+                              "(a .json manifest is one JSON list; use .jsonl for one record per line)") from None
+        if not isinstance(data, list):
+            raise PreselError(f"{path}: expected a JSON list of records (LLaVA format), got {type(data).__name__}")
+        for n, rec in enumerate(data, 1):
+            if not isinstance(rec, dict):
+                raise PreselError(f"{path} record {n}: expected a JSON object, got {type(rec).__name__}; fix that record")
+            yield n, rec
+    elif fmt == "csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            for n, rec in enumerate(csv.DictReader(f), 2):
+                yield n, {k: v for k, v in rec.items() if k is not None}
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        for n, rec in enumerate(table.to_pylist(), 1):
+            yield n, rec
+    else:  # pragma: no cover - folders are handled by read_pool
+        raise PreselError(f"{path}: not a record file")
+
+
+def load_task_map(path: str | os.PathLike) -> dict[str, str]:
+    """An id -> task mapping from a JSON object, or JSONL/CSV/Parquet rows with ``id`` and ``task``."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise PreselError(f"{path}: task map not found; check --task-map") from None
+        except json.JSONDecodeError as e:
+            raise PreselError(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None
+        if isinstance(data, dict):
+            return {str(k): str(v) for k, v in data.items()}
+        raise PreselError(f"{path}: a JSON task map must be an object {{id: task}}")
+    out: dict[str, str] = {}
+    for n, rec in iter_raw_records(path):
+        if "id" not in rec or "task" not in rec:
+            raise PreselError(f"{path} line {n}: task map rows need 'id' and 'task' columns")
+        out[str(rec["id"])] = str(rec["task"])
+    return out
+
+
+def parse_task_rules(rules: Sequence[str] | Mapping[str, str] | str | os.PathLike | None) -> list[tuple[str, str]]:
+    """Prefix rules ``[(prefix, task), ...]`` from ``["coco/=coco", ...]``, a mapping, or a YAML/JSON file.
+
+    The first rule whose prefix starts the record's normalised image path wins.
+    """
+    if rules is None:
+        return []
+    if isinstance(rules, (str, os.PathLike)) and Path(rules).suffix.lower() in {".yaml", ".yml", ".json"}:
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(rules).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise PreselError(f"{rules}: task rules file not found") from None
+        if isinstance(data, dict):
+            return [(str(k), str(v)) for k, v in data.items()]
+        if isinstance(data, list):
+            return parse_task_rules([str(x) if not isinstance(x, dict) else f"{x['prefix']}={x['task']}" for x in data])
+        raise PreselError(f"{rules}: task rules must be a mapping prefix -> task")
+    if isinstance(rules, Mapping):
+        return [(str(k), str(v)) for k, v in rules.items()]
+    if isinstance(rules, str):
+        rules = [rules]
+    out = []
+    for r in rules:
+        if "=" not in r:
+            raise PreselError(f"task rule '{r}' must look like PREFIX=TASK, e.g. coco/=coco")
+        prefix, task = r.split("=", 1)
+        out.append((image_key(prefix) + ("/" if prefix.endswith("/") else ""), task))
+    return out
+
+
+def _conversations(rec: dict[str, Any], where: str) -> tuple[Turn, ...] | None:
+    conv = rec.get("conversations")
+    if conv is None and "messages" in rec:
+        conv = rec["messages"]
+    if conv is None:
+        return None
+    if not isinstance(conv, list):
+        raise PreselError(f"{where}: 'conversations' must be a list of turns")
+    turns = []
+    for t in conv:
+        if not isinstance(t, dict):
+            raise PreselError(f"{where}: each conversation turn must be an object with from/value or role/content")
+        role = t.get("from", t.get("role"))
+        text = t.get("value", t.get("content"))
+        if isinstance(text, list):  # OpenAI-style content parts
+            text = "".join("<image>" if p.get("type") in ("image", "image_url") else str(p.get("text", ""))
+                           for p in text if isinstance(p, dict))
+        if role not in ROLE_MAP or not isinstance(text, str):
+            raise PreselError(f"{where}: conversation turn needs from/role in {sorted(ROLE_MAP)} and a text value; got {t!r:.80}")
+        turns.append(Turn(ROLE_MAP[role], text))
+    return tuple(turns)
+
+
+def _image_of(rec: dict[str, Any], image_field: str, where: str) -> str | None:
+    img = rec.get(image_field)
+    if img is None and image_field == "image" and "images" in rec:
+        img = rec["images"]
+    if isinstance(img, list):
+        if len(img) == 0:
+            return None
+        if len(img) > 1:
+            raise PreselError(f"{where}: record has {len(img)} images; presel selects single-image records; "
+                              "split it into one record per image")
+        img = img[0]
+    if img is None or (isinstance(img, float) and img != img) or img == "":
+        return None
+    if not isinstance(img, str):
+        raise PreselError(f"{where}: '{image_field}' must be a path string, got {type(img).__name__}")
+    return img
+
+
+def read_pool(
+    path: str | os.PathLike,
+    *,
+    image_root: str | os.PathLike | None = None,
+    task_field: str | None = None,
+    task_map: str | os.PathLike | Mapping[str, str] | None = None,
+    task_rules: Sequence[str] | Mapping[str, str] | str | os.PathLike | None = None,
+    default_task: str | None = None,
+    id_field: str = "id",
+    image_field: str = "image",
+    keep_extra: bool = False,
+) -> Pool:
+    """Read a pool manifest (or an image folder) into a :class:`Pool`.
+
+    ``id_field="@index"`` keys records by their position (``"0"``, ``"1"``, ...), for files
+    whose ids are not unique (LLaVA-665K).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise PreselError(f"{path}: pool manifest not found; check --pool")
+    fmt = _format_of(path)
+    root = Path(image_root) if image_root is not None else (path if fmt == "folder" else path.parent)
+    if fmt == "folder":
+        return _read_folder(path, root, default_task)
+
+    tmap = load_task_map(task_map) if isinstance(task_map, (str, os.PathLike)) else (dict(task_map) if task_map else None)
+    rules = parse_task_rules(task_rules)
+    records: list[PoolRecord] = []
+    first_line: dict[str, int] = {}
+    text_only = 0
+    for pos, (line, rec) in enumerate(iter_raw_records(path)):
+        where = f"{path} line {line}" if fmt in ("jsonl", "csv") else f"{path} record {line}"
+        if id_field == "@index":
+            rid = str(pos)
+        else:
+            raw = rec.get(id_field)
+            if raw is None or raw == "":
+                raise PreselError(f"{where}: missing '{id_field}'; add ids, name the id column with --id-field, "
+                                  "or pass --id-field @index to key records by position")
+            rid = str(raw)
+        image = _image_of(rec, image_field, where)
+        if image is None:
+            text_only += 1
+            continue
+        if rid in first_line:
+            raise PreselError(f"{where}: duplicate id '{rid}' (first on line/record {first_line[rid]}); make ids unique "
+                              "or pass --id-field @index to key records by position")
+        first_line[rid] = line
+        key = image_key(image)
+        task = None
+        if tmap is not None:
+            task = tmap.get(rid)
+        if task is None and rules:
+            task = next((t for prefix, t in rules if key.startswith(prefix)), None)
+        if task is None and task_field:
+            v = rec.get(task_field)
+            task = None if v is None or v == "" else str(v)
+        if task is None and not task_field:
+            task = next((str(rec[f]) for f in AUTO_TASK_FIELDS if rec.get(f) not in (None, "")), None)
+        if task is None:
+            task = default_task
+        if task is None:
+            raise PreselError(f"{where}: no task for id '{rid}' (image {image}); give a task field (--task-field), "
+                              "an id->task map (--task-map), prefix rules (--task-rule PREFIX=TASK) or --default-task")
+        extra = None
+        if keep_extra:
+            extra = {k: v for k, v in rec.items() if k not in (id_field, image_field, "conversations", "messages")}
+        records.append(PoolRecord(rid, image, task, line, _conversations(rec, where), extra))
+    if not records:
+        raise PreselError(f"{path}: no image records found ({text_only} text-only); a pool needs images")
+    return Pool(records, path, root, text_only=text_only, format=fmt)
+
+
+def _read_folder(path: Path, root: Path, default_task: str | None) -> Pool:
+    records: list[PoolRecord] = []
+    n = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            n += 1
+            rel = Path(dirpath, name).relative_to(path).as_posix()
+            parts = rel.split("/")
+            task = parts[0] if len(parts) > 1 else default_task
+            if task is None:
+                raise PreselError(f"{path}/{rel}: image outside a task subfolder; put each task's images in "
+                                  "<folder>/<task>/... or pass --default-task")
+            records.append(PoolRecord(rel, rel, task, n))
+    if not records:
+        raise PreselError(f"{path}: no images found (extensions {sorted(IMAGE_EXTENSIONS)})")
+    return Pool(records, path, root, format="folder")
+
+
+def read_id_list(path: str | os.PathLike) -> list[str]:
+    """Ids from a text file (one per line) or from the ``id`` field of a manifest."""
+    path = Path(path)
+    if not path.exists():
+        raise PreselError(f"{path}: file not found")
+    if path.suffix.lower() in (".txt", ".ids", ""):
+        return [s for s in (line.strip() for line in path.read_text(encoding="utf-8").splitlines()) if s]
+    out = []
+    for n, rec in iter_raw_records(path):
+        if rec.get("id") in (None, ""):
+            raise PreselError(f"{path} line {n}: missing 'id'")
+        out.append(str(rec["id"]))
+    return out
