@@ -1,0 +1,35 @@
+"""Flags shared by several commands (pool reading, output directory)."""
+
+from __future__ import annotations
+
+import argparse
+
+from presel.records import Pool
+
+
+def add_pool_arguments(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    g = p.add_argument_group("pool manifest")
+    g.add_argument("--pool", required=required,
+                   help="pool manifest: LLaVA JSON/JSONL, Vision-FLAN JSON, ShareGPT/messages JSONL, CSV, Parquet, or an image folder")
+    g.add_argument("--image-root", default=None, help="folder that image paths are relative to (default: the manifest's folder)")
+    g.add_argument("--task-field", default=None, help="record field holding the task (default: 'task', then 'task_name')")
+    g.add_argument("--task-map", default=None, help="file mapping id -> task (JSON object, or JSONL/CSV/Parquet with id,task)")
+    g.add_argument("--task-rule", action="append", default=None, metavar="PREFIX=TASK",
+                   help="task from the image path prefix, e.g. --task-rule gqa/=gqa (repeatable; first match wins), or a YAML file")
+    g.add_argument("--default-task", default=None, help="task for records no other rule assigns")
+    g.add_argument("--id-field", default="id", help="record id field; '@index' keys records by their position")
+
+
+def load_pool(args: argparse.Namespace) -> Pool:
+    from presel.io.manifest import read_pool
+
+    rules = args.task_rule
+    if rules and len(rules) == 1 and rules[0].lower().endswith((".yaml", ".yml", ".json")):
+        rules = rules[0]
+    return read_pool(args.pool, image_root=args.image_root, task_field=args.task_field, task_map=args.task_map,
+                     task_rules=rules, default_task=args.default_task, id_field=args.id_field)
+
+
+def add_out_arguments(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    p.add_argument("--out", required=required, help="output directory (written to a temporary folder, renamed at the end)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
