@@ -34,3 +34,12 @@ def offline_model(name: str) -> Path:
         return out
     mod, fn = OFFLINE_MODELS[name]
     return Path(getattr(importlib.import_module(mod), fn)(out))
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> str:
+    """An offline model name (``dinov2-small``, ``llava-small``, ``tiny-llava``) -> its built directory;
+    anything else (a local directory or a hub id) is returned unchanged."""
+    s = str(name_or_path)
+    if s in OFFLINE_MODELS and not Path(s).exists():
+        return str(offline_model(s))
+    return s
