@@ -1,1 +1,43 @@
-"""presel.executors"""
+"""Executors run feature extraction over planned shards: ``local`` (DataLoader workers + one model) and
+``ray`` (Ray Data: decode tasks + an actor pool, one model per actor/GPU).
+
+Both take the same inputs and produce the same per-shard results, batch for batch, so a store written by
+one equals a store written by the other:
+
+``run(tasks, spec, config, on_shard, progress)`` where ``tasks`` is a list of ``ShardTask``; for each
+finished shard the executor calls ``on_shard(task, vectors, ok, rejects)``: ``vectors`` float32
+n_ok x d in the order of ``ok`` (positions into ``task.keys``), ``rejects`` {position: reason}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    index: int  # shard number in the store
+    keys: tuple[str, ...]  # image keys (one per distinct content)
+    paths: tuple[str, ...]  # absolute paths to read
+    hashes: tuple[str, ...]  # content hashes
+
+
+def batches_of(task: ShardTask, batch_size: int) -> list[list[int]]:
+    """Positions of ``task`` split into batches; batches never cross shards, so results do not depend on
+    which shards were already done (resume) or on the executor."""
+    n = len(task.keys)
+    return [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+
+
+def get_executor(name: str):
+    if name == "local":
+        from presel.executors.local import run
+    elif name == "ray":
+        from presel.executors.ray import run
+    else:
+        from presel.errors import PreselError
+
+        raise PreselError(f"executor={name!r} must be one of {', '.join(EXECUTORS)}")
+    return run

@@ -1,0 +1,110 @@
+"""Local executor: a torch DataLoader whose worker processes read, decode and resize images (uint8),
+while the main process normalises on the device and runs batched inference (bf16/fp16 on CUDA with
+pinned memory and non-blocking copies, fp32 on CPU)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from presel.executors import ShardTask, batches_of
+
+
+class DecodeDataset:
+    """Index -> (index, uint8 H x W x 3 array or None, reject reason or None). Never raises for one image."""
+
+    def __init__(self, paths: list[str], preprocess: Any, max_pixels: int):
+        self.paths = paths
+        self.preprocess = preprocess
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        return decode_one(i, self.paths[i], self.preprocess, self.max_pixels)
+
+
+def decode_one(i: int, path: str, preprocess: Any, max_pixels: int):
+    from presel.features.images import ImageRejected, load_rgb
+
+    try:
+        return i, preprocess(load_rgb(path, max_pixels=max_pixels)), None
+    except ImageRejected as e:
+        return i, None, e.reason
+    except Exception as e:  # noqa: BLE001 - one bad image must never stop the run
+        return i, None, f"error: {type(e).__name__}: {e}"
+
+
+def collate(items):
+    import torch
+
+    ok = [(i, a) for i, a, _ in items if a is not None]
+    idx = np.asarray([i for i, _ in ok], dtype=np.int64)
+    pixels = torch.from_numpy(np.stack([a for _, a in ok])) if ok else None
+    rejects = [(i, r) for i, a, r in items if a is None]
+    return idx, pixels, rejects
+
+
+def _worker_init(_: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run(tasks: list[ShardTask], spec: Any, config: Any,
+        on_shard: Callable[[ShardTask, np.ndarray, list[int], dict[int, str]], None],
+        progress: Any = None) -> None:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from presel.features.backends import load_backend, preprocess_for
+
+    if not tasks:
+        return
+    preprocess = preprocess_for(spec)
+    paths: list[str] = []
+    batch_index: list[list[int]] = []
+    batch_task: list[int] = []
+    offsets = []
+    for t_i, t in enumerate(tasks):
+        offsets.append(len(paths))
+        paths.extend(t.paths)
+        for b in batches_of(t, config.batch_size):
+            batch_index.append([offsets[-1] + p for p in b])
+            batch_task.append(t_i)
+    n_batches = [0] * len(tasks)
+    for t_i in batch_task:
+        n_batches[t_i] += 1
+    cuda = spec.device.startswith("cuda")
+    workers = int(config.workers)
+    loader = DataLoader(DecodeDataset(paths, preprocess, config.max_image_pixels), batch_sampler=batch_index,
+                        num_workers=workers, collate_fn=collate, pin_memory=cuda,
+                        worker_init_fn=_worker_init if workers else None,
+                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    it = iter(loader)  # workers start decoding while the model loads
+    backend = load_backend(spec)
+    buf: dict[int, dict[str, Any]] = {}
+    try:
+        for b, (idx, pixels, rejects) in enumerate(it):
+            t_i = batch_task[b]
+            st = buf.setdefault(t_i, {"vecs": [], "ok": [], "rej": {}, "seen": 0})
+            off = offsets[t_i]
+            if pixels is not None:
+                st["vecs"].append(backend.embed(pixels))
+                st["ok"].extend(int(i) - off for i in idx)
+            for i, r in rejects:
+                st["rej"][int(i) - off] = r
+            st["seen"] += 1
+            if progress is not None:
+                progress.update(len(batch_index[b]))
+            if st["seen"] == n_batches[t_i]:
+                vecs = np.concatenate(st["vecs"]) if st["vecs"] else np.zeros((0, 0), np.float32)
+                on_shard(tasks[t_i], vecs, st["ok"], st["rej"])
+                del buf[t_i]
+    finally:
+        del it
+        if cuda:
+            torch.cuda.empty_cache()

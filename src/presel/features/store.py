@@ -1,0 +1,239 @@
+"""Feature store: sharded ``.npy`` arrays + per-shard completion markers + an image index.
+
+Layout of a store directory::
+
+    identity.json            what the vectors mean (model, backend, pooling, image size, dtypes); a rerun
+                             with other settings is refused
+    shards/shard-000000.npy  N x d vectors (float16 by default, float32 on request), one row per distinct
+                             image content
+    shards/shard-000000.json completion marker, written (fsynced) after the array: keys and content hashes
+                             of the rows, plus the images of this shard that could not be used
+    index.parquet            key, hash, shard, row for every embedded image key (content duplicates point
+                             to the row of the first key with that content)
+    manifest.json            shards, counts, dim, dtype: written when a run finishes
+    rejects.jsonl            id, image, reason for the records of the last pool whose image was rejected
+    summary.json, config.json
+
+A killed run leaves finished shards (array + marker) behind; the rerun loads them and embeds the rest.
+``load_feature_matrix`` memory-maps the shards; its ids are image keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from presel.errors import PreselError
+from presel.io.atomic import atomic_file, write_json
+
+FORMAT = "presel-feature-store"
+VERSION = 1
+STORE_DTYPES = ("float16", "float32")
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:06d}"
+
+
+@dataclass
+class ShardInfo:
+    index: int
+    keys: list[str]
+    hashes: list[str]
+    rejects: list[dict[str, str]]  # {"key", "hash", "reason"}
+    dim: int
+    dtype: str
+
+
+@dataclass
+class FeatureStore:
+    root: Path
+    identity: dict[str, Any]
+    shards: dict[int, ShardInfo] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- open / create
+    @classmethod
+    def open(cls, root: str | os.PathLike, identity: dict[str, Any], *, overwrite: bool = False) -> FeatureStore:
+        """Open (resume) or create a store at ``root`` for vectors described by ``identity``."""
+        import shutil
+
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise PreselError(f"--out {root} exists and is not a directory; choose another path")
+        ident_path = root / "identity.json"
+        if root.is_dir() and any(root.iterdir()):
+            if overwrite:
+                if not ident_path.is_file():
+                    raise PreselError(f"--out {root} is not a presel feature store (no identity.json); refusing to "
+                                      "delete it with --overwrite; remove it yourself or choose another path")
+                shutil.rmtree(root)
+            elif not ident_path.is_file():
+                raise PreselError(f"--out {root} exists, is not empty and is not a presel feature store; "
+                                  "choose another path")
+        identity = {"format": FORMAT, "version": VERSION, **identity}
+        if ident_path.is_file():
+            old = json.loads(ident_path.read_text(encoding="utf-8"))
+            diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+            if diff:
+                what = ", ".join(f"{k}={old.get(k)!r} (now {identity.get(k)!r})" for k in diff)
+                raise PreselError(f"{root}: this feature store was built with {what}; rerun with the same settings "
+                                  "to resume or add images, or use another --out (or --overwrite)")
+        else:
+            (root / "shards").mkdir(parents=True, exist_ok=True)
+            write_json(ident_path, identity)
+        store = cls(root, identity)
+        store._load_shards()
+        return store
+
+    def _load_shards(self) -> None:
+        d = self.root / "shards"
+        d.mkdir(parents=True, exist_ok=True)
+        for p in d.iterdir():  # leftovers of a killed atomic write
+            if p.name.startswith(".") and ".tmp-" in p.name:
+                p.unlink(missing_ok=True)
+        for marker in sorted(d.glob("shard-*.json")):
+            info = read_marker(marker)
+            npy = marker.with_suffix(".npy")
+            if info.keys:
+                if not npy.is_file():
+                    raise PreselError(f"{marker}: completion marker without its array {npy.name}; delete the marker "
+                                      "and rerun to recompute that shard")
+                arr = np.load(npy, mmap_mode="r")
+                if arr.shape != (len(info.keys), info.dim):
+                    raise PreselError(f"{npy}: shape {arr.shape} does not match its marker ({len(info.keys)} x "
+                                      f"{info.dim}); delete both files and rerun to recompute that shard")
+            self.shards[info.index] = info
+
+    # ---------------------------------------------------------------- queries
+    def next_shard_index(self) -> int:
+        return max(self.shards) + 1 if self.shards else 0
+
+    def embedded(self) -> dict[str, tuple[int, int]]:
+        """content hash -> (shard, row) of its vector."""
+        out: dict[str, tuple[int, int]] = {}
+        for i in sorted(self.shards):
+            for r, h in enumerate(self.shards[i].hashes):
+                out.setdefault(h, (i, r))
+        return out
+
+    def rejected(self) -> dict[str, str]:
+        """content hash -> reason, for contents that failed to decode in an earlier shard."""
+        return {r["hash"]: r["reason"] for i in sorted(self.shards) for r in self.shards[i].rejects}
+
+    def known_keys(self) -> dict[str, str]:
+        """image key -> content hash for every key seen by a finished shard or a finished run."""
+        out: dict[str, str] = {}
+        idx = self.root / "index.parquet"
+        if idx.is_file():
+            import pyarrow.parquet as pq
+
+            t = pq.read_table(idx, columns=["key", "hash"])
+            out.update(zip(t.column("key").to_pylist(), t.column("hash").to_pylist()))
+        for i in sorted(self.shards):
+            out.update(zip(self.shards[i].keys, self.shards[i].hashes))
+            out.update((r["key"], r["hash"]) for r in self.shards[i].rejects)
+        return out
+
+    # ---------------------------------------------------------------- writing
+    def write_shard(self, index: int, keys: list[str], hashes: list[str], vectors: np.ndarray,
+                    rejects: list[dict[str, str]]) -> ShardInfo:
+        """Write one shard: the array first (fsynced, renamed), then its completion marker."""
+        dtype = self.identity["store_dtype"]
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[0] != len(keys):
+            raise ValueError(f"shard {index}: {vectors.shape} vectors for {len(keys)} keys")
+        if not np.isfinite(vectors).all():
+            bad = keys[int(np.nonzero(~np.isfinite(vectors).all(axis=1))[0][0])]
+            raise PreselError(f"{bad}: the model produced non-finite features; check the model and --dtype")
+        dim = int(vectors.shape[1])
+        base = self.root / "shards" / shard_name(index)
+        if keys:
+            with atomic_file(base.with_suffix(".npy"), "wb") as f:
+                np.save(f, vectors.astype(dtype), allow_pickle=False)
+        info = ShardInfo(index, list(keys), list(hashes), list(rejects), dim, dtype)
+        write_json(base.with_suffix(".json"), {"index": index, "rows": len(keys), "keys": info.keys,
+                                               "hashes": info.hashes, "rejects": info.rejects, "dim": dim,
+                                               "dtype": dtype})
+        self.shards[index] = info
+        return info
+
+    def write_index(self, rows: list[tuple[str, str, int, int]]) -> None:
+        import pyarrow as pa
+
+        from presel.io.atomic import write_parquet
+
+        rows = sorted(rows)
+        write_parquet(self.root / "index.parquet", pa.table({
+            "key": pa.array([r[0] for r in rows], pa.string()),
+            "hash": pa.array([r[1] for r in rows], pa.string()),
+            "shard": pa.array([r[2] for r in rows], pa.int32()),
+            "row": pa.array([r[3] for r in rows], pa.int64()),
+        }))
+
+    def dim(self) -> int | None:
+        dims = {s.dim for s in self.shards.values() if s.keys}
+        if len(dims) > 1:
+            raise PreselError(f"{self.root}: shards have different dimensions {sorted(dims)}; the store is corrupt")
+        return dims.pop() if dims else None
+
+
+def read_marker(path: Path) -> ShardInfo:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        return ShardInfo(int(d["index"]), list(d["keys"]), list(d["hashes"]), list(d["rejects"]), int(d["dim"]),
+                         str(d["dtype"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise PreselError(f"{path}: unreadable shard marker ({e}); delete it and its .npy and rerun") from None
+
+
+def load_feature_matrix(path: str | os.PathLike):
+    """Open a feature store as a ``FeatureMatrix`` whose ids are image keys (memory-mapped shards)."""
+    import pyarrow.parquet as pq
+
+    from presel.io.features import FeatureMatrix
+
+    root = Path(path)
+    man_path = root / "manifest.json"
+    if not man_path.is_file():
+        if (root / "identity.json").is_file():
+            raise PreselError(f"{root}: feature store is incomplete (no manifest.json: the embed run did not finish); "
+                              "rerun the same `presel embed` command to resume it")
+        raise PreselError(f"{root}: not a presel feature store (no manifest.json); pass a store written by "
+                          "`presel embed`, a .npy (+ --feature-ids) or a .parquet file")
+    man = json.loads(man_path.read_text(encoding="utf-8"))
+    if man.get("format") != FORMAT:
+        raise PreselError(f"{man_path}: format {man.get('format')!r} is not {FORMAT!r}")
+    idx = pq.read_table(root / "index.parquet")
+    keys = idx.column("key").to_pylist()
+    shard_col = np.asarray(idx.column("shard").to_numpy(), dtype=np.int64)
+    row_col = np.asarray(idx.column("row").to_numpy(), dtype=np.int64)
+    parts: list[tuple[list[str], np.ndarray]] = []
+    arrays: dict[int, np.ndarray] = {}
+    for s in man["shards"]:
+        i = int(s["index"])
+        npy = root / "shards" / f"{shard_name(i)}.npy"
+        info = read_marker(npy.with_suffix(".json"))
+        if not info.keys:
+            continue
+        arr = np.load(npy, mmap_mode="r")
+        arrays[i] = arr
+        parts.append((info.keys, arr))
+    # keys whose vector is another key's row (same content) get their own row, gathered in memory
+    shard_keys = {k for ks, _ in parts for k in ks}
+    alias = [(k, int(s), int(r)) for k, s, r in zip(keys, shard_col, row_col) if k not in shard_keys]
+    if alias:
+        dim = next(iter(arrays.values())).shape[1]
+        arr = np.empty((len(alias), dim), dtype=next(iter(arrays.values())).dtype)
+        for j, (_, s, r) in enumerate(alias):
+            if s not in arrays:
+                raise PreselError(f"{root}: index row for '{alias[j][0]}' points to missing shard {s}; rerun embed")
+            arr[j] = arrays[s][r]
+        parts.append(([a[0] for a in alias], arr))
+    if not parts:
+        raise PreselError(f"{root}: the feature store holds no vectors (every image was rejected; see rejects.jsonl)")
+    return FeatureMatrix(parts, source=str(root))
