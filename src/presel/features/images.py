@@ -51,7 +51,7 @@ def hash_file(path: str | os.PathLike) -> str:
     except OSError as e:
         raise ImageRejected(f"unreadable: {e.strerror or e}") from None
     if n == 0:
-        raise ImageRejected("zero-byte file")
+        raise ImageRejected("zero-byte: the file is empty")
     return h.hexdigest()
 
 
@@ -97,7 +97,7 @@ def load_rgb(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
     except OSError as e:
         raise ImageRejected(f"unreadable: {e.strerror or e}") from None
     if size == 0:
-        raise ImageRejected("zero-byte file")
+        raise ImageRejected("zero-byte: the file is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
