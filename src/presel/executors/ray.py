@@ -86,12 +86,14 @@ def run(tasks: list[ShardTask], spec: Any, config: Any,
         gpu = spec.device.startswith("cuda")
         n_gpus = int(ray.cluster_resources().get("GPU", 0))
         actors = config.ray_actors or (max(1, n_gpus) if gpu else 1)
+        h, w = preprocess.out_size
+        decode_mem = max(64 << 20, 4 * config.batch_size * h * w * 3)  # a batch decoded, with headroom
         ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), max(1, 4 * actors)))
         ds = ds.map(decode_batch, fn_kwargs={"preprocess": preprocess, "max_pixels": config.max_image_pixels},
-                    num_cpus=1, scheduling_strategy="SPREAD")  # distinct remote args: not fused into the actor
+                    num_cpus=1, memory=decode_mem)  # own resources: Ray runs it as tasks, not fused into the actor
         ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={"spec": spec}, batch_size=1, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpu else 0,
-                            num_cpus=0 if gpu else 1, scheduling_strategy="DEFAULT")
+                            num_cpus=0 if gpu else 1)
         buf: dict[int, dict[int, tuple[list[int], np.ndarray, dict[str, str]]]] = {}
         for row in ds.iter_rows():
             s, b = int(row["shard"]), int(row["batch"])
