@@ -1,0 +1,69 @@
+"""presel select: pick images under an exact budget (PreSel step 2)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "select images: task-wise k-means + neighbour centrality under an exact budget"
+DESCRIPTION = ("Select images from a pool with given features and task weights (PreSel step 2). The budget includes "
+               "the reference set; the selection size equals it exactly. Writes selection.parquet/.jsonl, "
+               "assignments.parquet, summary.json and config.json to --out.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from presel.commands._common import add_out_arguments, add_pool_arguments
+
+    add_pool_arguments(p)
+    g = p.add_argument_group("inputs")
+    g.add_argument("--features", required=True, help="features: .npy (N x d, with --feature-ids), Parquet (id + vector) or a feature store")
+    g.add_argument("--feature-ids", default=None, help="ids of the .npy rows, one per line (record ids or image paths)")
+    g.add_argument("--weights", default=None, help="task weights JSON (from `presel weights`); needed for --task-weights irs")
+    g.add_argument("--reference", default=None, help="reference set: ids (record ids or image paths), .txt or a manifest with 'id'")
+    g = p.add_argument_group("selection")
+    b = g.add_mutually_exclusive_group(required=True)
+    b.add_argument("--budget", type=float, default=None, help="fraction of distinct pool images, reference set included (e.g. 0.15)")
+    b.add_argument("--budget-count", type=int, default=None, help="number of images, reference set included")
+    g.add_argument("--method", default="presel", choices=["presel", "random", "random-cluster", "typiclust"])
+    g.add_argument("--task-weights", default="irs", choices=["irs", "uniform", "size"],
+                   help="irs: from --weights; uniform; size: proportional to task size")
+    g.add_argument("--images-per-cluster", type=int, default=100, help="k-means clusters per task = round(task images / this)")
+    g.add_argument("--k", type=int, default=5, help="neighbours for neighbour centrality")
+    g.add_argument("--kmeans-backend", default="faiss", choices=["faiss", "sklearn"])
+    g.add_argument("--kmeans-niter", type=int, default=None, help="faiss k-means iterations (default 25)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--allow-repeats", action="store_true", help="an image used by several tasks may be selected once per task")
+    add_out_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from presel.commands._common import load_pool
+    from presel.io.features import load_features
+    from presel.selection.select import SelectConfig, select_to_dir
+
+    cfg = SelectConfig(budget=args.budget, budget_count=args.budget_count, images_per_cluster=args.images_per_cluster,
+                       k=args.k, method=args.method, task_weights=args.task_weights, kmeans_backend=args.kmeans_backend,
+                       kmeans_niter=args.kmeans_niter, seed=args.seed, allow_repeats=args.allow_repeats)
+    pool = load_pool(args)
+    features = load_features(args.features, args.feature_ids)
+    summary = select_to_dir(pool, features, args.weights, args.reference, cfg, args.out, overwrite=args.overwrite)
+    print(format_table(summary))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def format_table(summary: dict) -> str:
+    head = ("task", "images", "ref", "clusters", "weight", "quota", "selected")
+    rows = [(name, str(t["images"]), str(t["reference"]), str(t["clusters"]), f"{t['weight']:.4f}", str(t["quota"]),
+             str(t["selected"])) for name, t in summary["tasks"].items()]
+    tot = summary["totals"]
+    rows.append(("total", str(tot["distinct_images"]), str(tot["reference"]),
+                 str(sum(t["clusters"] for t in summary["tasks"].values())), "1.0000", str(tot["new_budget"]),
+                 str(tot["selected"])))
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in [head, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.insert(len(lines) - 1, "  ".join("-" * w for w in widths))
+    lines.append(f"budget {tot['budget']} = {tot['reference']} reference + {tot['selected']} selected "
+                 f"({summary['method']}, task weights {summary['task_weights']})")
+    return "\n".join(lines)
