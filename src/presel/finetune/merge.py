@@ -39,7 +39,9 @@ def save_finetuned(model: Any, processor: Any, out: str | os.PathLike, *, dtype:
     if is_peft_model(model):
         model.save_pretrained(out / ADAPTER_DIR)
         model = model.merge_and_unload()
-    if getattr(model, "is_gradient_checkpointing", False):
+    if hasattr(model, "activation_checkpointing_disable"):  # transformers >= 5.2x name
+        model.activation_checkpointing_disable()
+    elif getattr(model, "supports_gradient_checkpointing", False):
         model.gradient_checkpointing_disable()
     if dtype is not None:
         model = model.to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])

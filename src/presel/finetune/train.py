@@ -42,6 +42,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -411,7 +412,10 @@ def prepare_model(model: Any, cfg: FinetuneConfig, *, gradient_checkpointing: bo
         p.requires_grad_(False)
     if gradient_checkpointing:
         try:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         except ValueError as e:
             raise PreselError(f"{type(model).__name__} does not support gradient checkpointing ({e}); "
                               "pass --no-gradient-checkpointing") from None
@@ -430,7 +434,9 @@ def prepare_model(model: Any, cfg: FinetuneConfig, *, gradient_checkpointing: bo
             target_modules=lora_target_regex(model, parts, cfg),
             modules_to_save=[parts.projector] if train_projector else None,
         )
-        model = get_peft_model(model, lcfg)
+        with warnings.catch_warnings():  # peft probes the deprecated `is_gradient_checkpointing`
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, lcfg)
     # master weights in fp32 (the frozen ones stay in the load dtype; autocast does the bf16 compute)
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
