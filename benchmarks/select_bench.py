@@ -1,0 +1,267 @@
+"""Benchmark of ``presel select`` against the official PreSel recipe (issue 2, part 7).
+
+Synthetic clustered DINOv2-like features (d=768, L2-normalised, float16 memmap on disk) for a
+pool shaped like LLaVA-1.5's mix: 10 tasks with the mix's relative sizes. Each configuration
+runs in its own subprocess so peak RSS (ru_maxrss) is honest. Printed side by side:
+
+  (a) this engine: ``presel.selection.select`` (faiss k-means, k-means++ seeding, exact
+      blocked neighbour centrality, exact budget), with OPENBLAS_CORETYPE as given by the
+      environment and with it unset (presel's own choice from /proc/cpuinfo);
+  (b) the official recipe: scikit-learn ``KMeans(n_clusters, random_state=12345)`` with its
+      defaults per task + exact per-cluster kNN centrality (k=5, non-reference items);
+
+at N=100K (a and b) and N=665K (a only). Also prints which BLAS ran (threadpoolctl).
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/select_bench.py                 # 100K (a, b) + 665K (a)
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/select_bench.py --n 20000 --official-max 20000
+    .venv/bin/python benchmarks/select_bench.py --niter-sweep --n 15000           # faiss niter vs sklearn objective
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# LLaVA-1.5 mix665k image tasks (issue #702 counts; LLaVA-158K split into its three parts,
+# VQAv2 + OKVQA merged): relative sizes only.
+TASKS = {
+    "llava_conv": 56_681, "llava_detail": 23_240, "llava_complex": 76_643, "vqav2_okvqa": 91_781,
+    "gqa": 72_140, "ocrvqa": 80_000, "aokvqa": 66_160, "textcaps": 21_953, "refcoco": 48_447, "vg": 86_417,
+}
+D = 768
+
+
+def task_sizes(n: int) -> dict[str, int]:
+    total = sum(TASKS.values())
+    from presel.selection.budget import allocate
+
+    sizes = allocate(n, np.array(list(TASKS.values()), dtype=np.float64), np.full(len(TASKS), n))
+    assert sizes.sum() == n and total > 0
+    return dict(zip(TASKS, sizes.tolist()))
+
+
+def generate(n: int, workdir: Path, seed: int = 0) -> Path:
+    """Write ``feats_{n}.npy`` (float16, N x 768) chunk by chunk; returns its path (reused if present)."""
+    path = workdir / f"feats_{n}.npy"
+    if path.exists():
+        return path
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = workdir / f".feats_{n}.tmp.npy"
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, D))
+    rng = np.random.default_rng(seed)
+    start = 0
+    for task, m in task_sizes(n).items():
+        t = rng.standard_normal(D).astype(np.float32)
+        t /= np.linalg.norm(t)
+        n_true = max(2, m // 150)  # "concepts" per task, not the k-means C
+        centres = t + rng.standard_normal((n_true, D)).astype(np.float32) * (0.8 / np.sqrt(D))
+        p = rng.lognormal(0.0, 1.0, n_true)
+        p /= p.sum()
+        spread = rng.uniform(0.4, 1.0, n_true).astype(np.float32)
+        for s in range(0, m, 50_000):
+            e = min(m, s + 50_000)
+            lab = rng.choice(n_true, size=e - s, p=p)
+            x = centres[lab] + rng.standard_normal((e - s, D)).astype(np.float32) * (spread[lab, None] / np.sqrt(D))
+            out = rng.random(e - s) < 0.02  # 2% outliers anywhere on the sphere
+            x[out] = rng.standard_normal((int(out.sum()), D)).astype(np.float32)
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            arr[start + s:start + e] = x.astype(np.float16)
+        start += m
+        print(f"  generated {task}: {m}", file=sys.stderr, flush=True)
+    arr.flush()
+    del arr
+    os.replace(tmp, path)
+    return path
+
+
+def _pool_and_reference(n: int, seed: int = 0):
+    """Pool records (ids = row numbers) and a stratified 5% reference set per task."""
+    from presel.records import Pool, PoolRecord
+
+    recs = []
+    ref = []
+    rng = np.random.default_rng(seed + 1)
+    start = 0
+    for task, m in task_sizes(n).items():
+        for i in range(start, start + m):
+            recs.append(PoolRecord(str(i), f"{task}/{i}.jpg", task, i + 1))
+        k = max(1, int(0.05 * m))
+        ref.extend(str(start + j) for j in np.sort(rng.choice(m, size=k, replace=False)))
+        start += m
+    return Pool(recs, Path("synthetic.jsonl"), Path(".")), ref
+
+
+def _blas() -> list[str]:
+    import threadpoolctl
+
+    return [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''} threads={i.get('num_threads')} "
+            f"({Path(i.get('filepath', '')).name})" for i in threadpoolctl.threadpool_info()]
+
+
+def run_engine(npy: Path, n: int, backend: str) -> dict:
+    from presel.io.features import FeatureMatrix
+    from presel.selection.kmeans import _import_faiss
+    from presel.selection.select import SelectConfig, select
+
+    if backend == "faiss":
+        _import_faiss()
+    t0 = time.perf_counter()
+    pool, ref = _pool_and_reference(n)
+    arr = np.load(npy, mmap_mode="r")
+    fm = FeatureMatrix([([str(i) for i in range(n)], arr)], source=str(npy))
+    rng = np.random.default_rng(7)
+    scores = rng.uniform(0.6, 1.0, len(TASKS))
+    tau = 1 / np.sqrt(len(TASKS))
+    w = np.exp(-scores / tau)
+    weights = {t: float(x / w.sum()) for t, x in zip(TASKS, w)}
+    t1 = time.perf_counter()
+    res = select(pool, fm, weights=weights, reference=ref,
+                 config=SelectConfig(budget=0.15, kmeans_backend=backend, seed=0))
+    t2 = time.perf_counter()
+    tot = res.summary["totals"]
+    assert tot["total"] == tot["budget"], tot
+    return {"select_s": t2 - t1, "setup_s": t1 - t0, "objective": tot["kmeans_objective"],
+            "clusters": sum(t["clusters"] for t in res.summary["tasks"].values()), "selected": tot["total"],
+            "budget": tot["budget"], "blas": _blas()}
+
+
+def run_official(npy: Path, n: int) -> dict:
+    """Official recipe: per task sklearn KMeans(C, random_state=12345) defaults + exact per-cluster kNN."""
+    from sklearn.cluster import KMeans
+
+    from presel.selection.centrality import neighbour_centrality
+
+    t0 = time.perf_counter()
+    pool, ref = _pool_and_reference(n)
+    refset = {int(r) for r in ref}
+    arr = np.load(npy, mmap_mode="r")
+    t1 = time.perf_counter()
+    objective = 0.0
+    clusters = 0
+    start = 0
+    for _task, m in task_sizes(n).items():
+        x = np.asarray(arr[start:start + m], dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        c = max(1, m // 100)  # official: len(task) / 100 clusters
+        km = KMeans(n_clusters=c, random_state=12345).fit(x)
+        objective += float(km.inertia_)
+        clusters += c
+        avail = np.array([start + i not in refset for i in range(m)])
+        for j in range(c):
+            mem = np.nonzero((km.labels_ == j) & avail)[0]
+            if len(mem):
+                neighbour_centrality(x[mem], 5)
+        start += m
+    t2 = time.perf_counter()
+    return {"select_s": t2 - t1, "setup_s": t1 - t0, "objective": objective, "clusters": clusters,
+            "blas": _blas()}
+
+
+def niter_sweep(npy: Path, n: int) -> None:
+    """faiss objective vs scikit-learn's on the first task, for several niter."""
+    from presel.selection.kmeans import kmeans
+
+    m = next(iter(task_sizes(n).values()))
+    x = np.asarray(np.load(npy, mmap_mode="r")[:m], dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    c = max(1, round(m / 100))
+    t = time.perf_counter()
+    ref = kmeans(x, c, backend="sklearn", seed=12345)
+    print(f"task of {m} images, C={c}: sklearn objective {ref.objective:.2f} ({time.perf_counter() - t:.1f} s)")
+    for niter in (5, 10, 15, 20, 25, 40):
+        for seed in (0, 1):
+            t = time.perf_counter()
+            r = kmeans(x, c, backend="faiss", seed=seed, niter=niter)
+            print(f"  faiss niter={niter:2d} seed={seed}: objective {r.objective:.2f} "
+                  f"({(r.objective / ref.objective - 1) * 100:+.2f}% vs sklearn) {time.perf_counter() - t:.2f} s", flush=True)
+
+
+def _child(args) -> None:
+    t0 = time.perf_counter()
+    out = run_official(args.npy, args.n) if args.child == "official" else run_engine(args.npy, args.n, args.child)
+    out["wall_s"] = time.perf_counter() - t0
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def _spawn(kind: str, npy: Path, n: int, coretype: str | None, timeout: float) -> dict:
+    env = dict(os.environ)
+    if coretype is None:
+        env.pop("OPENBLAS_CORETYPE", None)
+    else:
+        env["OPENBLAS_CORETYPE"] = coretype
+    cmd = [sys.executable, __file__, "--child", kind, "--npy", str(npy), "--n", str(n)]
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    for line in p.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return {"error": (p.stderr or p.stdout)[-2000:]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", default="100000,665000", help="comma-separated pool sizes")
+    ap.add_argument("--official-max", type=int, default=100_000, help="run the official recipe only up to this N")
+    ap.add_argument("--workdir", default="/tmp/presel-select-bench", help="where the synthetic features go")
+    ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--niter-sweep", action="store_true", help="print faiss niter vs sklearn objective and exit")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--npy", type=Path, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        args.n = int(args.n)
+        _child(args)
+        return
+    sizes = [int(s) for s in args.n.split(",")]
+    work = Path(args.workdir)
+    given = os.environ.get("OPENBLAS_CORETYPE")
+    print(f"cores: {os.cpu_count()}  OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}  "
+          f"OPENBLAS_CORETYPE as given: {given!r}", flush=True)
+    if args.niter_sweep:
+        niter_sweep(generate(sizes[0], work), sizes[0])
+        return
+    rows = []
+    for n in sizes:
+        npy = generate(n, work)
+        configs = [("a: presel engine (faiss)", "faiss", given, "as given")]
+        if given is not None:
+            configs.append(("a: presel engine (faiss)", "faiss", None, "unset: presel picks"))
+        if n <= args.official_max:
+            configs.append(("b: official (sklearn KMeans + kNN)", "official", given, "as given"))
+        for label, kind, core, core_label in configs:
+            r = _spawn(kind, npy, n, core, args.timeout)
+            rows.append((n, label, core_label, r))
+            if "error" in r:
+                print(f"N={n} {label} [{core_label}]: ERROR {r['error']}", flush=True)
+                continue
+            print(f"N={n} {label} [OPENBLAS_CORETYPE {core_label}]: select {r['select_s']:.1f} s, wall {r['wall_s']:.1f} s, "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB, objective {r['objective']:.1f}, clusters {r['clusters']}", flush=True)
+            for b in r["blas"]:
+                print(f"    BLAS: {b}", flush=True)
+    print()
+    print(f"{'N':>7}  {'configuration':36}  {'OPENBLAS_CORETYPE':20}  {'select s':>9}  {'wall s':>8}  {'peak RSS MB':>11}  "
+          f"{'k-means objective':>17}  {'vs b':>8}")
+    for n, label, core_label, r in rows:
+        if "error" in r:
+            print(f"{n:>7}  {label:36}  {core_label:20}  error")
+            continue
+        b = next((x for m, lab, _, x in rows if m == n and lab.startswith("b:") and "error" not in x), None)
+        rel = "" if b is None else f"{(r['objective'] / b['objective'] - 1) * 100:+.2f}%"
+        speed = "" if b is None or label.startswith("b:") else f"  {b['select_s'] / r['select_s']:.1f}x faster than b"
+        print(f"{n:>7}  {label:36}  {core_label:20}  {r['select_s']:9.1f}  {r['wall_s']:8.1f}  {r['peak_rss_mb']:11.0f}  "
+              f"{r['objective']:17.1f}  {rel:>8}{speed}")
+
+
+if __name__ == "__main__":
+    main()
