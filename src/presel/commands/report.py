@@ -1,0 +1,26 @@
+"""``presel report RUN_DIR``: one self-contained HTML report of a run."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "write a self-contained HTML report of a run (tasks, budget, clusters, maps, image grids, timings, losses)"
+DESCRIPTION = (HELP + ". Every input is optional: a stage that did not run shows a 'not run' note. "
+               "The file needs no network: plots and thumbnails are embedded.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="run directory written by presel run / presel demo")
+    p.add_argument("--out", default=None, help="HTML file to write (default: RUN_DIR/report.html)")
+    p.add_argument("--pool", default=None,
+                   help="pool manifest, when RUN_DIR has no pool/pool.jsonl (used for pool sizes and thumbnails)")
+    p.add_argument("--image-root", default=None, help="folder the pool's image paths are relative to")
+    p.add_argument("--title", default=None, help="title shown in the report (default: the run directory's name)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from presel.report.html import build_report
+
+    path = build_report(args.run_dir, args.out, pool=args.pool, image_root=args.image_root, title=args.title)
+    print(path)
+    return 0
