@@ -3,13 +3,18 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_pool
+from selection_helpers import make_pool
 
 from presel.errors import PreselError
 from presel.io.features import load_features
 from presel.io.manifest import read_pool
 from presel.selection import SelectConfig, select, select_to_dir
 from presel.selection.weights_io import read_weights_file
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return make_pool(tmp_path)
 
 
 def _run(p, reference=None, weights="file", **cfg):

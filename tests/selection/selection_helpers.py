@@ -1,7 +1,8 @@
+"""Helpers for the selection tests: a tiny generated pool."""
+
 import json
 
 import numpy as np
-import pytest
 
 
 def make_pool(root, tasks=None, *, d=16, shared=0, seed=0, ids_as="id", extra_records=(), ref=("a3", "b4")):
@@ -31,8 +32,3 @@ def make_pool(root, tasks=None, *, d=16, shared=0, seed=0, ids_as="id", extra_re
     (root / "ref.txt").write_text("".join(r + "\n" for r in ref))
     return {k: root / v for k, v in (("pool", "pool.jsonl"), ("features", "feats.npy"), ("ids", "ids.txt"),
                                       ("weights", "weights.json"), ("reference", "ref.txt"))}
-
-
-@pytest.fixture
-def tiny(tmp_path):
-    return make_pool(tmp_path)
