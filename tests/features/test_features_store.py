@@ -152,3 +152,14 @@ def test_float16_default_and_float32_on_request(tiny_dinov2, tmp_path, write_poo
     assert np.allclose(a16.astype(np.float32), a32, atol=1e-2, rtol=1e-2)
     man = json.loads((tmp_path / "f16/manifest.json").read_text())
     assert man["dtype"] == "float16" and man["ids"] == "image_key" and man["dim"] == 32
+
+
+def test_one_writer_per_store(tmp_path):
+    ident = {"model": "m", "store_dtype": "float16"}
+    a = FeatureStore.open(tmp_path / "s", ident)
+    try:
+        with pytest.raises(PreselError, match="another `presel embed` is writing"):
+            FeatureStore.open(tmp_path / "s", ident)
+    finally:
+        a.close()
+    FeatureStore.open(tmp_path / "s", ident).close()

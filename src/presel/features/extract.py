@@ -169,17 +169,26 @@ def reason_kind(reason: str) -> str:
 
 def embed_pool(pool: Pool, out: str | os.PathLike, config: EmbedConfig, *, overwrite: bool = False) -> dict[str, Any]:
     """Embed every distinct image of ``pool`` into the feature store ``out``; return run statistics."""
-    from presel.config import resolved_config
-    from presel.executors import ShardTask, get_executor
     from presel.features.backends import preprocess_for
-    from presel.features.store import FORMAT, VERSION, FeatureStore, shard_name
-    from presel.io.atomic import write_json, write_jsonl
+    from presel.features.store import FeatureStore
 
     t0 = time.perf_counter()
     out = Path(out)
     spec = resolve_spec(config)
     pre = preprocess_for(spec)
     store = FeatureStore.open(out, _identity(config, spec, pre), overwrite=overwrite)
+    try:
+        return _embed(pool, out, config, spec, pre, store, t0)
+    finally:
+        store.close()
+
+
+def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: Any, store: Any,
+           t0: float) -> dict[str, Any]:
+    from presel.config import resolved_config
+    from presel.executors import ShardTask, get_executor
+    from presel.features.store import FORMAT, VERSION, shard_name
+    from presel.io.atomic import write_json, write_jsonl
 
     # 1. distinct keys (first record's path for each key)
     key_path: dict[str, str] = {}

@@ -87,8 +87,28 @@ class FeatureStore:
             (root / "shards").mkdir(parents=True, exist_ok=True)
             write_json(ident_path, identity)
         store = cls(root, identity)
+        store._lock()
         store._load_shards()
         return store
+
+    def _lock(self) -> None:
+        """One writer per store: a second ``presel embed`` on the same --out fails instead of corrupting it."""
+        import fcntl
+
+        f = open(self.root / ".lock", "a+")  # noqa: SIM115 - held for the life of the store object
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise PreselError(f"{self.root}: another `presel embed` is writing to this feature store; wait for it "
+                              "to finish or use another --out") from None
+        self._lock_file = f
+
+    def close(self) -> None:
+        f = getattr(self, "_lock_file", None)
+        if f is not None:
+            f.close()
+            self._lock_file = None
 
     def _load_shards(self) -> None:
         d = self.root / "shards"
