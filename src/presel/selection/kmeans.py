@@ -113,9 +113,11 @@ def kmeanspp_init(x: np.ndarray, n_clusters: int, rng: np.random.Generator, *, s
     """Greedy k-means++ seeding (as scikit-learn: ``2 + ln C`` trials per step), made cheap.
 
     Runs on a random subsample of ``sample_per_cluster * C`` rows projected on their top ``dim``
-    principal components (the sequential D^2 sampling is memory-bound; 64 dimensions keep the
-    working set in cache). Returns the chosen rows in full dimension (float32, C x d).
+    principal components (randomised power iteration): the sequential D^2 sampling is
+    memory-bound, and 64 dimensions keep its working set in cache. Returns the chosen rows in full dimension (float32, C x d).
     """
+    from threadpoolctl import threadpool_limits
+
     n, d = x.shape
     s = min(n, max(n_clusters, sample_per_cluster * n_clusters))
     idx = np.sort(rng.choice(n, size=s, replace=False)) if s < n else np.arange(n)
@@ -123,12 +125,22 @@ def kmeanspp_init(x: np.ndarray, n_clusters: int, rng: np.random.Generator, *, s
     if d > dim:
         mu = sub.mean(axis=0, dtype=np.float64).astype(np.float32)
         cen = sub - mu
-        cov = (cen.T @ cen).astype(np.float64)
-        _, vecs = np.linalg.eigh(cov)
-        z = np.ascontiguousarray(cen @ vecs[:, -dim:].astype(np.float32))
+        cov = cen.T @ cen
+        # top principal subspace by randomised range finding (a full eigh of d x d is far slower)
+        q = rng.standard_normal((d, dim)).astype(np.float32)
+        with threadpool_limits(1, user_api="blas"):  # small LAPACK calls: threads only add contention
+            for _ in range(3):
+                q, _ = np.linalg.qr(cov @ q)
+        z = np.ascontiguousarray(cen @ q.astype(np.float32))
         del cen
     else:
         z = sub
+    with threadpool_limits(1, user_api="blas"):  # the sequential loop is many tiny products
+        return _kmeanspp_loop(sub, z, n_clusters, rng)
+
+
+def _kmeanspp_loop(sub: np.ndarray, z: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
+    s = z.shape[0]
     zn = np.einsum("ij,ij->i", z, z)
     n_trials = 2 + int(np.log(n_clusters))
     chosen = np.empty(n_clusters, dtype=np.int64)

@@ -286,6 +286,20 @@ def _cluster_orders(labels: np.ndarray, avail: np.ndarray, key_fn) -> tuple[list
     return orders, rank
 
 
+def _per_cluster(labels: np.ndarray, avail: np.ndarray, fn, out: np.ndarray) -> None:
+    """``out[members] = fn(members)`` for the available members of each cluster (one BLAS thread:
+    clusters are small, and threads on tiny products only add contention)."""
+    from threadpoolctl import threadpool_limits
+
+    members = np.nonzero(avail)[0]
+    members = members[np.argsort(labels[members], kind="stable")]
+    bounds = np.flatnonzero(np.diff(labels[members])) + 1
+    with threadpool_limits(1, user_api="blas"):
+        for mem in np.split(members, bounds):
+            if len(mem):
+                out[mem] = fn(mem)
+
+
 def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
     """Clusters, scores and per-cluster orders of one task (fills t.labels/score/rank/order/cweights)."""
     from presel.selection.centrality import neighbour_centrality, typicality
@@ -302,10 +316,7 @@ def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
                     niter=cfg.kmeans_niter)
         labels, t.objective = km.labels, km.objective
         if cfg.method == "presel":
-            for c in range(km.n_clusters):
-                mem = np.nonzero((labels == c) & avail)[0]
-                if len(mem):
-                    score[mem] = neighbour_centrality(x[mem], cfg.k)
+            _per_cluster(labels, avail, lambda mem: neighbour_centrality(x[mem], cfg.k), score)
 
             def key(mem):
                 return (id_rank[mem], -score[mem])
@@ -335,10 +346,7 @@ def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
             remap = np.zeros(int(labels.max()) + 1, dtype=np.int64)
             remap[uniq[np.argsort(first, kind="stable")]] = np.arange(len(uniq))
             labels = remap[labels]
-        for c in range(int(labels.max()) + 1 if n else 0):
-            mem = np.nonzero((labels == c) & avail)[0]
-            if len(mem):
-                score[mem] = typicality(x[mem], cfg.typiclust_k)
+        _per_cluster(labels, avail, lambda mem: typicality(x[mem], cfg.typiclust_k), score)
 
         def key(mem):
             return (id_rank[mem], -score[mem])
