@@ -243,8 +243,15 @@ def test_pool_outside_the_run_dir_and_image_root(tmp_path, run):
     moved = tmp_path / "moved"
     shutil.copytree(run, moved, ignore=shutil.ignore_patterns("report.html"))
     shutil.move(str(moved / "pool"), str(tmp_path / "elsewhere"))
+    st = _parse(build_report(moved).read_text()).sections
+    assert st["gallery"] == "not-run" and st["tasks"] == "ok"  # sizes still come from selection/summary.json
     st = _parse(build_report(moved, pool=tmp_path / "elsewhere" / "pool.jsonl").read_text()).sections
     assert st["gallery"] == "ok" and st["maps"] == "ok"
+    # the pool a stage recorded in its config.json is found without --pool
+    _write_json(moved / "selection" / "config.json", {"stage": "select", "inputs": {"pool": str(tmp_path / "elsewhere" / "pool.jsonl")}})
+    text = build_report(moved).read_text()
+    assert _parse(text).sections["gallery"] == "ok" and "image<br>missing" not in text
+    (moved / "selection" / "config.json").unlink()
     # image_root.txt points at the image folder
     shutil.copytree(tmp_path / "elsewhere", moved / "pool2")
     (moved / "pool").mkdir()

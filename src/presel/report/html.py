@@ -137,6 +137,8 @@ class RunData:
                         path = self.path(c)
                         break
             if path is None:
+                path = self._pool_from_configs()
+            if path is None:
                 return None
             root = self.image_root
             txt = path.parent / "image_root.txt"
@@ -146,6 +148,23 @@ class RunData:
             return read_pool(path, image_root=root, default_task="default")
 
         return self._once("pool", read)
+
+    def _pool_from_configs(self) -> Path | None:
+        """The pool manifest a stage recorded in its config.json (``pool`` or ``inputs.pool``), if it still exists."""
+        for rel in ("selection/config.json", "features/config.json", "reference/config.json", "irs/config.json"):
+            p = self.path(rel)
+            if not p.is_file():
+                continue
+            try:
+                cfg = json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            for v in (cfg.get("pool"), (cfg.get("inputs") or {}).get("pool") if isinstance(cfg.get("inputs"), dict) else None):
+                if isinstance(v, str) and v:
+                    for cand in (Path(v), self.run_dir / v):
+                        if cand.is_file():
+                            return cand
+        return None
 
     @property
     def reference(self) -> list[dict[str, Any]] | None:
@@ -157,7 +176,7 @@ class RunData:
 
     @property
     def weights(self) -> dict[str, Any] | None:
-        w = self.json("task_weights.json", "weights/task_weights.json")
+        w = self.json("task_weights.json", "weights/task_weights.json", "weights/weights.json")
         if isinstance(w, dict) and isinstance(w.get("tasks"), dict):
             w = w["tasks"]
         return {t: v for t, v in w.items() if isinstance(v, dict)} if isinstance(w, dict) else None
@@ -387,9 +406,11 @@ class Report:
         return self._colors
 
     def color(self, task: str) -> str:
+        import zlib
+
         from presel.report.plots import task_color
 
-        return self.colors.get(task) or task_color(len(self.colors) + hash(task) % 7)
+        return self.colors.get(task) or task_color(zlib.crc32(task.encode()))
 
     # --- overview
     def overview(self) -> str:
@@ -407,11 +428,16 @@ class Report:
             cards.append((f"{nref:,}", "reference images"))
         if nsel is not None:
             cards.append((f"{nsel:,}", "newly selected"))
-        npool = len(pool.distinct_images()) if pool is not None else None
+        summ = d.selection_summary if isinstance(d.selection_summary, dict) else {}
+        totals = summ.get("totals") if isinstance(summ.get("totals"), dict) else {}
+        npool = len(pool.distinct_images()) if pool is not None else _int(_num(totals, "distinct_images", "images"))
+        if pool is None and npool is not None:
+            cards.insert(0, (f"{npool:,}", "pool images"))
         if npool is None and any(r.images or r.pool for r in rows):
             npool = sum((r.images or r.pool or 0) for r in rows)
         if npool and (nsel is not None or nref is not None):
-            cards.append((f"{((nsel or 0) + (nref or 0)) / npool * 100:.1f}%", "budget used (reference + selected)"))
+            used = (nsel or 0) + (nref or 0)
+            cards.append((f"{used / npool * 100:.1f}%", f"budget: {used:,} of {npool:,} images (reference + selected)"))
         timings = d.json("timings.json")
         if isinstance(timings, dict):
             from presel.report.plots import _fmt_seconds
@@ -429,6 +455,8 @@ class Report:
                   ("generation", d.path("generate").is_dir()),
                   ("final model", d.path("final_model").is_dir() or d.path("final_models").is_dir()),
                   ("evaluation", d.path("evaluation.json").is_file())]
+        if summ.get("method"):
+            stages.append((f"method: {summ['method']}", True))
         chips = "".join(f'<span class="chip {"ok" if ok else "off"}">{"✓" if ok else "·"} {esc(n)}</span>'
                         for n, ok in stages)
         probs = ""
@@ -587,6 +615,8 @@ class Report:
         roots = []
         if pool is not None:
             roots.append(pool.image_root)
+        if self.data.image_root is not None:
+            roots.append(self.data.image_root)
         roots.append(self.data.path("pool"))
         for root in roots:
             if (root / p).is_file():
@@ -657,7 +687,7 @@ class Report:
             per[str(t)].append((float(s), str(i), bool(se)))
         if not per:
             raise NotRun("no scored images with known paths")
-        seen_missing = 0
+        seen_missing = shown = 0
         blocks = []
         for t in self._largest(list(per)):
             items = sorted(per[t], key=lambda x: (-x[0], x[1]))
@@ -667,10 +697,11 @@ class Report:
             for label, group in groups:
                 figs = []
                 for score, rid, is_sel in group:
+                    shown += 1
                     path = self._image_path(id_img[rid])
                     try:
                         uri = image_data_uri(path) if path is not None else None
-                    except OSError:
+                    except Exception:  # an unreadable image shows as "missing", the report goes on
                         uri = None
                     if uri is None:
                         seen_missing += 1
@@ -682,6 +713,9 @@ class Report:
                 cols.append(f'<div class="thumbs"><div class="lbl">{label}</div>{"".join(figs)}</div>')
             blocks.append(f'<div class="gal"><h3><span class="dot" style="background:{self.color(t)}"></span>'
                           f'{esc(t)}</h3>{"".join(cols)}</div>')
+        if shown and seen_missing == shown:
+            raise NotRun("no image file found (the pool's images are not under the run directory's pool/); pass "
+                         "--pool MANIFEST and/or --image-root DIR")
         extra = _note(f"{seen_missing} image files could not be opened.") if seen_missing else ""
         return ("".join(blocks) + self._capped_note(len(per)) + extra +
                 _note("Neighbour-centrality score under each image; a blue frame and ✓ mark selected images."))
