@@ -101,5 +101,8 @@ def test_pipeline_never_crashes_never_drops(tiny_dinov2, tmp_path, photo):
     assert np.isfinite(fm.rows(np.arange(len(fm)))).all()
     assert stats["rejected_images"] == len(bad) and stats["embedded_images"] == len(ok)
     assert stats["embedded_images"] + stats["rejected_images"] == stats["distinct_images"] == len(names)
+    from presel.features.store import rejected_images
+
+    assert set(rejected_images(tmp_path / "feats")) == {f"imgs/{n}" for n in bad}
     summary = json.loads((tmp_path / "feats/summary.json").read_text())
     assert summary["reject_reasons"] == {k: 1 for k in bad.values()}

@@ -257,3 +257,20 @@ def load_feature_matrix(path: str | os.PathLike):
     if not parts:
         raise PreselError(f"{root}: the feature store holds no vectors (every image was rejected; see rejects.jsonl)")
     return FeatureMatrix(parts, source=str(root))
+
+
+def rejected_images(path: str | os.PathLike) -> dict[str, str]:
+    """image key -> reason for the images the last ``presel embed`` into this store could not use
+    (from ``rejects.jsonl``); selection can leave these records out instead of failing on missing features."""
+    from presel.records import image_key
+
+    p = Path(path) / "rejects.jsonl"
+    if not p.is_file():
+        return {}
+    out: dict[str, str] = {}
+    with open(p, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                out[image_key(r["image"])] = r["reason"]
+    return out
