@@ -1,0 +1,35 @@
+"""``presel run config.yaml``: every stage in order, each skipped when its output for the same inputs exists."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "run every stage of a YAML config in order (cached per stage); --dry-run prints the plan and estimates"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML run config (see presel.pipeline for its sections)")
+    p.add_argument("--out", default=None, help="run directory (overrides the config's 'out')")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE",
+                   help="rerun this stage even if its output is up to date (repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the stages, sizes, estimated GPU-hours and instruction cost; run nothing")
+
+
+def run(args: argparse.Namespace) -> int:
+    from presel.errors import PreselError
+    from presel.pipeline import STAGES, Pipeline, RunConfig
+
+    cfg = RunConfig.load(args.config, out=args.out)
+    bad = [s for s in args.force if s not in STAGES]
+    if bad:
+        raise PreselError(f"--force {bad[0]}: unknown stage; stages are {', '.join(STAGES)}")
+    if args.dry_run:
+        from presel.estimate import dry_run
+
+        print(dry_run(cfg))
+        return 0
+    timings = Pipeline(cfg, force=tuple(args.force)).run()
+    total = sum(timings.values())
+    print(f"run finished: {cfg.out}  (stage time {total:.0f} s; timings in {cfg.out / 'timings.json'})")
+    return 0

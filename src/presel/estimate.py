@@ -1,0 +1,119 @@
+"""``presel run --dry-run``: the stages of a config with their sizes, GPU-hours and instruction cost.
+
+GPU-hours come from throughputs per stage. Where presel's benchmarks measured one on a GPU, put it
+in the config's ``estimate`` section (same keys as ``ASSUMED``); otherwise the assumed figures
+below are used and printed as assumptions, so an estimate never pretends to be a measurement.
+"""
+
+from __future__ import annotations
+
+import math
+
+from presel.pipeline import RunConfig
+
+# Throughputs on one modern data-centre GPU (A100/H100 class), used when the config gives none.
+ASSUMED: dict[str, float] = {
+    # DINOv2-base [CLS] at 224 px, bf16, 16 decode workers (issue target for one H200: >= 2,000 img/s)
+    "embed_images_per_s": 2000.0,
+    # LoRA fine-tuning of a 7B LLaVA (~700 tokens/sample with 576 image tokens), bf16, ZeRO-2:
+    # LLaVA-1.5-7B's 665K-sample epoch takes roughly 80 A100-hours -> ~2.3 samples/s per GPU
+    "finetune_samples_per_s": 2.3,
+    # IRS: two forward passes per sample, no backward (~3x a training step's throughput / 2 passes)
+    "score_samples_per_s": 3.5,
+    # instruction generation by a 7B VLM on vLLM, online or `vllm run-batch`
+    "generate_samples_per_s": 8.0,
+}
+TOKENS = {"prompt": 900, "response": 250}  # per generated instruction (image tokens + template; answer)
+
+
+def _hours(n: float, per_s: float) -> float:
+    return n / per_s / 3600.0
+
+
+def dry_run(cfg: RunConfig) -> str:
+    S = cfg.sections
+    est = dict(ASSUMED)
+    measured = set()
+    extra = cfg.sections.get("estimate") or {}
+    for k, v in extra.items():
+        if k in est:
+            est[k] = float(v)
+            measured.add(k)
+    pool = None
+    try:
+        from presel.pipeline import Pipeline
+
+        pool = Pipeline(cfg, log=lambda s: None).pool()
+    except Exception as e:  # noqa: BLE001 - a dry run still prints the plan without the pool
+        pool_note = f"(pool not readable: {e})"
+    else:
+        pool_note = ""
+    n_img = len(pool.distinct_images()) if pool is not None else 0
+    tasks = pool.tasks if pool is not None else []
+    frac = float((S.get("reference") or {}).get("fraction", 0.05))
+    if pool is not None:
+        per_task: dict[str, set[str]] = {}
+        for r in pool.records:
+            per_task.setdefault(r.task, set()).add(r.image_key)
+        n_ref = sum(max(1, math.floor(frac * len(v) + 0.5)) for v in per_task.values())
+    else:
+        n_ref = 0
+    sel = S.get("select") or {}
+    budget = int(sel["budget_count"]) if sel.get("budget_count") else math.floor(float(sel.get("budget", 0.15)) * n_img)
+    n_new = max(0, budget - n_ref)
+    lines = [f"run: {cfg.out}", f"pool: {cfg.pool.get('path')}  {pool_note}".rstrip()]
+    if pool is not None:
+        lines.append(f"  {len(pool.records):,} image records, {n_img:,} distinct images, {len(tasks)} tasks, "
+                     f"{pool.text_only:,} text-only records left out")
+    rows: list[tuple[str, str, float]] = []
+
+    def add(stage: str, what: str, hours: float) -> None:
+        rows.append((stage, what, hours))
+
+    if "reference" in S:
+        add("reference", f"{n_ref:,} images to annotate ({frac:.0%} per task, at least 1)", 0.0)
+    if "annotate" in S:
+        add("annotate", f"{n_ref:,} reference instructions", 0.0)
+    if "ref_model" in S:
+        ep = int((S["ref_model"] or {}).get("epochs", 1))
+        add("ref_model", f"fine-tune {S['ref_model'].get('model')} on {n_ref:,} samples x {ep} epoch(s)",
+            _hours(n_ref * ep, est["finetune_samples_per_s"]))
+    if "score" in S:
+        add("score", f"IRS: {n_ref:,} samples x 2 passes", _hours(n_ref, est["score_samples_per_s"]))
+    if "weights" in S:
+        add("weights", f"softmax over {len(tasks)} task scores, tau = 1/sqrt({len(tasks)})", 0.0)
+    if "embed" in S:
+        add("embed", f"{(S['embed'] or {}).get('model', 'facebook/dinov2-base')} on {n_img:,} distinct images",
+            _hours(n_img, est["embed_images_per_s"]))
+    if "select" in S:
+        add("select", f"budget {budget:,} images = {n_ref:,} reference + {n_new:,} new (CPU, minutes)", 0.0)
+    cost = 0.0
+    if "generate" in S:
+        g = S["generate"] or {}
+        if g.get("from_annotations"):
+            add("generate", f"oracle: {n_new:,} instructions taken from {g['from_annotations']} (no cost)", 0.0)
+        else:
+            pin, pout = float(g.get("price_in", 0.0)), float(g.get("price_out", 0.0))
+            cost = n_new * (TOKENS["prompt"] * pin + TOKENS["response"] * pout) / 1e6
+            add("generate", f"{n_new:,} instructions with {g.get('model')} (~{TOKENS['prompt']} in / {TOKENS['response']} "
+                f"out tokens each): ${cost:,.2f} at ${pin}/{pout} per 1M tokens", _hours(n_new, est["generate_samples_per_s"]))
+    if "final_model" in S:
+        ep = int((S["final_model"] or {}).get("epochs", 1))
+        add("final_model", f"fine-tune {S['final_model'].get('model')} on {budget:,} samples x {ep} epoch(s)",
+            _hours(budget * ep, est["finetune_samples_per_s"]))
+    if "report" in S:
+        add("report", "HTML report", 0.0)
+    lines.append("")
+    lines.append(f"{'stage':12s} {'GPU-hours':>10s}  what")
+    for stage, what, h in rows:
+        lines.append(f"{stage:12s} {h:10.1f}  {what}")
+    sel_h = sum(h for s, _, h in rows if s in ("ref_model", "score", "embed"))
+    lines.append(f"{'total':12s} {sum(h for _, _, h in rows):10.1f}  (selection cost: {sel_h:.1f} GPU-hours; "
+                 f"instruction cost ${cost:,.2f})")
+    assumed = sorted(set(est) - measured)
+    if assumed:
+        lines.append("")
+        lines.append("assumed throughputs (not measured here; set them in an 'estimate' section of the config):")
+        for k in assumed:
+            lines.append(f"  {k} = {est[k]:g}")
+    return "\n".join(lines)
