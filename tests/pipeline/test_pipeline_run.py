@@ -1,0 +1,102 @@
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from presel.cli import main
+from presel.errors import PreselError
+from presel.pipeline import MARKER, Pipeline, RunConfig
+
+
+def _pool(tmp_path, n_per_task=60, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    rows, ids, feats = [], [], []
+    for t, task in enumerate(["alpha", "beta", "gamma"]):
+        centre = rng.normal(size=d) * 3
+        for i in range(n_per_task):
+            rid = f"{task}-{i:03d}"
+            rows.append({"id": rid, "image": f"img/{task}/{i}.png", "task": task})
+            ids.append(rid)
+            feats.append(centre + rng.normal(size=d))
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    np.save(tmp_path / "feats.npy", np.asarray(feats, dtype=np.float32))
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+    (tmp_path / "ref.txt").write_text("alpha-000\nbeta-000\ngamma-000\n")
+
+
+def _config(tmp_path, **select):
+    cfg = {"out": "run", "pool": {"path": "pool.jsonl"},
+           "select": {"budget": 0.2, "seed": 0, "task_weights": "uniform", "images_per_cluster": 20,
+                      "features": "feats.npy", "feature_ids": "ids.txt", "reference": "ref.txt", **select}}
+    p = tmp_path / "config.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_run_caches_stages_and_reruns_on_change(tmp_path):
+    _pool(tmp_path)
+    cfg_path = _config(tmp_path)
+    logs: list[str] = []
+    Pipeline(RunConfig.load(cfg_path), log=logs.append).run()
+    sel = tmp_path / "run" / "selection"
+    first = (sel / "selection.parquet").read_bytes()
+    assert (sel / MARKER).exists()
+    summary = json.loads((sel / "summary.json").read_text())
+    assert summary["totals"]["total"] == 36 and summary["totals"]["reference"] == 3  # floor(0.2 * 180)
+    assert json.loads((tmp_path / "run" / "timings.json").read_text()).keys() == {"select"}
+
+    logs.clear()
+    Pipeline(RunConfig.load(cfg_path), log=logs.append).run()
+    assert any("up to date" in s for s in logs)
+    assert (sel / "selection.parquet").read_bytes() == first
+
+    # a changed setting reruns the stage
+    _config(tmp_path, seed=1)
+    logs.clear()
+    Pipeline(RunConfig.load(cfg_path), log=logs.append).run()
+    assert not any("up to date" in s for s in logs)
+
+    # a changed input file reruns it too
+    (tmp_path / "ref.txt").write_text("alpha-001\nbeta-000\ngamma-000\n")
+    logs.clear()
+    Pipeline(RunConfig.load(cfg_path), log=logs.append).run()
+    assert not any("up to date" in s for s in logs)
+
+
+def test_cli_run_and_dry_run(tmp_path, capsys):
+    _pool(tmp_path)
+    cfg_path = _config(tmp_path)
+    assert main(["run", str(cfg_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "180 image records, 180 distinct images, 3 tasks" in out
+    assert "budget 36 images" in out
+    assert not (tmp_path / "run").exists()
+    assert main(["run", str(cfg_path)]) == 0
+    assert (tmp_path / "run" / "selection" / "selection.jsonl").exists()
+
+
+@pytest.mark.parametrize("cfg,needle", [
+    ({"pool": {"path": "pool.jsonl"}}, "'out'"),
+    ({"out": "r"}, "pool.path"),
+    ({"out": "r", "pool": {"path": "pool.jsonl"}, "selectt": {}}, "unknown section(s) selectt"),
+    ({"out": "r", "pool": {"path": "pool.jsonl"}, "select": {"budget": 0.2}}, "needs features"),
+    ({"out": "r", "pool": {"path": "pool.jsonl"}, "select": {"features": "feats.npy", "feature_ids": "ids.txt"}},
+     "no task weights"),
+    ({"out": "r", "pool": {"path": "pool.jsonl"}, "score": {"model": "x"}}, "annotated reference set"),
+])
+def test_bad_configs(tmp_path, cfg, needle, capsys):
+    _pool(tmp_path)
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and str(p) in err
+
+
+def test_failed_stage_keeps_finished_ones(tmp_path):
+    _pool(tmp_path)
+    cfg_path = _config(tmp_path, select_unknown_flag=1)
+    with pytest.raises(PreselError, match="unknown setting"):
+        Pipeline(RunConfig.load(cfg_path)).run()
+    assert not (tmp_path / "run" / "selection").exists()
