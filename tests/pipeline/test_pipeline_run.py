@@ -12,7 +12,7 @@ from presel.pipeline import MARKER, Pipeline, RunConfig
 def _pool(tmp_path, n_per_task=60, d=8, seed=0):
     rng = np.random.default_rng(seed)
     rows, ids, feats = [], [], []
-    for t, task in enumerate(["alpha", "beta", "gamma"]):
+    for task in ["alpha", "beta", "gamma"]:
         centre = rng.normal(size=d) * 3
         for i in range(n_per_task):
             rid = f"{task}-{i:03d}"
