@@ -159,6 +159,8 @@ def test_every_answer_follows_from_the_spec_and_the_spec_renders_the_image(small
             assert encode(render(t["spec"]), "jpg") == path.read_bytes()
         else:
             assert np.array_equal(np.asarray(render(t["spec"])), np.asarray(Image.open(path).convert("RGB")))
+        if t["spec"].get("source", "").startswith("face:"):  # a real face, not one of lfw_subset's background patches
+            assert int(t["spec"]["source"][5:]) < 100
         checked[t["task"]] += 1
     assert set(checked) == {t.name for t in TASKS}
 
@@ -188,6 +190,10 @@ def test_heldout_is_new_images_with_exact_answers(small):
     for r in held:
         assert len(r["conversations"]) == 2 and r["conversations"][0]["value"].startswith("<image>\n")
         assert r["question_type"] in next(t.question_types for t in TASKS if t.name == r["task"])
+    from presel.io.manifest import read_pool
+
+    hp = read_pool(small / "heldout.json")
+    assert len(hp) == len(held) and all(hp.image_path(r).is_file() for r in hp.records)
     # caption and question tasks both present, several question types per QA task
     types = Counter((r["task"], r["question_type"]) for r in held)
     assert len([k for k in types if k[0] == "shapes"]) >= 2

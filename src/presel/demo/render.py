@@ -60,7 +60,7 @@ PHOTO_SOURCES: dict[str, str] = {
     "motorcycle": "a motorcycle",
     "china": "a temple",
     "flower": "a flower",
-    "face": "a face",  # lfw_subset: 200 different faces, 25x25 grey
+    "face": "a face",  # lfw_subset: 100 different faces, 25x25 grey
 }
 
 
@@ -104,7 +104,10 @@ def photo(source: str) -> Any:
     if source.startswith("face:"):
         import skimage.data
 
-        arr = skimage.data.lfw_subset()[int(source.split(":", 1)[1])]
+        i = int(source.split(":", 1)[1])
+        if not 0 <= i < 100:  # lfw_subset holds 100 faces, then 100 non-face background patches
+            raise ValueError(f"face index {i} must be in 0..99")
+        arr = skimage.data.lfw_subset()[i]
         arr = (np.asarray(arr) * 255).round().clip(0, 255).astype(np.uint8)
     elif source in ("china", "flower"):
         from sklearn.datasets import load_sample_image
