@@ -27,6 +27,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -317,8 +318,9 @@ def task_rows(data: RunData) -> list[TaskRow]:
             row.pool = _int(_num(s, "pool", "pool_size", "n_pool", "records", "n"))
         if row.images is None:
             row.images = _int(_num(s, "images", "pool_images", "distinct_images"))
-        if row.reference is None:
-            row.reference = _int(_num(s, "reference", "n_reference", "reference_count"))
+        ref_sel = _int(_num(s, "reference", "n_reference", "reference_count"))
+        if ref_sel is not None:  # what the selection counted (an image shared with a reference task counts too)
+            row.reference = ref_sel
         row.irs = _num(w, "score", "irs", "mean_irs")
         if row.irs is None:
             row.irs = irs_mean.get(t)
@@ -331,6 +333,25 @@ def task_rows(data: RunData) -> list[TaskRow]:
         if row.selected is None and sel is not None:
             row.selected = sel_count.get(t, 0)
     return list(rows.values())
+
+
+def _totals(data: RunData) -> dict[str, int]:
+    """Run-wide counts where they are known exactly (distinct images: shared images count once)."""
+    out: dict[str, int] = {}
+    summ = data.selection_summary
+    t = summ.get("totals") if isinstance(summ, dict) and isinstance(summ.get("totals"), dict) else {}
+    for attr, names in (("images", ("distinct_images",)), ("reference", ("reference", "n_reference")),
+                        ("selected", ("selected", "n_selected"))):
+        v = _int(_num(t, *names))
+        if v is not None:
+            out[attr] = v
+    pool = data.pool
+    if pool is not None:
+        out["images"] = len(pool.distinct_images())
+        out["pool"] = len(pool.records)
+    elif data.reference is not None and "reference" not in out:
+        out["reference"] = len({str(r.get("image", r.get("id"))) for r in data.reference})
+    return out
 
 
 def _int(v: float | None) -> int | None:
@@ -422,8 +443,13 @@ class Report:
             cards.append((f"{len(pool.distinct_images()):,}", f"pool images ({len(pool):,} records)"))
         if rows:
             cards.append((f"{len(rows)}", "tasks"))
-        nref = sum(r.reference or 0 for r in rows) if any(r.reference is not None for r in rows) else None
-        nsel = sum(r.selected or 0 for r in rows) if any(r.selected is not None for r in rows) else None
+        totals = _totals(d)
+        nref = totals.get("reference")
+        if nref is None and any(r.reference is not None for r in rows):
+            nref = sum(r.reference or 0 for r in rows)
+        nsel = totals.get("selected")
+        if nsel is None and any(r.selected is not None for r in rows):
+            nsel = sum(r.selected or 0 for r in rows)
         if nref is not None:
             cards.append((f"{nref:,}", "reference images"))
         if nsel is not None:
@@ -482,7 +508,11 @@ class Report:
                 _fmt(r.clusters), _fmt(r.quota), _fmt(r.selected),
             ])
 
+        totals = _totals(self.data)
+
         def tot(attr: str) -> str:
+            if attr in totals:
+                return _fmt(totals[attr])
             vals = [getattr(r, attr) for r in rows if getattr(r, attr) is not None]
             return _fmt(sum(vals)) if vals else _fmt(None)
 
@@ -1000,4 +1030,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, pool: st
     out = Path(out) if out is not None else run_dir / "report.html"
     with atomic_file(out) as f:
         f.write(page)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(out, 0o666 & ~mask)  # a report is for sharing: ordinary file permissions, not mkstemp's 0600
     return out

@@ -157,7 +157,7 @@ def cluster_hist(sizes: Mapping[str, Sequence[int]], colors: Mapping[str, str]) 
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("images per cluster")
     ax.set_ylabel("clusters")
-    ax.legend(ncols=min(4, len(sizes)), fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return to_data_uri(fig)
 
 
