@@ -212,8 +212,32 @@ def test_reuse_overwrite_and_bad_settings(small, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_default_pool_size_and_how_much_the_question_matters(tmp_path):
+    summary = build_demo_pool(tmp_path / "default", seed=0)
+    assert 2000 <= summary["totals"]["images"] <= 4000
+    assert summary["totals"]["records"] == sum(SIZES["default"]["records"].values())
+    ratio = {t: s["answer_entropy_given_question_bits"] / s["answer_entropy_bits"] for t, s in summary["tasks"].items()}
+    for t in TASKS:  # captions: the question says nothing about the answer; question tasks: it says a lot
+        assert (ratio[t.name] > 0.9) if t.kind == "caption" else (ratio[t.name] < 0.8), (t.name, ratio[t.name])
+    # recompute one figure from the files
+    from presel.demo.pool import answer_entropies
+
+    pool = _jsonl(tmp_path / "default" / "pool.jsonl")
+    qa = [(c[0]["value"].removeprefix("<image>\n"), c[1]["value"]) for r in pool if r["task"] == "shapes"
+          for c in [r["conversations"][i:i + 2] for i in range(0, len(r["conversations"]), 2)]]
+    assert answer_entropies(qa)[1] == pytest.approx(summary["tasks"]["shapes"]["answer_entropy_given_question_bits"], abs=1e-4)
+
+
 def test_module_imports_no_heavy_packages():
     code = ("import sys, presel.demo.pool, presel.demo.render; "
             "print(sorted(m for m in ('mlxtend', 'sklearn', 'skimage', 'matplotlib', 'PIL', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_answer_entropies_by_hand():
+    from presel.demo.pool import answer_entropies
+
+    h, h_q = answer_entropies([("q1", "a"), ("q1", "b"), ("q2", "a"), ("q2", "a")])
+    assert h == pytest.approx(-(0.75 * np.log2(0.75) + 0.25 * np.log2(0.25)))
+    assert h_q == pytest.approx(0.5)  # q1: one bit, q2: none

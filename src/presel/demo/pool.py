@@ -36,6 +36,7 @@ Output (all deterministic for a seed: reruns are byte-identical)::
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ import numpy as np
 
 from presel.errors import PreselError
 
-VERSION = 2  # bump when the generated content changes
+VERSION = 3  # bump when the generated content changes
 
 CAPTION_PROMPTS = (
     "Describe the image.",
@@ -442,10 +443,31 @@ def _plan(cfg: DemoPoolConfig) -> tuple[list[Item], list[Item]]:
 # ----------------------------------------------------------------------------- build
 
 
+def _entropy(xs: list[str]) -> float:
+    n = len(xs)
+    counts = np.asarray(list(Counter(xs).values()), dtype=np.float64)
+    return float(-(counts / n * np.log2(counts / n)).sum()) if n else 0.0
+
+
+def answer_entropies(qa: list[tuple[str, str]]) -> tuple[float, float]:
+    """``H(answer)`` and ``H(answer | question)`` in bits over (question, answer) turns.
+
+    A text-only stand-in for what IRS measures: the ratio is ~1 when the question does not
+    help predict the answer (captions) and well below 1 when it does.
+    """
+    by_q: dict[str, list[str]] = {}
+    for q, a in qa:
+        by_q.setdefault(q, []).append(a)
+    h = _entropy([a for _, a in qa])
+    h_q = sum(len(v) / len(qa) * _entropy(v) for v in by_q.values()) if qa else 0.0
+    return h, h_q
+
+
 def _summary(cfg: DemoPoolConfig, pool: list[Item], heldout: list[Item]) -> dict[str, Any]:
     tasks = {}
     for t in TASKS:
         recs = [it for it in pool if it.task == t.name]
+        h, h_q = answer_entropies([(qa["question"], qa["answer"]) for it in recs for qa in it.qa])
         imgs = {it.image for it in recs}
         types: dict[str, int] = {}
         for it in recs:
@@ -459,6 +481,8 @@ def _summary(cfg: DemoPoolConfig, pool: list[Item], heldout: list[Item]) -> dict
             "shared_images": sum(not it.write for it in recs),
             "multi_turn": sum(len(it.qa) > 1 for it in recs),
             "question_types": types,
+            "answer_entropy_bits": round(h, 4),
+            "answer_entropy_given_question_bits": round(h_q, 4),
             "example": {"question": ex.qa[0]["question"], "answer": ex.qa[0]["answer"], "image": ex.image},
         }
     return {
