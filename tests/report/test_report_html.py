@@ -328,3 +328,27 @@ def test_chromium_renders_every_section_without_errors(report, tmp_path):
     dom = res.stdout
     assert any("boom-42" in ln for ln in _console_errors(res.stderr))
     assert re.search(r"<html[^>]*data-js-errors=\"1\"", dom) and re.search(r'<div id="js-errors"><div>[^<]*boom-42', dom)
+
+
+def test_many_tasks_are_capped_and_summary_variants_read(tmp_path):
+    from presel.report.html import MAX_TASK_PANELS
+
+    run = tmp_path / "many"
+    n_tasks = MAX_TASK_PANELS + 6
+    cols = {"id": [], "task": [], "cluster": [], "nc_score": [], "selected": [], "reference": []}
+    for t in range(n_tasks):
+        for i in range(4 + t):
+            for c, v in zip(cols, (f"t{t:02d}-{i}", f"t{t:02d}", i % 2, 0.5 + i / 100, i == 0, False), strict=True):
+                cols[c].append(v)
+    (run / "selection").mkdir(parents=True)
+    pq.write_table(pa.table(cols), run / "selection" / "assignments.parquet")
+    # a summary with per-task rows as a list and other field names
+    _write_json(run / "selection" / "summary.json", {"per_task": [{"task": f"t{t:02d}", "pool_size": 4 + t, "n_selected": 1}
+                                                                  for t in range(n_tasks)]})
+    text = build_report(run).read_text()
+    st = _parse(text).sections
+    assert st["centrality"] == "ok" and st["clusters"] == "ok" and st["tasks"] == "ok"
+    assert f"Showing the {MAX_TASK_PANELS} largest of {n_tasks} tasks." in text
+    table = re.search(r'<section id="tasks".*?</section>', text, re.S).group(0)
+    assert table.count("<tr>") == n_tasks + 1 + 1  # header, tasks, total
+    assert re.search(r">t29<.*?<td class=\"num\">33</td>", table, re.S)
