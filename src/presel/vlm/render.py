@@ -1,0 +1,264 @@
+"""Render a conversation about one image into model inputs and response-only labels, for any VLM.
+
+The model's own processor and chat template do the rendering, so every ``AutoModelForImageTextToText``
+whose processor has a chat template works (llava-hf LLaVA-1.5, LLaVA-NeXT/OneVision, Qwen2-VL/2.5-VL,
+Idefics3/SmolVLM, the offline ``tiny-llava`` / ``llava-small``).
+
+Messages: the ``<image>`` placeholder of LLaVA text is removed and the image goes into the first user
+message as an image content part (``{"type": "image"}`` before the text). Labels: every token of every
+assistant reply plus the end-of-turn token that closes it (``<|im_end|>``, ``</s>``,
+``<end_of_utterance>`` ...), as LLaVA's own training labels; everything else is -100.
+
+How response tokens are found: the chat template renders the conversation up to each assistant turn
+(with the generation prompt) and through it; the reply starts where the prefix ends and is located
+verbatim after it; the end-of-turn token is the first non-blank token the template writes after the
+reply inside that turn. Character spans are mapped to tokens through the tokenizer's offset mapping on
+the unexpanded text; the processor then expands the image placeholder into the model's image tokens, and
+the labels are shifted by the expansion (checked token by token: every token after the image must match).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from presel.errors import PreselError
+from presel.records import Turn
+
+IGNORE = -100
+IMAGE_PLACEHOLDER = "<image>"
+
+
+@dataclass
+class Encoded:
+    """One rendered sample.
+
+    ``input_ids`` and ``labels``: 1-D LongTensors of equal length (labels -100 except response tokens).
+    ``extras``: the other processor outputs of this one sample, by name (``pixel_values``, ``image_sizes``,
+    ``image_grid_thw``, ``pixel_attention_mask`` ...). Per-token outputs (same length as ``input_ids``, e.g.
+    ``token_type_ids``) are stored 1-D; everything else is kept exactly as the processor returns it for a
+    one-sample call (LLaVA: ``pixel_values`` 1 x 3 x H x W; Qwen2-VL: patches x dim), so :func:`collate`
+    concatenates it along dim 0 (zero-padding other dims where samples differ).
+    """
+
+    input_ids: Any
+    labels: Any
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_response_tokens(self) -> int:
+        return int((self.labels != IGNORE).sum())
+
+
+def strip_placeholder(text: str) -> str:
+    return text.replace(IMAGE_PLACEHOLDER, "").strip()
+
+
+def build_messages(turns: Sequence[Turn], *, drop_question: bool = False) -> list[dict[str, Any]]:
+    """Chat messages (content-part lists) for ``turns``; the image part opens the first user message.
+
+    ``drop_question``: the user turn holds only the image and all assistant replies are joined with one
+    space into one reply (the ``L(R|I)`` pass of PreSel, as the official code). System turns are kept.
+    """
+    system = [t for t in turns if t.role == "system"]
+    msgs: list[dict[str, Any]] = [{"role": "system", "content": [{"type": "text", "text": t.text.strip()}]}
+                                  for t in system]
+    if drop_question:
+        replies = [t.text for t in turns if t.role == "assistant"]
+        msgs.append({"role": "user", "content": [{"type": "image"}]})
+        msgs.append({"role": "assistant", "content": [{"type": "text", "text": " ".join(replies)}]})
+        return msgs
+    image_done = False
+    for t in turns:
+        if t.role == "system":
+            continue
+        text = strip_placeholder(t.text) if t.role == "user" else t.text
+        parts: list[dict[str, Any]] = []
+        if t.role == "user" and not image_done:
+            parts.append({"type": "image"})
+            image_done = True
+        elif t.role == "assistant" and not image_done:  # conversation opens with a reply: image-only user turn
+            msgs.append({"role": "user", "content": [{"type": "image"}]})
+            image_done = True
+        if text or not parts:
+            parts.append({"type": "text", "text": text})
+        msgs.append({"role": t.role, "content": parts})
+    if not image_done:
+        msgs.insert(len(system), {"role": "user", "content": [{"type": "image"}]})
+    return msgs
+
+
+def _template(processor: Any, messages: list[dict[str, Any]], generation_prompt: bool = False) -> str:
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def response_char_spans(processor: Any, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int, int]]]:
+    """The rendered text and, per assistant message, ``(reply_start, reply_end, turn_end)`` character offsets.
+
+    ``turn_end`` is where the template's rendering of that turn ends (the end-of-turn token lies in
+    ``[reply_end, turn_end)``).
+    """
+    full = _template(processor, messages)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prefix = _template(processor, messages[:i], generation_prompt=True)
+        through = _template(processor, messages[:i + 1])
+        if not full.startswith(through) or not through.startswith(prefix):
+            raise PreselError("the model's chat template renders a conversation differently from its prefixes "
+                              "(not prefix-stable), so response tokens cannot be located; use a model whose chat "
+                              "template renders each turn independently")
+        reply = "".join(p.get("text", "") for p in m["content"] if p.get("type") == "text").strip()
+        start = full.find(reply, len(prefix)) if reply else len(prefix)
+        if start < 0 or start + len(reply) > len(through):
+            raise PreselError(f"the model's chat template does not reproduce the assistant reply {reply[:60]!r} "
+                              "verbatim, so its tokens cannot be located; use a template that keeps reply text")
+        spans.append((start, start + len(reply), len(through)))
+    return full, spans
+
+
+def _tokenizer(processor: Any) -> Any:
+    return getattr(processor, "tokenizer", processor)
+
+
+def _image_token_id(processor: Any) -> int | None:
+    tid = getattr(processor, "image_token_id", None)
+    if tid is None and getattr(processor, "image_token", None):
+        tid = _tokenizer(processor).convert_tokens_to_ids(processor.image_token)
+    return tid
+
+
+def encode_conversation(processor: Any, image: Any, turns: Sequence[Turn], *, drop_question: bool = False,
+                        max_length: int | None = None) -> Encoded:
+    """Render ``turns`` about ``image`` (a PIL image) with the model's processor and chat template.
+
+    Labels cover every assistant reply plus its end-of-turn token. ``drop_question``: the ``L(R|I)``
+    rendering (image-only user turn, replies joined with one space). ``max_length``: truncate on the right
+    (never inside the image tokens; a limit that would cut them is an error).
+    """
+    import torch
+
+    tok = _tokenizer(processor)
+    if not getattr(tok, "is_fast", False):
+        raise PreselError(f"{type(tok).__name__} is a slow tokenizer; presel needs a fast (Rust) tokenizer for "
+                          "its offset mapping; load the model with a tokenizer.json")
+    messages = build_messages(turns, drop_question=drop_question)
+    text, spans = response_char_spans(processor, messages)
+    bos = getattr(tok, "bos_token", None)
+    add_special = not (bos and text.startswith(bos))
+    plain = tok(text, add_special_tokens=add_special, return_offsets_mapping=True)
+    plain_ids = list(plain["input_ids"])
+    offsets = plain["offset_mapping"]
+    keep = [False] * len(plain_ids)
+    for r0, r1, t1 in spans:
+        for j, (a, b) in enumerate(offsets):
+            if b > a and a < r1 and b > r0:
+                keep[j] = True
+        if text[r1:t1].strip():  # the end-of-turn token: first non-blank token the template writes after the reply
+            for j, (a, b) in enumerate(offsets):
+                if a >= r1 and b <= t1 and b > a and text[a:b].strip():
+                    keep[j] = True
+                    break
+    out = processor(text=[text], images=[image], return_tensors="pt", add_special_tokens=add_special)
+    ids = out["input_ids"][0].to(torch.long)
+    delta = len(ids) - len(plain_ids)
+    first = next((j for j, k in enumerate(keep) if k), len(keep))
+    if delta < 0 or ids[first + delta:].tolist() != plain_ids[first:]:
+        raise PreselError("the processor's image expansion changed tokens after the image (or the text tokenizes "
+                          "differently with the image); cannot align response labels for this model")
+    labels = torch.full_like(ids, IGNORE)
+    for j, k in enumerate(keep):
+        if k:
+            labels[j + delta] = ids[j + delta]
+    n = len(ids)
+    extras: dict[str, Any] = {}
+    for k, v in out.items():
+        if k in ("input_ids", "attention_mask") or not isinstance(v, torch.Tensor):
+            continue
+        extras[k] = v[0] if v.dim() == 2 and v.shape[0] == 1 and v.shape[1] == n else v
+    if max_length is not None and n > max_length:
+        img_id = _image_token_id(processor)
+        if img_id is not None:
+            pos = (ids == img_id).nonzero()
+            if len(pos) and int(pos[-1]) >= max_length:
+                raise PreselError(f"max_length={max_length} would cut the image tokens (they end at position "
+                                  f"{int(pos[-1]) + 1}); raise max_length")
+        ids, labels = ids[:max_length], labels[:max_length]
+        extras = {k: (v[:max_length] if v.dim() == 1 and v.shape[0] == n else v) for k, v in extras.items()}
+    return Encoded(ids, labels, extras)
+
+
+def _is_token_aligned(e: Encoded, v: Any) -> bool:
+    return v.dim() == 1 and v.shape[0] == e.input_ids.shape[0]
+
+
+def collate(batch: list[Encoded], pad_token_id: int, padding_side: str = "right") -> dict[str, Any]:
+    """Pad a list of :class:`Encoded` into a batch.
+
+    Returns ``{"input_ids", "attention_mask", "labels", "extras"}`` (B x L tensors; labels -100 on padding;
+    ``extras``: per-token extras padded with 0, the others concatenated along dim 0 with zero padding of
+    the remaining dims). Use right padding for scoring/training (position ids of most decoders assume it).
+    """
+    import torch
+
+    if not batch:
+        raise ValueError("collate needs at least one sample")
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side={padding_side!r} must be 'right' or 'left'")
+    L = max(int(e.input_ids.shape[0]) for e in batch)
+    B = len(batch)
+    input_ids = torch.full((B, L), int(pad_token_id), dtype=torch.long)
+    attention = torch.zeros((B, L), dtype=torch.long)
+    labels = torch.full((B, L), IGNORE, dtype=torch.long)
+
+    def put(dst: Any, i: int, src: Any) -> None:
+        n = src.shape[0]
+        if padding_side == "right":
+            dst[i, :n] = src
+        else:
+            dst[i, L - n:] = src
+
+    for i, e in enumerate(batch):
+        put(input_ids, i, e.input_ids)
+        put(attention, i, torch.ones_like(e.input_ids))
+        put(labels, i, e.labels)
+    extras: dict[str, Any] = {}
+    for k in batch[0].extras:
+        vals = [e.extras[k] for e in batch]
+        if all(_is_token_aligned(e, e.extras[k]) for e in batch):
+            t = torch.zeros((B, L), dtype=vals[0].dtype)
+            for i, v in enumerate(vals):
+                put(t, i, v)
+            extras[k] = t
+            continue
+        shape = [max(int(v.shape[d]) for v in vals) for d in range(1, vals[0].dim())]
+        padded = []
+        for v in vals:
+            if list(v.shape[1:]) != shape:
+                p = torch.zeros((v.shape[0], *shape), dtype=v.dtype)
+                p[tuple(slice(0, s) for s in v.shape)] = v
+                v = p
+            padded.append(v)
+        extras[k] = torch.cat(padded, dim=0)
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels, "extras": extras}
+
+
+def response_loss(logits: Any, labels: Any) -> tuple[Any, Any]:
+    """Per-sample sum of next-token cross-entropy over response tokens, and their count.
+
+    ``logits``: B x L x V (any float dtype; computed in fp32); ``labels``: B x L with -100 where masked.
+    Position ``t`` predicts label ``t + 1``. Returns ``(loss_sum, n_tokens)``: fp32 ``B`` and long ``B``;
+    the mean loss of sample ``i`` is ``loss_sum[i] / n_tokens[i]``. Differentiable (used by training).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    shift_labels = labels[:, 1:].to(logits.device)
+    mask = shift_labels != IGNORE
+    rows = logits[:, :-1][mask].float()
+    nll = F.cross_entropy(rows, shift_labels[mask], reduction="none")
+    which = mask.nonzero()[:, 0]
+    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=logits.device).index_add(0, which, nll)
+    return sums, mask.sum(dim=1)
