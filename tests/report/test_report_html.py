@@ -252,6 +252,12 @@ def test_pool_outside_the_run_dir_and_image_root(tmp_path, run):
     text = build_report(moved).read_text()
     assert _parse(text).sections["gallery"] == "ok" and "image<br>missing" not in text
     (moved / "selection" / "config.json").unlink()
+    # the run's config.yaml (presel run / presel demo) names the pool, relative to itself, with its task settings
+    (moved / "config.yaml").write_text("out: .\npool:\n  path: ../elsewhere/pool.jsonl\n  task-rules: {'images/': everything}\n")
+    text = build_report(moved).read_text()
+    row = next(r for r in re.findall(r"<tr>(.*?)</tr>", text, re.S) if ">everything<" in r)
+    assert re.findall(r'<td class="num">(.*?)</td>', row)[:2] == ["126", "126"]
+    (moved / "config.yaml").unlink()
     # image_root.txt points at the image folder
     shutil.copytree(tmp_path / "elsewhere", moved / "pool2")
     (moved / "pool").mkdir()

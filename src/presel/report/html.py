@@ -3,13 +3,15 @@
 The report reads what the stages wrote into a run directory; every input is optional and a
 section whose input is missing says "not run" instead of failing::
 
-    pool/pool.jsonl               pool manifest (images relative to pool/, or to the folder named in
-                                  pool/image_root.txt); or pass pool=... / --pool
+    config.yaml                   the run config (presel run / presel demo): its pool section names the pool
+    pool/pool.jsonl               otherwise: the pool manifest (images relative to pool/, or to the folder
+                                  named in pool/image_root.txt); or pass pool=... / --pool
     reference/reference.jsonl     id, image, task of the reference set
     ref_model/train_log.jsonl     step, epoch, loss, lr, ...   (reference model fine-tuning)
-    final_model/train_log.jsonl   the same for the final model; final_models/<name>/train_log.jsonl for several
+    final_model/train_log.jsonl   the same for the final model; final_models/<name>/train_log.jsonl or
+                                  compare/models/<name>/train_log.jsonl for several
     irs/irs.parquet               id, task, loss_q, loss_noq, irs, n_response_tokens;  irs/rejected.jsonl
-    task_weights.json             {task: {score, weight, n}}  (also weights/task_weights.json)
+    weights/task_weights.json     {task: {score, weight, n}}  (also task_weights.json)
     features/                     feature store (presel.io.features.load_features); features/rejects.jsonl
     selection/selection.parquet   id, image, task, cluster, nc_score, rank, source ('reference' | 'selected')
     selection/assignments.parquet id, task, cluster, nc_score, selected, reference
@@ -132,6 +134,9 @@ class RunData:
             from presel.io.manifest import read_pool
 
             path = self.pool_path
+            settings: dict[str, Any] = {}
+            if path is None:
+                path, settings = self._pool_from_run_config()
             if path is None:
                 for c in ("pool/pool.jsonl", "pool/pool.json", "pool/pool.parquet", "pool.jsonl"):
                     if self.path(c).is_file():
@@ -141,14 +146,51 @@ class RunData:
                 path = self._pool_from_configs()
             if path is None:
                 return None
-            root = self.image_root
+            root = self.image_root or settings.pop("image_root", None)
             txt = path.parent / "image_root.txt"
             if root is None and txt.is_file():
                 r = Path(txt.read_text(encoding="utf-8").strip())
                 root = r if r.is_absolute() else path.parent / r
-            return read_pool(path, image_root=root, default_task="default")
+            if not settings.get("task_field") and not settings.get("task_map") and not settings.get("task_rules"):
+                settings.setdefault("default_task", "default")
+            return read_pool(path, image_root=root, **settings)
 
         return self._once("pool", read)
+
+    def _pool_from_run_config(self) -> tuple[Path | None, dict[str, Any]]:
+        """The pool section of ``config.yaml`` saved in the run directory (``presel run`` / ``presel demo``).
+
+        Paths are relative to the config's folder; the task settings are passed on to the reader.
+        """
+        p = self.path("config.yaml")
+        if not p.is_file():
+            return None, {}
+        import yaml
+
+        try:
+            cfg = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            return None, {}
+        pool = cfg.get("pool") if isinstance(cfg, dict) else None
+        if not isinstance(pool, dict) or not isinstance(pool.get("path"), str):
+            return None, {}
+        pool = {str(k).replace("-", "_"): v for k, v in pool.items()}
+
+        def rel(v: Any) -> Path | None:
+            return None if not v else (Path(v) if Path(v).is_absolute() else p.parent / v)
+
+        path = rel(pool["path"])
+        if path is None or not path.exists():
+            return None, {}
+        settings: dict[str, Any] = {}
+        if pool.get("image_root"):
+            settings["image_root"] = rel(pool["image_root"])
+        if pool.get("task_map"):
+            settings["task_map"] = rel(pool["task_map"])
+        for k in ("task_field", "task_rules", "default_task", "id_field"):
+            if pool.get(k) is not None:
+                settings[k] = pool[k]
+        return path, settings
 
     def _pool_from_configs(self) -> Path | None:
         """The pool manifest a stage recorded in its config.json (``pool`` or ``inputs.pool``), if it still exists."""
@@ -217,12 +259,13 @@ class RunData:
         one = self.jsonl("final_model/train_log.jsonl")
         if one:
             finals["final model"] = one
-        many = self.path("final_models")
-        if many.is_dir():
-            for d in sorted(p for p in many.iterdir() if p.is_dir()):
-                rows = self.jsonl(f"final_models/{d.name}/train_log.jsonl")
-                if rows:
-                    finals[d.name] = rows
+        for folder in ("final_models", "compare/models"):  # several final models (presel demo --compare)
+            many = self.path(folder)
+            if many.is_dir():
+                for d in sorted(p for p in many.iterdir() if p.is_dir()):
+                    rows = self.jsonl(f"{folder}/{d.name}/train_log.jsonl")
+                    if rows:
+                        finals[d.name] = rows
         if finals:
             groups["final models"] = finals
         return groups
@@ -479,7 +522,7 @@ class Report:
                   ("task weights", d.weights is not None), ("features", d.path("features").is_dir()),
                   ("selection", d.assignments is not None or d.selection is not None),
                   ("generation", d.path("generate").is_dir()),
-                  ("final model", d.path("final_model").is_dir() or d.path("final_models").is_dir()),
+                  ("final model", any(d.path(x).is_dir() for x in ("final_model", "final_models", "compare/models"))),
                   ("evaluation", d.path("evaluation.json").is_file())]
         if summ.get("method"):
             stages.append((f"method: {summ['method']}", True))
