@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from presel.prepare import prepare_llava665k
 t = time.perf_counter()
 s = prepare_llava665k(sys.argv[1], sys.argv[2], sys.argv[3], splits=(sys.argv[4] or None))
 dt = time.perf_counter() - t
-print(json.dumps({"seconds": dt, "records": s["records_in_file"],
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM (not ru_maxrss, which keeps the forking parent's peak across exec)
+hwm = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM:"))
+print(json.dumps({"seconds": dt, "records": s["records_in_file"], "peak_rss_mb": hwm / 1024}))
 """
 
 

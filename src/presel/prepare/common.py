@@ -157,12 +157,13 @@ class PoolWriter:
         self.task_images: dict[str, set[str]] = {}
         self.images: set[str] = set()
 
-    def add(self, pool_row: dict[str, Any], annotation: dict[str, Any]) -> None:
-        self.pool.write(json.dumps(pool_row, ensure_ascii=False, separators=(", ", ": ")) + "\n")
-        self.ann.write(("\n" if self.n == 0 else ",\n")
-                       + json.dumps(annotation, ensure_ascii=False, sort_keys=True, separators=(", ", ": ")))
+    def add(self, pool_head: dict[str, Any], annotation_head: dict[str, Any], conversations: Any) -> None:
+        """One record: ``pool_head`` / ``annotation_head`` are the other fields; conversations go last in both."""
+        conv = json.dumps(conversations, ensure_ascii=False, separators=(", ", ": "))  # encoded once, used twice
+        self.pool.write(_with_conversations(pool_head, conv) + "\n")
+        self.ann.write(("\n" if self.n == 0 else ",\n") + _with_conversations(annotation_head, conv))
         self.n += 1
-        task, image = pool_row["task"], pool_row["image"]
+        task, image = pool_head["task"], pool_head["image"]
         self.task_records[task] = self.task_records.get(task, 0) + 1
         self.task_images.setdefault(task, set()).add(image)
         self.images.add(image)
@@ -183,6 +184,11 @@ class PoolWriter:
         return {"order": names,
                 "tasks": {t: {"records": self.task_records[t], "images": len(self.task_images[t])} for t in names},
                 "records": self.n, "images": len(self.images)}
+
+
+def _with_conversations(head: dict[str, Any], conv_json: str) -> str:
+    h = json.dumps(head, ensure_ascii=False, separators=(", ", ": "))
+    return (h[:-1] + ", " if head else "{") + '"conversations": ' + conv_json + "}"
 
 
 def first_human(rec: dict[str, Any]) -> str:

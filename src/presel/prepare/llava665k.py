@@ -298,9 +298,9 @@ def prepare_llava665k(annotations: str | os.PathLike, image_root: str | os.PathL
                 src_name = source or NO_RULE
                 sources[src_name] = sources.get(src_name, 0) + 1
                 new_id = str(p)
-                w.add({"id": new_id, "image": image, "task": task, "conversations": conv, "orig_id": rec["id"],
-                       "source": src_name},
-                      {**rec, "id": new_id, "orig_id": rec["id"], "task": task})
+                head = {k: v for k, v in rec.items() if k != "conversations"}
+                w.add({"id": new_id, "image": image, "task": task, "orig_id": rec["id"], "source": src_name},
+                      {**head, "id": new_id, "orig_id": rec["id"], "task": task}, conv)
                 q += 1
         except BaseException:
             w.abort()

@@ -82,8 +82,9 @@ def prepare_vision_flan(annotations: str | os.PathLike, image_root: str | os.Pat
                 oid = str(rec["id"])
                 orig_ids[oid] = orig_ids.get(oid, 0) + 1
                 new_id = str(p)
-                w.add({"id": new_id, "image": image, "task": task, "conversations": conv, "orig_id": rec["id"]},
-                      {**rec, "id": new_id, "orig_id": rec["id"], "task": task})
+                head = {k: v for k, v in rec.items() if k != "conversations"}
+                w.add({"id": new_id, "image": image, "task": task, "orig_id": rec["id"]},
+                      {**head, "id": new_id, "orig_id": rec["id"], "task": task}, conv)
         except BaseException:
             w.abort()
             raise
