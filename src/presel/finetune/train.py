@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -583,7 +584,7 @@ def finetune(
     sampler = MicroBatchSampler(plan, start, total, dist.rank)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
-        collate_fn=lambda b: collate(b, pad_id, padding_side="right"), pin_memory=on_cuda,
+        collate_fn=functools.partial(collate, pad_token_id=pad_id, padding_side="right"), pin_memory=on_cuda,
         persistent_workers=False, prefetch_factor=2 if cfg.num_workers else None)
     batches = iter(loader)
     counts = sampler.counts()
