@@ -158,6 +158,32 @@ def test_splits_matched_by_content(fake, tmp_path):
     assert s["splits"]["index"] == "content" and s["splits"]["agreement"]["rate"] == 1.0
 
 
+def test_splits_matched_by_id_and_image(fake, tmp_path):
+    d, truth = fake
+    ann = d / "llava_v1_5_mix665k.json"
+    data = json.loads(ann.read_text())
+    groups: dict[str, list] = {}
+    for s, r in zip(truth, data):
+        if s != "sharegpt":
+            groups.setdefault(RULE_SOURCE[s], []).append({"id": r["id"], "image": r["image"]})
+    (tmp_path / "s").mkdir()
+    for t, recs in groups.items():
+        (tmp_path / "s" / f"{t}.json").write_text(json.dumps(recs))
+    # COCO images carry records of several sources: id + image is ambiguous there, and says so
+    with pytest.raises(PreselError, match=r"is also in .*id \+ image name an image, not a record"):
+        prepare_llava665k(ann, d / "data", tmp_path / "pool", splits=tmp_path / "s")
+    # without the shared COCO folder, (id, image) pairs are unique and match
+    keep = [i for i, r in enumerate(data) if "image" in r and not r["image"].startswith("coco/")]
+    sub = tmp_path / "sub.json"
+    sub.write_text(json.dumps([data[i] for i in keep]))
+    for f in (tmp_path / "s").iterdir():
+        recs = [r for r in json.loads(f.read_text()) if not r["image"].startswith("coco/")]
+        f.unlink() if not recs else f.write_text(json.dumps(recs))
+    s = prepare_llava665k(sub, d / "data", tmp_path / "pool", splits=tmp_path / "s")
+    assert s["splits"]["index"] == "content" and s["splits"]["agreement"]["rate"] == 1.0
+    assert s["tasks"] == dict(Counter(RULE_SOURCE[truth[i]] for i in keep))
+
+
 def _split_dir(tmp_path: Path, files: dict[str, list[dict]]) -> Path:
     d = tmp_path / "bad_splits"
     d.mkdir(parents=True)
@@ -188,7 +214,8 @@ def test_split_errors(fake, tmp_path, capsys):
     assert "unique_idx does not match" in err and "beyond" in err and "10000000" in err
     # not covering every image record
     sd = _split_dir(tmp_path / "c", {"a": [rec(img[0], 0)]})
-    with pytest.raises(PreselError, match=r"image records are in no split file"):
+    first_image = img[1] if img[1] != img[0] else img[2]
+    with pytest.raises(PreselError, match=rf"image records are in no split file \(first: .*record {first_image}\)"):
         prepare_llava665k(ann, d / "data", tmp_path / "x", splits=sd)
     # wrong numbering forced
     task_of = [None if s == "sharegpt" else "t" for s in truth]

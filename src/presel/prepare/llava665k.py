@@ -108,6 +108,7 @@ class Splits:
         self.tasks = [f.stem for f in self.files]
         self.by_idx: dict[int, _Entry] = {}
         self.by_key: dict[tuple[str, str, bytes], tuple[int, int, int]] = {}  # key -> (task, file, pos)
+        self.by_idimg: dict[tuple[str, str], tuple[int, int, int]] = {}  # (id, image) -> (task, file, pos)
         self.file_records = [0] * len(self.files)
         for fi, f in enumerate(self.files):
             for pos, rec in iter_json_list(f, flag="--splits"):
@@ -130,14 +131,32 @@ class Splits:
                     self.by_idx[u] = _Entry(fi, None if rec.get("id") is None else str(rec["id"]),
                                             img if isinstance(img, str) else None, fi, pos)
                 else:
-                    if rec.get("conversations") is None or rec.get("id") is None:
-                        raise PreselError(f"{where}: a split record needs 'unique_idx', or 'id', 'image' and "
-                                          "'conversations' to be matched to the annotations; add unique_idx")
-                    key = _content_key(rec)
-                    old_k = self.by_key.get(key)
+                    if rec.get("id") is None or not isinstance(rec.get("image"), str):
+                        raise PreselError(f"{where}: a split record needs 'unique_idx', or 'id' and 'image' (plus "
+                                          "'conversations' when one image has several records) to be matched to "
+                                          "the annotations; add unique_idx")
+                    key = _content_key(rec) if rec.get("conversations") is not None else (str(rec["id"]), rec["image"])
+                    table = self.by_key if len(key) == 3 else self.by_idimg
+                    old_k = table.get(key)
                     if old_k is not None and old_k[0] != fi:
-                        raise PreselError(self._overlap(where, f"record id {rec['id']!r}", old_k[1], old_k[2], fi))
-                    self.by_key.setdefault(key, (fi, fi, pos))
+                        msg = self._overlap(where, f"record id {rec['id']!r} (image {rec['image']})", old_k[1], old_k[2], fi)
+                        if len(key) == 2:
+                            msg += ("; id + image name an image, not a record (COCO images have records from several "
+                                    "sources), so give these split records 'conversations' or 'unique_idx'")
+                        raise PreselError(msg)
+                    table.setdefault(key, (fi, fi, pos))
+
+    def task_by_content(self, rec: dict[str, Any]) -> int:
+        """Task of an annotation record matched by content (id, image, conversations) or by (id, image); -1 if none."""
+        if self.by_key:
+            hit = self.by_key.get(_content_key(rec))
+            if hit is not None:
+                return hit[0]
+        if self.by_idimg:
+            hit = self.by_idimg.get((str(rec.get("id")), rec.get("image")))
+            if hit is not None:
+                return hit[0]
+        return -1
 
     def _overlap(self, where: str, what: str, ofile: int, opos: int, fi: int) -> str:
         if ofile == fi:
@@ -180,6 +199,7 @@ def _resolve_splits(cfg: Llava665kConfig, splits: Splits, table: TaskTable) -> t
     """Pass 1: read the annotations once, match split records, pick the numbering; task per image record."""
     orig, notext = _Hypothesis("original"), _Hypothesis("text-free")
     by_content = array("i")
+    positions = array("q")  # original position of each image record
     q = 0
     n_records = 0
     for p, rec in iter_json_list(cfg.annotations):
@@ -189,12 +209,12 @@ def _resolve_splits(cfg: Llava665kConfig, splits: Splits, table: TaskTable) -> t
             if splits.by_idx:
                 orig.check(splits, p, rec if isinstance(rec, dict) else None, None)
             continue
+        positions.append(p)
         if splits.by_idx:
             orig.tasks.append(orig.check(splits, p, rec, image))
             notext.tasks.append(notext.check(splits, q, rec, image))
-        if splits.by_key:
-            hit = splits.by_key.get(_content_key(rec))
-            by_content.append(hit[0] if hit is not None else -1)
+        if splits.by_key or splits.by_idimg:
+            by_content.append(splits.task_by_content(rec))
         q += 1
     n_idx = len(splits.by_idx)
     if splits.by_idx:
@@ -229,11 +249,11 @@ def _resolve_splits(cfg: Llava665kConfig, splits: Splits, table: TaskTable) -> t
                                   f"{cfg.annotations}")
         tasks = chosen.tasks
         index = "original" if chosen is orig else "notext"
-        if splits.by_key:
+        if by_content:
             for i, t in enumerate(by_content):
                 if t >= 0:
                     if tasks[i] >= 0 and tasks[i] != t:
-                        raise PreselError(f"--splits {cfg.splits}: annotation record at text-free position {i} is in "
+                        raise PreselError(f"--splits {cfg.splits}: {cfg.annotations} record {positions[i]} is in "
                                           f"'{splits.tasks[tasks[i]]}' by unique_idx and in '{splits.tasks[t]}' by "
                                           "content; the split files must not overlap")
                     tasks[i] = t
@@ -242,7 +262,7 @@ def _resolve_splits(cfg: Llava665kConfig, splits: Splits, table: TaskTable) -> t
     uncovered = [i for i, t in enumerate(tasks) if t < 0]
     if uncovered:
         raise PreselError(f"--splits {cfg.splits}: {len(uncovered)} of {len(tasks)} image records are in no split "
-                          f"file (first: text-free position {uncovered[0]}); the split files must cover every image "
+                          f"file (first: {cfg.annotations} record {positions[uncovered[0]]}); the split files must cover every image "
                           "record of the annotations, or drop --splits to use the built-in rules")
     return tasks, index
 
