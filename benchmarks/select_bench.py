@@ -188,7 +188,9 @@ def _child(args) -> None:
     t0 = time.perf_counter()
     out = run_official(args.npy, args.n) if args.child == "official" else run_engine(args.npy, args.n, args.child)
     out["wall_s"] = time.perf_counter() - t0
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    out["peak_rss_mb"] = ru.ru_maxrss / 1024
+    out["cpu_s"] = ru.ru_utime + ru.ru_stime
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -246,11 +248,11 @@ def main() -> None:
                 print(f"N={n} {label} [{core_label}]: ERROR {r['error']}", flush=True)
                 continue
             print(f"N={n} {label} [OPENBLAS_CORETYPE {core_label}]: select {r['select_s']:.1f} s, wall {r['wall_s']:.1f} s, "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MB, objective {r['objective']:.1f}, clusters {r['clusters']}", flush=True)
+                  f"cpu {r['cpu_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB, objective {r['objective']:.1f}, clusters {r['clusters']}", flush=True)
             for b in r["blas"]:
                 print(f"    BLAS: {b}", flush=True)
     print()
-    print(f"{'N':>7}  {'configuration':36}  {'OPENBLAS_CORETYPE':20}  {'select s':>9}  {'wall s':>8}  {'peak RSS MB':>11}  "
+    print(f"{'N':>7}  {'configuration':36}  {'OPENBLAS_CORETYPE':20}  {'select s':>9}  {'wall s':>8}  {'cpu s':>8}  {'peak RSS MB':>11}  "
           f"{'k-means objective':>17}  {'vs b':>8}")
     for n, label, core_label, r in rows:
         if "error" in r:
@@ -259,7 +261,7 @@ def main() -> None:
         b = next((x for m, lab, _, x in rows if m == n and lab.startswith("b:") and "error" not in x), None)
         rel = "" if b is None else f"{(r['objective'] / b['objective'] - 1) * 100:+.2f}%"
         speed = "" if b is None or label.startswith("b:") else f"  {b['select_s'] / r['select_s']:.1f}x faster than b"
-        print(f"{n:>7}  {label:36}  {core_label:20}  {r['select_s']:9.1f}  {r['wall_s']:8.1f}  {r['peak_rss_mb']:11.0f}  "
+        print(f"{n:>7}  {label:36}  {core_label:20}  {r['select_s']:9.1f}  {r['wall_s']:8.1f}  {r['cpu_s']:8.1f}  {r['peak_rss_mb']:11.0f}  "
               f"{r['objective']:17.1f}  {rel:>8}{speed}")
 
 

@@ -143,16 +143,15 @@ def _task_seed(seed: int, task: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(task.encode("utf-8"))) % (2**31 - 1)
 
 
-def _items(pool: Pool) -> tuple[list[_Task], dict[str, int]]:
+def _items(pool: Pool, keys: list[str]) -> tuple[list[_Task], dict[str, int]]:
     tasks: dict[str, _Task] = {}
     pos: dict[tuple[str, str], int] = {}
     img_index: dict[str, int] = {}
-    for r in pool.records:
+    for r, key in zip(pool.records, keys):
         t = tasks.get(r.task)
         if t is None:
             t = tasks[r.task] = _Task(r.task)
         t.records += 1
-        key = r.image_key
         if key not in img_index:
             img_index[key] = len(img_index)
         j = pos.get((r.task, key))
@@ -176,12 +175,10 @@ def _budget(cfg: SelectConfig, n_images: int) -> int:
     return int(Fraction(repr(float(cfg.budget))) * n_images // 1)  # exact floor(f * N), no float drift
 
 
-def _resolve_reference(pool: Pool, reference: Iterable[str], source: str) -> dict[str, tuple[str, str]]:
+def _resolve_reference(pool: Pool, keys: list[str], reference: Iterable[str], source: str) -> dict[str, tuple[str, str]]:
     """image key -> (task, record id) of each distinct reference image, in reference order."""
     by_id = pool.by_id()
-    first_by_key: dict[str, int] = {}
-    for i, r in enumerate(pool.records):
-        first_by_key.setdefault(r.image_key, i)
+    first_by_key: dict[str, int] | None = None  # built only if some reference id is an image path
     out: dict[str, tuple[str, str]] = {}
     seen: set[str] = set()
     for rid in reference:
@@ -189,14 +186,18 @@ def _resolve_reference(pool: Pool, reference: Iterable[str], source: str) -> dic
         if rid in seen:
             raise PreselError(f"{source}: duplicate reference id '{rid}'; list each reference image once")
         seen.add(rid)
-        if rid in by_id:
-            rec = pool.records[by_id[rid]]
-        elif image_key(rid) in first_by_key:
-            rec = pool.records[first_by_key[image_key(rid)]]
-        else:
+        i = by_id.get(rid)
+        if i is None:
+            if first_by_key is None:
+                first_by_key = {}
+                for j, k in enumerate(keys):
+                    first_by_key.setdefault(k, j)
+            i = first_by_key.get(image_key(rid))
+        if i is None:
             raise PreselError(f"{source}: reference id '{rid}' is not in the pool {pool.source} (neither a record id nor "
                               "an image path); the reference set must be drawn from the pool: fix the id or the --pool")
-        out.setdefault(rec.image_key, (rec.task, rec.id))
+        rec = pool.records[i]
+        out.setdefault(keys[i], (rec.task, rec.id))
     return out
 
 
@@ -389,9 +390,11 @@ def select(pool: Pool, features, *, weights: Mapping[str, Any] | None = None, re
     ``*_source`` name the inputs in error messages. Pure: reads no files, writes nothing.
     """
     cfg = config
-    tasks, img_index = _items(pool)
+    keys = [r.image_key for r in pool.records]
+    tasks, img_index = _items(pool, keys)
     n_images = len(img_index)
-    refs = _resolve_reference(pool, reference, reference_source)
+    refs = _resolve_reference(pool, keys, reference, reference_source)
+    del keys
     ref_mask = np.zeros(n_images, dtype=bool)
     for key in refs:
         ref_mask[img_index[key]] = True
