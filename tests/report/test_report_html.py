@@ -237,6 +237,14 @@ def test_missing_inputs_give_not_run_notes(tmp_path):
     assert st["irs"] == "not-run" and st["clusters"] == "not-run" and st["tasks"] == "ok"
     assert "irs/irs.parquet: could not read" in text
     assert st["training"] == "ok" and st["evaluation"] == "ok"
+    # weights as plain numbers; a value of the wrong type breaks one section, not the report
+    _write_json(full / "task_weights.json", {"alpha": 0.5, "beta": 0.3, "gamma": 0.2})
+    _write_jsonl(full / "ref_model" / "train_log.jsonl", [{"step": "one", "loss": 1.0}])
+    text = build_report(full).read_text(encoding="utf-8")
+    st = _parse(text).sections
+    assert st["training"] == "error" and "ValueError" in text and st["timings"] == "ok"
+    row = next(r for r in re.findall(r"<tr>(.*?)</tr>", text, re.S) if ">beta<" in r)
+    assert "0.300" in row
 
 
 def test_pool_outside_the_run_dir_and_image_root(tmp_path, run):

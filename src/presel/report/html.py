@@ -222,7 +222,15 @@ class RunData:
         w = self.json("task_weights.json", "weights/task_weights.json", "weights/weights.json")
         if isinstance(w, dict) and isinstance(w.get("tasks"), dict):
             w = w["tasks"]
-        return {t: v for t, v in w.items() if isinstance(v, dict)} if isinstance(w, dict) else None
+        if not isinstance(w, dict):
+            return None
+        out = {}
+        for t, v in w.items():  # task -> {"score", "weight", "n"}, or task -> weight
+            if isinstance(v, dict):
+                out[str(t)] = v
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[str(t)] = {"weight": v}
+        return out
 
     @property
     def selection(self) -> dict[str, list[Any]] | None:
@@ -930,6 +938,7 @@ section h2{margin:0 0 12px;font-size:16.5px;font-weight:650}
 section h3{font-size:13.5px;margin:14px 0 6px}
 section.not-run{background:#fafafa}
 section.not-run h2{color:var(--muted)}
+section.error{background:#fff7f7;border-color:#fecaca}
 .notrun{color:var(--muted);font-style:italic;margin:0}
 .note{color:var(--muted);font-size:12.5px;margin:8px 0 0}
 img.plot{display:block;max-width:100%;height:auto;margin:4px 0}
@@ -1037,6 +1046,9 @@ def render_report(data: RunData, title: str | None = None) -> str:
         except PreselError as e:
             body = f'<p class="notrun">Could not be drawn: {esc(e)}</p>'
             status = "not-run"
+        except Exception as e:  # one broken section must not cost the whole report
+            body = f'<p class="notrun">Could not be drawn ({esc(type(e).__name__)}: {esc(e)}); please report this.</p>'
+            status = "error"
         sections.append(f'<section id="{sid}" data-section="{sid}" data-status="{status}" '
                         f'class="{status}"><h2>{esc(heading)}</h2>{body}</section>')
         nav.append(f'<a href="#{sid}" class="{"" if status == "ok" else "off"}">{esc(heading)}</a>')
