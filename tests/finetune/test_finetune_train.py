@@ -214,3 +214,19 @@ def test_cli(tiny_llava, tmp_path, capsys, monkeypatch):
     rc = main(["finetune", "--data", str(bad), "--model", str(tiny_llava), "--out", str(tmp_path / "o2")])
     assert rc == 2
     assert "no usable training sample" in capsys.readouterr().err
+
+
+def test_result_scores_and_fits_its_data_better_than_the_base(trained, tiny_llava, tmp_path):
+    scoring = pytest.importorskip("presel.importance.scoring")
+    import pyarrow.parquet as pq
+
+    out, data = trained
+    losses = {}
+    for name, model in (("tuned", out), ("base", tiny_llava)):
+        cfg = scoring.ScoreConfig(model=str(model), batch_size=4, device="cpu", dtype="fp32", default_task="colours")
+        scoring.score_to_dir(data, tmp_path / name, cfg, progress=False)
+        t = pq.read_table(tmp_path / name / "irs.parquet").to_pylist()
+        assert sorted(r["id"] for r in t) == [f"c{i}" for i in range(6)]
+        assert all(math.isfinite(r["irs"]) for r in t)
+        losses[name] = sum(r["loss_q"] for r in t) / len(t)
+    assert losses["tuned"] < losses["base"] - 0.5, losses
