@@ -1,1 +1,17 @@
-"""presel.generate"""
+"""presel.generate: instructions for the selected images.
+
+* :func:`generate_to_dir` (online, any OpenAI-compatible server; resumable) with :class:`GenerateConfig`;
+* :func:`oracle_to_dir` (the paper's protocol: instructions from an existing annotated dataset);
+* templates (:func:`load_templates`), answer parsing/validation (:mod:`presel.generate.parse`).
+
+Heavy imports (httpx, jsonschema, tqdm) happen inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+from presel.generate.online import GenerateConfig, generate_to_dir
+from presel.generate.oracle import OracleConfig, oracle_to_dir
+from presel.generate.templates import Template, TemplateSet, load_templates
+
+__all__ = ["GenerateConfig", "generate_to_dir", "OracleConfig", "oracle_to_dir", "Template", "TemplateSet",
+           "load_templates"]

@@ -1,0 +1,101 @@
+"""Oracle mode (the paper's benchmark protocol): the instructions of the selected images are taken from
+an existing annotated dataset (LLaVA-665K, Vision-FLAN, ...) instead of being generated.
+
+Matching (``match``): ``id`` (the selection id equals the annotation id), ``image`` (same normalised
+image path; in the row's task when the annotations carry a ``task``/``task_name`` field, else every
+record of that image), or ``auto`` (id, then image). Several annotation records for one selected
+image are all kept (LLaVA-665K has several records per COCO image): the first keeps the selection id,
+the others become ``<id>#1``, ``<id>#2``... A selected row without any annotation is a recorded failure
+in ``failures.jsonl`` (counted in summary.json), never silently dropped.
+
+Reference rows take their records from ``reference_annotations`` when given, else from the same
+annotations file (in the benchmark protocol the full dataset annotates the reference set too).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from presel.errors import PreselError
+from presel.generate.store import MATCHES
+
+
+@dataclass
+class OracleConfig:
+    annotations: str
+    match: str = "auto"
+    reference_annotations: str | None = None
+    format: str = "llava"
+
+    def __post_init__(self) -> None:
+        if self.match not in MATCHES:
+            raise PreselError(f"match={self.match!r} must be one of {', '.join(MATCHES)}")
+        if self.format not in ("llava", "sharegpt"):
+            raise PreselError(f"format={self.format!r} must be llava or sharegpt")
+
+
+def oracle_to_dir(selection_path: str | os.PathLike, annotations_path: str | os.PathLike, out: str | os.PathLike,
+                  reference_annotations: str | os.PathLike | None = None, match: str = "auto", *,
+                  format: str = "llava", overwrite: bool = False) -> dict[str, Any]:
+    """Write ``out/`` (train.json, results.jsonl, failures.jsonl, summary.json, config.json) from annotations.
+
+    Returns the summary. The output directory is written atomically (fast: no resume needed).
+    """
+    from presel.config import resolved_config
+    from presel.generate.store import (
+        load_annotations,
+        read_selection,
+        records_for_row,
+        reference_records,
+        write_train,
+    )
+    from presel.io.atomic import atomic_dir, write_json, write_jsonl
+
+    cfg = OracleConfig(str(annotations_path), match,
+                       None if reference_annotations is None else str(reference_annotations), format)
+    rows = read_selection(selection_path)
+    anns = load_annotations(annotations_path)
+    ref = load_annotations(reference_annotations) if reference_annotations is not None else anns
+    ref_recs, ref_info = reference_records(rows, ref, match)
+    train = list(ref_recs)
+    results, failures = [], []
+    per_task: dict[str, dict[str, int]] = {}
+    for row in rows:
+        if row.source != "selected":
+            continue
+        t = per_task.setdefault(row.task, {"items": 0, "ok": 0, "failed": 0, "records": 0})
+        t["items"] += 1
+        hits, why = anns.lookup(row, match)
+        recs, problems = records_for_row(row, hits)
+        if recs:
+            t["ok"] += 1
+            t["records"] += len(recs)
+            train.extend(recs)
+            results.append({"id": row.id, "image": row.image, "task": row.task, "records": len(recs),
+                            "annotation_ids": [h["id"] for h in hits], "invalid": problems})
+        else:
+            t["failed"] += 1
+            failures.append({"id": row.id, "image": row.image, "task": row.task, "kind": "no_annotation",
+                             "error": why or ("; ".join(problems) or "annotations invalid")})
+    n_sel = sum(t["items"] for t in per_task.values())
+    summary = {
+        "mode": "oracle", "complete": True, "match": match, "annotations": str(annotations_path),
+        "annotations_skipped": anns.skipped, "selected": n_sel, "generated": n_sel - len(failures),
+        "failed": len(failures), "pending": 0, "failures_by_kind": {"no_annotation": len(failures)} if failures else {},
+        "reference": ref_info, "tasks": dict(sorted(per_task.items())),
+        "total": {"items": n_sel, "ok": n_sel - len(failures), "failed": len(failures), "requests": 0,
+                  "tokens_in": 0, "tokens_out": 0, "cost": 0.0},
+        "train_records": len(train),
+    }
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        tmp = Path(tmp)
+        summary["outputs"] = write_train(tmp, train, format)
+        write_jsonl(tmp / "results.jsonl", results)
+        write_jsonl(tmp / "failures.jsonl", failures)
+        write_json(tmp / "summary.json", summary)
+        write_json(tmp / "config.json", resolved_config("generate", cfg, mode="oracle",
+                                                        inputs={"selection": str(selection_path)}))
+    return summary

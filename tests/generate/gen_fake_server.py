@@ -1,0 +1,219 @@
+"""A real HTTP server on 127.0.0.1 speaking the OpenAI chat-completions API, with scripted misbehaviour.
+
+Used by the generate tests and by benchmarks/generate_bench.py. Each request is attributed to an item
+by the image it carries (test images hold ``b"\\x89PNG fake <id>"``); ``script[id]`` lists what the
+server does on the item's 1st, 2nd, ... request, then ``default`` for the rest:
+
+``ok`` answer JSON Q/A; ``slow:S`` wait S seconds then answer; ``429:R`` 429 with ``Retry-After: R``;
+``500``; ``400``; ``malformed`` prose without JSON; ``badjson`` a truncated JSON answer; ``close`` headers
+and half a body, then the connection is closed; ``drop`` the connection is closed without an answer;
+``text:...`` answers that text.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import socket
+import threading
+import time
+from collections import Counter, defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+FAKE_MAGIC = b"\x89PNG fake "
+
+
+def fake_image_bytes(item_id: str, pad: int = 0) -> bytes:
+    """Bytes that name their item (a newline, then ``pad`` filler bytes to mimic a real image's size)."""
+    tail = b"\n" + (bytes(range(256)) * (pad // 256 + 1))[:pad] if pad else b""
+    return FAKE_MAGIC + item_id.encode() + tail
+
+
+def ok_answer(item_id: str) -> str:
+    return json.dumps({"conversations": [{"question": f"What is shown in {item_id}?", "answer": f"It is {item_id}."},
+                                         {"question": "What colour is it?", "answer": "Grey."}]})
+
+
+class FakeOpenAI:
+    def __init__(self, *, latency: float = 0.0, api_key: str | None = None, script: dict[str, list[str]] | None = None,
+                 default: str = "ok", answer=ok_answer):
+        self.latency = latency
+        self.api_key = api_key
+        self.script = dict(script or {})
+        self.default = default
+        self.answer = answer
+        self.lock = threading.Lock()
+        self.attempts: Counter = Counter()
+        self.times: dict[str, list[float]] = defaultdict(list)
+        self.bodies: list[dict[str, Any]] = []
+        self.auth_seen: set[str] = set()
+        self.keep_bodies = True
+        self.extra_routes: dict[tuple[str, str], Any] = {}  # (method, path prefix) -> handler(req) for batch tests
+        self._server: ThreadingHTTPServer | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> str:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in separate writes
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                fake._handle(self, "POST")
+
+            def do_GET(self) -> None:
+                fake._handle(self, "GET")
+
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        srv.daemon_threads = True
+        srv.request_queue_size = 256
+        self._server = srv
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return f"http://127.0.0.1:{srv.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def __enter__(self) -> FakeOpenAI:
+        self.base_url = self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def send_json(h: BaseHTTPRequestHandler, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(obj).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(data)
+
+    @staticmethod
+    def item_of(body: dict[str, Any]) -> str:
+        for m in body.get("messages", []):
+            content = m.get("content")
+            if isinstance(content, list):
+                for part in content:
+                    if part.get("type") == "image_url":
+                        url = part["image_url"]["url"]
+                        if url.startswith("data:"):
+                            raw = base64.b64decode(url.split(",", 1)[1])
+                            if raw.startswith(FAKE_MAGIC):
+                                return raw[len(FAKE_MAGIC):].split(b"\n", 1)[0].decode()
+                        return url.rsplit("/", 1)[-1]
+        return "?"
+
+    def completion(self, item: str, text: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {"id": f"chatcmpl-{item}", "object": "chat.completion", "model": body.get("model"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}}
+
+    def respond(self, item: str, body: dict[str, Any]) -> tuple[str, Any]:
+        """What to do for one chat request of ``item``: (action, payload). Shared with the batch endpoint."""
+        with self.lock:
+            n = self.attempts[item]
+            self.attempts[item] += 1
+            self.times[item].append(time.monotonic())
+            steps = self.script.get(item, [])
+            action = steps[n] if n < len(steps) else self.default
+        return action, None
+
+    # ------------------------------------------------------------------ dispatch
+    def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        length = int(h.headers.get("Content-Length") or 0)
+        raw = h.rfile.read(length) if length else b""
+        with self.lock:
+            self.auth_seen.add(h.headers.get("Authorization") or "")
+        for (m, prefix), fn in self.extra_routes.items():
+            if m == method and h.path.startswith(prefix):
+                fn(h, raw)
+                return
+        if method != "POST" or not h.path.rstrip("/").endswith("/v1/chat/completions"):
+            self.send_json(h, 404, {"error": {"message": f"no route {method} {h.path}"}})
+            return
+        if self.api_key is not None and h.headers.get("Authorization") != f"Bearer {self.api_key}":
+            self.send_json(h, 401, {"error": {"message": "invalid api key"}})
+            return
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError:
+            self.send_json(h, 400, {"error": {"message": "bad json"}})
+            return
+        item = self.item_of(body)
+        if self.keep_bodies:
+            with self.lock:
+                self.bodies.append(body)
+        action, _ = self.respond(item, body)
+        if self.latency:
+            time.sleep(self.latency)
+        self.perform(h, action, item, body)
+
+    def perform(self, h: BaseHTTPRequestHandler, action: str, item: str, body: dict[str, Any]) -> None:
+        if action.startswith("slow:"):
+            time.sleep(float(action.split(":", 1)[1]))
+            action = "ok"
+        if action == "ok":
+            self.send_json(h, 200, self.completion(item, self.answer(item), body))
+        elif action.startswith("text:"):
+            self.send_json(h, 200, self.completion(item, action[5:], body))
+        elif action == "malformed":
+            self.send_json(h, 200, self.completion(item, "Sorry, I can only describe this image in prose.", body))
+        elif action == "badjson":
+            self.send_json(h, 200, self.completion(item, '{"conversations": [{"question": "Wha', body))
+        elif action.startswith("429"):
+            ra = action.split(":", 1)[1] if ":" in action else "0"
+            self.send_json(h, 429, {"error": {"message": "rate limited"}}, {"Retry-After": ra})
+        elif re.fullmatch(r"[45]\d\d", action):
+            self.send_json(h, int(action), {"error": {"message": f"scripted {action}"}})
+        elif action == "close":
+            data = json.dumps(self.completion(item, self.answer(item), body)).encode()
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data[: len(data) // 2])
+            h.wfile.flush()
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)
+        elif action == "drop":
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)
+        else:
+            raise ValueError(f"unknown scripted action {action!r}")
+
+
+def make_selection(root: Path, selected: dict[str, str], reference: dict[str, str] | None = None,
+                   fmt: str = "jsonl", pad: int = 0) -> Path:
+    """Images (fake PNG bytes naming their id) under root/images and a selection file; returns its path."""
+    rows = []
+    for source, items in (("reference", reference or {}), ("selected", selected)):
+        for i, (rid, task) in enumerate(items.items()):
+            img = f"images/{task}/{rid}.png"
+            (root / img).parent.mkdir(parents=True, exist_ok=True)
+            (root / img).write_bytes(fake_image_bytes(rid, pad))
+            rows.append({"id": rid, "image": img, "task": task, "cluster": 0, "nc_score": None,
+                         "rank": i + 1 if source == "selected" else None, "source": source})
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = root / "selection.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        path = root / "selection.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
