@@ -16,11 +16,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pool manifest, when RUN_DIR has no pool/pool.jsonl (used for pool sizes and thumbnails)")
     p.add_argument("--image-root", default=None, help="folder the pool's image paths are relative to")
     p.add_argument("--title", default=None, help="title shown in the report (default: the run directory's name)")
+    p.add_argument("--screenshot", default=None, metavar="PNG",
+                   help="also save a PNG of the top of the page, rendered offline by headless Chromium (for a README)")
+    p.add_argument("--screenshot-size", default="1280x2400", metavar="WxH", help="screenshot size in pixels")
 
 
 def run(args: argparse.Namespace) -> int:
-    from presel.report.html import build_report
+    import re
 
+    from presel.errors import PreselError
+    from presel.report.html import build_report, screenshot
+
+    m = re.fullmatch(r"(\d+)x(\d+)", args.screenshot_size.strip().lower())
+    if m is None:
+        raise PreselError(f"--screenshot-size {args.screenshot_size!r} must look like 1280x2400 (width x height in pixels)")
     path = build_report(args.run_dir, args.out, pool=args.pool, image_root=args.image_root, title=args.title)
     print(path)
+    if args.screenshot:
+        print(screenshot(path, args.screenshot, width=int(m[1]), height=int(m[2])))
     return 0

@@ -1089,3 +1089,42 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, pool: st
     os.umask(mask)
     os.chmod(out, 0o666 & ~mask)  # a report is for sharing: ordinary file permissions, not mkstemp's 0600
     return out
+
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--hide-scrollbars")
+
+
+def find_chromium() -> str | None:
+    import shutil
+
+    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def screenshot(report: str | Path, png: str | Path, *, width: int = 1280, height: int = 2400,
+               timeout: float = 120.0) -> Path:
+    """PNG screenshot (top ``height`` px) of a report page with headless Chromium, offline (e.g. for a README)."""
+    import subprocess
+    import tempfile
+
+    exe = find_chromium()
+    if exe is None:
+        raise PreselError("--screenshot needs Chromium: install it (Debian: apt-get install chromium; "
+                          "or bash scripts/system-deps.sh)")
+    if width < 200 or height < 200:
+        raise PreselError(f"screenshot size {width}x{height} is too small; use at least 200x200")
+    report, png = Path(report).resolve(), Path(png).resolve()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="presel-chromium-") as prof:
+        cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={prof}", f"--window-size={width},{height}",
+               "--virtual-time-budget=5000", f"--screenshot={png}", report.as_uri()]
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                 env={**os.environ, "HOME": prof})
+        except subprocess.TimeoutExpired:
+            raise PreselError(f"chromium did not finish the screenshot of {report} within {timeout:.0f} s") from None
+    if not png.is_file():
+        raise PreselError(f"chromium wrote no screenshot of {report}: {res.stderr.strip()[-300:]}")
+    return png
+
