@@ -39,9 +39,7 @@ def plan(p: Pipeline) -> list[StagePlan]:
         def run_reference(sec=sec) -> None:
             from presel.importance.reference import reference_to_dir
 
-            s = dict(sec)
-            reference_to_dir(p.pool(), cfg.stage_dir("reference"), fraction=s.pop("fraction", 0.05),
-                             seed=s.pop("seed", 0), overwrite=True, **s)
+            reference_to_dir(p.pool(), cfg.stage_dir("reference"), overwrite=True, **sec)
 
         plans.append(StagePlan("reference", sec, (), {"pool": pool_file}, run_reference))
     elif S.get("select") is not None and S["select"].get("reference"):
@@ -65,7 +63,7 @@ def plan(p: Pipeline) -> list[StagePlan]:
             def run_annotate(ann=ann, ref=ref_path) -> None:
                 from presel.generate.oracle import oracle_to_dir
 
-                oracle_to_dir(ref, ann, cfg.stage_dir("annotate"))
+                oracle_to_dir(ref, ann, cfg.stage_dir("annotate"), match=sec.get("match", "auto"), overwrite=True)
 
             plans.append(StagePlan("annotate", sec, ("reference",), {"annotations": ann}, run_annotate))
 
@@ -99,6 +97,7 @@ def plan(p: Pipeline) -> list[StagePlan]:
 
             s = dict(sec)
             s["model"] = resolve_model(s.get("model") or model)
+            s.setdefault("image_root", str(p.pool().image_root))
             score_to_dir(annotated, irs_dir, from_dict(ScoreConfig, s, source=f"{cfg.source}: score"))
 
         plans.append(StagePlan("score", sec, ("annotate", "ref_model"), {"data": annotated}, run_score, resumable=True))
@@ -176,13 +175,15 @@ def plan(p: Pipeline) -> list[StagePlan]:
             if ann is not None:
                 from presel.generate.oracle import oracle_to_dir
 
-                oracle_to_dir(selection, ann, cfg.stage_dir("generate"), reference_annotations=annotated, **s)
+                oracle_to_dir(selection, ann, cfg.stage_dir("generate"), reference_annotations=annotated,
+                              overwrite=True, **s)
             else:
                 from presel.generate.online import GenerateConfig, generate_to_dir
 
                 generate_to_dir(selection, cfg.stage_dir("generate"),
                                 from_dict(GenerateConfig, s, source=f"{cfg.source}: generate"),
                                 reference_annotations=annotated, image_root=p.pool().image_root)
+
 
         files = {"annotations": cfg.path(sec.get("from_annotations"))}
         plans.append(StagePlan("generate", sec, ("select", "annotate"), files, run_generate, resumable=True))
