@@ -70,3 +70,19 @@ def test_vision_flan_no_image_counted(tmp_path):
     assert s["missing_images"] == {"count": 2, "first": ["a.jpg", "b.jpg"]}
     rows = [json.loads(x) for x in (tmp_path / "o" / "pool.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["0", "2"]
+
+
+def test_fake_images_for_end_to_end(vf, tmp_path):
+    from PIL import Image
+
+    from presel.prepare.synthetic import make_fake_images
+
+    d, truth = vf
+    root = tmp_path / "imgs"
+    n = make_fake_images(d / "annotation_191-task_1k.json", root, size=16)
+    s = prepare_vision_flan(d / "annotation_191-task_1k.json", root, tmp_path / "pool", check_images=True)
+    assert n == s["distinct_images"] and s["missing_images"]["count"] == 0
+    first = next(root.rglob("*.jpg"))
+    with Image.open(first) as im:
+        assert im.size == (16, 16) and im.format == "JPEG"
+    assert make_fake_images(d / "annotation_191-task_1k.json", root) == 0  # existing files are kept

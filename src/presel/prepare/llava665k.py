@@ -85,7 +85,7 @@ def _content_key(rec: dict[str, Any]) -> tuple[str, str, bytes]:
     return str(rec.get("id")), str(rec.get("image", "")), hashlib.sha1(conv).digest()[:12]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     task: int
     id: str | None

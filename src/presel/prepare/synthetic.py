@@ -260,3 +260,36 @@ def write_split_files(folder: str | os.PathLike, annotations: str | os.PathLike,
     for task, recs in groups.items():
         (folder / f"{task}.json").write_text(json.dumps(recs, ensure_ascii=False), encoding="utf-8")
     return {t: len(v) for t, v in groups.items()}
+
+
+def make_fake_images(annotations: str | os.PathLike, image_root: str | os.PathLike, *, size: int = 32,
+                     limit: int | None = None) -> int:
+    """Write a small image for every distinct ``image`` path of a (fake) annotations file under ``image_root``.
+
+    Each image is a deterministic colour pattern derived from its path (so near-identical names still
+    differ), saved in the format its extension names. ``limit`` caps how many are written (the first
+    distinct paths in file order). Returns the number written; existing files are left as they are.
+    """
+    import hashlib
+
+    from PIL import Image
+
+    root = Path(image_root)
+    data = json.loads(Path(annotations).read_text(encoding="utf-8"))
+    paths = list(dict.fromkeys(r["image"] for r in data if isinstance(r, dict) and r.get("image")))
+    if limit is not None:
+        paths = paths[:limit]
+    n = 0
+    for rel in paths:
+        dest = root / rel
+        if dest.exists():
+            continue
+        h = hashlib.sha256(rel.encode("utf-8")).digest()
+        rng = np.random.default_rng(int.from_bytes(h[:8], "little"))
+        base = np.array(list(h[8:11]), dtype=np.uint8)
+        img = np.clip(base + rng.integers(-40, 41, size=(size, size, 3)), 0, 255).astype(np.uint8)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}.get(dest.suffix.lower(), "PNG")
+        Image.fromarray(img).save(dest, format=fmt)
+        n += 1
+    return n
