@@ -303,54 +303,38 @@ def _per_cluster(labels: np.ndarray, avail: np.ndarray, fn, out: np.ndarray) -> 
 
 def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
     """Clusters, scores and per-cluster orders of one task (fills t.labels/score/rank/order/cweights)."""
+    from presel.selection.baselines import random_order, typiclust_clusters
     from presel.selection.centrality import neighbour_centrality, typicality
-    from presel.selection.kmeans import _assign, kmeans, n_clusters_for
+    from presel.selection.kmeans import kmeans, n_clusters_for
 
     n = len(t.ids)
     avail = ~t.ref
-    id_rank = np.empty(n, dtype=np.int64)
-    id_rank[np.argsort(np.asarray(t.ids, dtype=str), kind="stable")] = np.arange(n)
     score = np.full(n, np.nan)
     seed = _task_seed(cfg.seed, t.name)
     if cfg.method in ("presel", "random-cluster"):
         km = kmeans(x, n_clusters_for(n, cfg.images_per_cluster), backend=cfg.kmeans_backend, seed=seed,
                     niter=cfg.kmeans_niter)
         labels, t.objective = km.labels, km.objective
-        if cfg.method == "presel":
-            _per_cluster(labels, avail, lambda mem: neighbour_centrality(x[mem], cfg.k), score)
-
-            def key(mem):
-                return (id_rank[mem], -score[mem])
-        else:
-            perm = np.random.default_rng([cfg.seed, zlib.crc32(t.name.encode("utf-8"))]).permutation(n)
-
-            def key(mem):
-                return (perm[mem],)
     elif cfg.method == "random":
         labels = np.zeros(n, dtype=np.int64)
-        perm = np.random.default_rng([cfg.seed, zlib.crc32(t.name.encode("utf-8"))]).permutation(n)
+    else:  # typiclust
+        labels, t.objective = typiclust_clusters(x, avail, t.quota, backend=cfg.kmeans_backend, seed=seed,
+                                                 niter=cfg.kmeans_niter)
+    if cfg.method in ("presel", "typiclust"):
+        if cfg.method == "presel":
+            _per_cluster(labels, avail, lambda mem: neighbour_centrality(x[mem], cfg.k), score)
+        else:
+            _per_cluster(labels, avail, lambda mem: typicality(x[mem], cfg.typiclust_k), score)
+        id_rank = np.empty(n, dtype=np.int64)
+        id_rank[np.argsort(np.asarray(t.ids, dtype=str), kind="stable")] = np.arange(n)
+
+        def key(mem):  # highest score first, ties by id
+            return (id_rank[mem], -score[mem])
+    else:
+        perm = random_order(n, cfg.seed, t.name)
 
         def key(mem):
             return (perm[mem],)
-    else:  # typiclust
-        av = np.nonzero(avail)[0]
-        n_c = min(t.quota, len(av))
-        if n_c <= 1:
-            labels = np.zeros(n, dtype=np.int64)
-        else:
-            km = kmeans(x[av], n_c, backend=cfg.kmeans_backend, seed=seed, niter=cfg.kmeans_niter)
-            labels, _ = _assign(x, km.centroids)
-            labels[av] = km.labels
-            t.objective = km.objective
-            # renumber so clusters are numbered by first member over all items
-            uniq, first = np.unique(labels, return_index=True)
-            remap = np.zeros(int(labels.max()) + 1, dtype=np.int64)
-            remap[uniq[np.argsort(first, kind="stable")]] = np.arange(len(uniq))
-            labels = remap[labels]
-        _per_cluster(labels, avail, lambda mem: typicality(x[mem], cfg.typiclust_k), score)
-
-        def key(mem):
-            return (id_rank[mem], -score[mem])
     t.labels = labels
     t.score = score
     t.order, t.rank = _cluster_orders(labels, avail, key)
