@@ -90,6 +90,19 @@ def build_messages(turns: Sequence[Turn], *, drop_question: bool = False) -> lis
 
 
 def _template(processor: Any, messages: list[dict[str, Any]], generation_prompt: bool = False) -> str:
+    """``processor.apply_chat_template(messages, tokenize=False)``; for a plain string template the same jinja
+    rendering is called directly (the processor's message normalisation costs more than the rendering)."""
+    template = getattr(processor, "chat_template", None)
+    tok = _tokenizer(processor)
+    if isinstance(template, str) and tok is not processor:
+        try:
+            from transformers.utils.chat_template_utils import render_jinja_template
+        except ImportError:  # pragma: no cover - other transformers versions
+            render_jinja_template = None
+        if render_jinja_template is not None:
+            prompts, _ = render_jinja_template(conversations=[messages], chat_template=template,
+                                               add_generation_prompt=generation_prompt, **tok.special_tokens_map)
+            return prompts[0]
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
@@ -130,16 +143,25 @@ def _image_token_id(processor: Any) -> int | None:
     return tid
 
 
-def encode_conversation(processor: Any, image: Any, turns: Sequence[Turn], *, drop_question: bool = False,
-                        max_length: int | None = None) -> Encoded:
-    """Render ``turns`` about ``image`` (a PIL image) with the model's processor and chat template.
+def _tokenize_with_offsets(tok: Any, text: str, add_special: bool) -> tuple[list[int], list[tuple[int, int]]]:
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        enc = backend.encode(text, add_special_tokens=add_special)
+        return list(enc.ids), [tuple(o) for o in enc.offsets]
+    plain = tok(text, add_special_tokens=add_special, return_offsets_mapping=True)
+    return list(plain["input_ids"]), [tuple(o) for o in plain["offset_mapping"]]
 
-    Labels cover every assistant reply plus its end-of-turn token. ``drop_question``: the ``L(R|I)``
-    rendering (image-only user turn, replies joined with one space). ``max_length``: truncate on the right
-    (never inside the image tokens; a limit that would cut them is an error).
-    """
-    import torch
 
+@dataclass
+class _Plan:
+    text: str
+    add_special: bool
+    plain_ids: list[int]
+    keep: list[bool]
+
+
+def _plan(processor: Any, turns: Sequence[Turn], drop_question: bool) -> _Plan:
+    """Render the text and mark the response tokens of its (unexpanded) tokenization."""
     tok = _tokenizer(processor)
     if not getattr(tok, "is_fast", False):
         raise PreselError(f"{type(tok).__name__} is a slow tokenizer; presel needs a fast (Rust) tokenizer for "
@@ -148,9 +170,7 @@ def encode_conversation(processor: Any, image: Any, turns: Sequence[Turn], *, dr
     text, spans = response_char_spans(processor, messages)
     bos = getattr(tok, "bos_token", None)
     add_special = not (bos and text.startswith(bos))
-    plain = tok(text, add_special_tokens=add_special, return_offsets_mapping=True)
-    plain_ids = list(plain["input_ids"])
-    offsets = plain["offset_mapping"]
+    plain_ids, offsets = _tokenize_with_offsets(tok, text, add_special)
     keep = [False] * len(plain_ids)
     for r0, r1, t1 in spans:
         for j, (a, b) in enumerate(offsets):
@@ -161,23 +181,25 @@ def encode_conversation(processor: Any, image: Any, turns: Sequence[Turn], *, dr
                 if a >= r1 and b <= t1 and b > a and text[a:b].strip():
                     keep[j] = True
                     break
-    out = processor(text=[text], images=[image], return_tensors="pt", add_special_tokens=add_special)
-    ids = out["input_ids"][0].to(torch.long)
+    return _Plan(text, add_special, plain_ids, keep)
+
+
+def _finish(processor: Any, plan: _Plan, ids: Any, extras: dict[str, Any], max_length: int | None) -> Encoded:
+    """Labels on the expanded ``ids`` (checked against the plan), truncation."""
+    import torch
+
+    ids = ids.to(torch.long)
+    plain_ids, keep = plan.plain_ids, plan.keep
     delta = len(ids) - len(plain_ids)
     first = next((j for j, k in enumerate(keep) if k), len(keep))
     if delta < 0 or ids[first + delta:].tolist() != plain_ids[first:]:
         raise PreselError("the processor's image expansion changed tokens after the image (or the text tokenizes "
                           "differently with the image); cannot align response labels for this model")
     labels = torch.full_like(ids, IGNORE)
-    for j, k in enumerate(keep):
-        if k:
-            labels[j + delta] = ids[j + delta]
+    idx = torch.tensor([j + delta for j, k in enumerate(keep) if k], dtype=torch.long)
+    if len(idx):
+        labels[idx] = ids[idx]
     n = len(ids)
-    extras: dict[str, Any] = {}
-    for k, v in out.items():
-        if k in ("input_ids", "attention_mask") or not isinstance(v, torch.Tensor):
-            continue
-        extras[k] = v[0] if v.dim() == 2 and v.shape[0] == 1 and v.shape[1] == n else v
     if max_length is not None and n > max_length:
         img_id = _image_token_id(processor)
         if img_id is not None:
@@ -188,6 +210,79 @@ def encode_conversation(processor: Any, image: Any, turns: Sequence[Turn], *, dr
         ids, labels = ids[:max_length], labels[:max_length]
         extras = {k: (v[:max_length] if v.dim() == 1 and v.shape[0] == n else v) for k, v in extras.items()}
     return Encoded(ids, labels, extras)
+
+
+def _split_extras(out: Any, row: int, n_rows: int, tokens: Any) -> dict[str, Any] | None:
+    """Row ``row`` of a batched processor output's extras (``tokens``: that row's non-pad positions), or None
+    when a key's layout is not recognised."""
+    import torch
+
+    extras: dict[str, Any] = {}
+    grid = out.get("image_grid_thw")
+    for k, v in out.items():
+        if k in ("input_ids", "attention_mask") or not isinstance(v, torch.Tensor):
+            continue
+        if v.dim() == 2 and v.shape[0] == n_rows and v.shape[1] == out["input_ids"].shape[1]:
+            extras[k] = v[row][tokens]  # per-token
+        elif k == "pixel_values" and grid is not None and len(grid) == n_rows:  # Qwen2-VL: patches of all images
+            sizes = [int(torch.prod(g)) for g in grid]
+            if sum(sizes) != v.shape[0]:
+                return None
+            start = sum(sizes[:row])
+            extras[k] = v[start:start + sizes[row]]
+        elif v.shape[0] == n_rows:
+            extras[k] = v[row:row + 1]
+        else:
+            return None
+    return extras
+
+
+def encode_conversation(processor: Any, image: Any, turns: Sequence[Turn], *, drop_question: bool = False,
+                        max_length: int | None = None) -> Encoded:
+    """Render ``turns`` about ``image`` (a PIL image) with the model's processor and chat template.
+
+    Labels cover every assistant reply plus its end-of-turn token. ``drop_question``: the ``L(R|I)``
+    rendering (image-only user turn, replies joined with one space). ``max_length``: truncate on the right
+    (never inside the image tokens; a limit that would cut them is an error).
+    """
+    import torch
+
+    plan = _plan(processor, turns, drop_question)
+    out = processor(text=[plan.text], images=[image], return_tensors="pt", add_special_tokens=plan.add_special)
+    ids = out["input_ids"][0]
+    n = len(ids)
+    extras: dict[str, Any] = {}
+    for k, v in out.items():
+        if k in ("input_ids", "attention_mask") or not isinstance(v, torch.Tensor):
+            continue
+        extras[k] = v[0] if v.dim() == 2 and v.shape[0] == 1 and v.shape[1] == n else v
+    return _finish(processor, plan, ids, extras, max_length)
+
+
+def encode_pair(processor: Any, image: Any, turns: Sequence[Turn], *, max_length: int | None = None
+                ) -> tuple[Encoded, Encoded]:
+    """Both renderings of one sample, ``(with question, without question)``, from one processor call.
+
+    Equal to two :func:`encode_conversation` calls (``drop_question`` False, True); falls back to them for
+    a processor whose batched output layout is not recognised.
+    """
+    plans = [_plan(processor, turns, False), _plan(processor, turns, True)]
+    if plans[0].add_special == plans[1].add_special:
+        out = processor(text=[p.text for p in plans], images=[image, image], return_tensors="pt", padding=True,
+                        add_special_tokens=plans[0].add_special)
+        mask = out.get("attention_mask")
+        if mask is not None and out["input_ids"].shape[0] == 2:
+            res = []
+            for i, p in enumerate(plans):
+                tokens = mask[i].bool()
+                extras = _split_extras(out, i, 2, tokens)
+                if extras is None:
+                    break
+                res.append(_finish(processor, p, out["input_ids"][i][tokens], extras, max_length))
+            if len(res) == 2:
+                return res[0], res[1]
+    return (encode_conversation(processor, image, turns, max_length=max_length),
+            encode_conversation(processor, image, turns, drop_question=True, max_length=max_length))
 
 
 def _is_token_aligned(e: Encoded, v: Any) -> bool:
