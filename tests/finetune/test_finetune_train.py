@@ -230,3 +230,23 @@ def test_result_scores_and_fits_its_data_better_than_the_base(trained, tiny_llav
         assert all(math.isfinite(r["irs"]) for r in t)
         losses[name] = sum(r["loss_q"] for r in t) / len(t)
     assert losses["tuned"] < losses["base"] - 0.5, losses
+
+
+def test_gguf_dequantized_model_saves(tiny_llava, tmp_path):
+    """llava-small's language model comes from a GGUF file: transformers dequantizes it on load but keeps a gguf
+    quantization marker that makes save_pretrained refuse; save_finetuned drops the marker (weights are floats)."""
+    from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
+    from transformers.utils.quantization_config import GgufConfig
+
+    from presel.finetune.merge import save_finetuned
+    from presel.vlm.load import load_vlm
+
+    model, processor = load_vlm(tiny_llava, dtype="fp32", device="cpu")
+    qc = GgufConfig(gguf_file="x.gguf")
+    model.hf_quantizer = GgufHfQuantizer(qc)
+    model.config.text_config.quantization_config = qc.to_dict()
+    save_finetuned(model, processor, tmp_path / "saved")
+    assert "gguf" not in (tmp_path / "saved" / "config.json").read_text()
+    again, _ = load_vlm(tmp_path / "saved", dtype="fp32", device="cpu")
+    a, b = dict(model.named_parameters()), dict(again.named_parameters())
+    assert all(torch.equal(a[k], b[k]) for k in a)

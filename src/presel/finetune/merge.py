@@ -43,6 +43,7 @@ def save_finetuned(model: Any, processor: Any, out: str | os.PathLike, *, dtype:
         model.activation_checkpointing_disable()
     elif getattr(model, "supports_gradient_checkpointing", False):
         model.gradient_checkpointing_disable()
+    _drop_gguf_marker(model)
     if dtype is not None:
         model = model.to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
     model.save_pretrained(out)
@@ -82,3 +83,28 @@ def merge_adapter(
     with atomic_dir(out, overwrite=overwrite) as tmp:
         save_finetuned(peft_model, processor, tmp)
     return Path(out)
+
+
+def _drop_gguf_marker(model: Any) -> None:
+    """Forget a ``gguf`` quantization marker: transformers dequantizes GGUF weights on load, so such a model
+    holds plain float tensors, but the inherited ``quantization_config`` (e.g. in ``text_config`` of the
+    offline ``llava-small``) makes ``save_pretrained`` refuse to save it. Other quantizations are kept."""
+    q = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(q, "quantization_config", None), "quant_method", None)
+    if q is not None and str(getattr(method, "value", method)) != "gguf":
+        return
+    if q is not None:
+        model.hf_quantizer = None
+    for cfg in (getattr(model, "config", None), *(getattr(getattr(model, "config", None), k, None)
+                                                   for k in ("text_config", "vision_config"))):
+        qc = getattr(cfg, "quantization_config", None) if cfg is not None else None
+        if qc is None:
+            continue
+        m = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+        if str(getattr(m, "value", m)) == "gguf":
+            delattr(cfg, "quantization_config")
+    if hasattr(model, "is_quantized") and not isinstance(type(model).__dict__.get("is_quantized"), property):
+        import contextlib
+
+        with contextlib.suppress(AttributeError):
+            model.is_quantized = False
