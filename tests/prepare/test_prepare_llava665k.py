@@ -290,6 +290,11 @@ def test_streaming_reader_edge_cases(tmp_path):
     p = tmp_path / "a.json"
     p.write_text(' [ ] \n')
     assert list(iter_json_list(p)) == []
+    p.write_bytes(b'\xef\xbb\xbf[{"a": "\xc3\xa9"}]')  # UTF-8 BOM, non-ASCII text
+    assert list(iter_json_list(p)) == [(0, {"a": "\u00e9"})]
+    p.write_bytes(b'[{"a": "\xff"}]')
+    with pytest.raises(PreselError, match="not UTF-8"):
+        list(iter_json_list(p))
     p.write_text('[{"a": true}, {"b": false}, {"c": null}, {"d": -1.5e3}]')
     assert [r for _, r in iter_json_list(p, chunk_chars=3)] == [{"a": True}, {"b": False}, {"c": None}, {"d": -1500.0}]
     p.write_text('[{"a": 1}] [')

@@ -31,7 +31,7 @@ def iter_json_list(path: str | os.PathLike, *, flag: str = "--annotations",
     if not path.is_file():
         raise PreselError(f"{path}: file not found; check {flag}")
     scan = json.JSONDecoder().raw_decode
-    f = open(path, encoding="utf-8")  # noqa: SIM115 - closed in finally (generator)
+    f = open(path, encoding="utf-8-sig")  # noqa: SIM115 - closed in finally (generator); a BOM is skipped
     buf, pos, eof, lines_before = "", 0, False, 0
 
     def more() -> bool:
