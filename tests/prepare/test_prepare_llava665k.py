@@ -211,7 +211,8 @@ def test_split_errors(fake, tmp_path, capsys):
     sd = _split_dir(tmp_path / "u", {"a": [rec(img[0], 0), {"id": "zz", "image": "coco/x.jpg", "unique_idx": 10**7}]})
     assert _cli("llava665k", "--annotations", ann, "--image-root", d / "data", "--out", tmp_path / "x", "--splits", sd) == 2
     err = capsys.readouterr().err
-    assert "unique_idx does not match" in err and "beyond" in err and "10000000" in err
+    assert "unique_idx does not match" in err and "beyond" in err
+    assert "a.json record 1: unique_idx 10000000" in err
     # not covering every image record
     sd = _split_dir(tmp_path / "c", {"a": [rec(img[0], 0)]})
     first_image = img[1] if img[1] != img[0] else img[2]

@@ -219,6 +219,9 @@ def _resolve_splits(cfg: Llava665kConfig, splits: Splits, table: TaskTable) -> t
     n_idx = len(splits.by_idx)
     if splits.by_idx:
         beyond = [u for u in splits.by_idx if u >= n_records]
+        if beyond:
+            e = splits.by_idx[min(beyond)]
+            first_beyond = f"{splits.files[e.file]} record {e.pos}: unique_idx {min(beyond)}"
         verifiable = any(e.id is not None or e.image is not None for e in splits.by_idx.values())
         ok = {h.name: h for h in (orig, notext) if h.seen == n_idx and h.matched == n_idx}
         want = {"original": "original", "notext": "text-free"}.get(cfg.split_index)
@@ -227,7 +230,7 @@ def _resolve_splits(cfg: Llava665kConfig, splits: Splits, table: TaskTable) -> t
             if chosen is None:
                 h = orig if want == "original" else notext
                 detail = h.first_bad or (f"{n_idx - h.seen} unique_idx value(s) point past the end of the file"
-                                         + (f" (e.g. {min(beyond)})" if beyond else ""))
+                                         + (f" (first: {first_beyond})" if beyond else ""))
                 raise PreselError(f"--splits {cfg.splits}: the split records do not match the annotations with "
                                   f"--split-index {cfg.split_index}: {detail}; check that the split files belong "
                                   f"to {cfg.annotations}, or try --split-index auto")
@@ -242,7 +245,7 @@ def _resolve_splits(cfg: Llava665kConfig, splits: Splits, table: TaskTable) -> t
             else:
                 bad = orig.first_bad or notext.first_bad
                 extra = (f"; {len(beyond)} unique_idx value(s) are beyond the file's {n_records} records "
-                         f"(e.g. {min(beyond)})") if beyond else ""
+                         f"(first: {first_beyond})") if beyond else ""
                 raise PreselError(f"--splits {cfg.splits}: unique_idx does not match the annotations in either "
                                   f"numbering (position in the file, or after dropping text-only records): "
                                   f"{bad or 'unknown indices'}{extra}; the split files must come from "
