@@ -243,13 +243,14 @@ def _resolve_splits(cfg: Llava665kConfig, splits: Splits, table: TaskTable) -> t
             elif len(ok) == 1:
                 chosen = next(iter(ok.values()))
             else:
-                bad = orig.first_bad or notext.first_bad
-                extra = (f"; {len(beyond)} unique_idx value(s) are beyond the file's {n_records} records "
-                         f"(first: {first_beyond})") if beyond else ""
+                problems = [x for x in (orig.first_bad or notext.first_bad,) if x]
+                if beyond:
+                    problems.append(f"{len(beyond)} unique_idx value(s) are beyond the file's {n_records} records "
+                                    f"(first: {first_beyond})")
                 raise PreselError(f"--splits {cfg.splits}: unique_idx does not match the annotations in either "
                                   f"numbering (position in the file, or after dropping text-only records): "
-                                  f"{bad or 'unknown indices'}{extra}; the split files must come from "
-                                  f"{cfg.annotations}")
+                                  f"{'; '.join(problems) or 'no split record matched'}; the split files must come "
+                                  f"from {cfg.annotations}")
         tasks = chosen.tasks
         index = "original" if chosen is orig else "notext"
         if by_content:
