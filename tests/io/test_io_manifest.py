@@ -160,3 +160,20 @@ def test_common_pool_flags(tmp_path):
 def test_cli_without_command_prints_help(capsys):
     assert main([]) == 2
     assert "presel" in capsys.readouterr().out
+
+
+def test_atomic_outputs_get_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from presel.io.atomic import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "f").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
