@@ -6,7 +6,8 @@ one equals a store written by the other:
 
 ``run(tasks, spec, config, on_shard, progress)`` where ``tasks`` is a list of ``ShardTask``; for each
 finished shard the executor calls ``on_shard(task, vectors, ok, rejects)``: ``vectors`` float32
-n_ok x d in the order of ``ok`` (positions into ``task.keys``), ``rejects`` {position: reason}.
+n_ok x d in the order of ``ok`` (positions into ``task.keys``), ``rejects`` {position: reason}. ``run``
+returns timings: ``extract_s`` (model ready -> last shard written) and, locally, ``model_load_s``.
 """
 
 from __future__ import annotations

@@ -56,14 +56,17 @@ def _worker_init(_: int) -> None:
 
 def run(tasks: list[ShardTask], spec: Any, config: Any,
         on_shard: Callable[[ShardTask, np.ndarray, list[int], dict[int, str]], None],
-        progress: Any = None) -> None:
+        progress: Any = None) -> dict[str, float]:
+    """Run ``tasks``; return timings: model_load_s, extract_s (model loaded -> last shard written)."""
+    import time
+
     import torch
     from torch.utils.data import DataLoader
 
     from presel.features.backends import load_backend, preprocess_for
 
     if not tasks:
-        return
+        return {}
     preprocess = preprocess_for(spec)
     paths: list[str] = []
     batch_index: list[list[int]] = []
@@ -85,7 +88,9 @@ def run(tasks: list[ShardTask], spec: Any, config: Any,
                         worker_init_fn=_worker_init if workers else None,
                         prefetch_factor=4 if workers else None, persistent_workers=False)
     it = iter(loader)  # workers start decoding while the model loads
+    t0 = time.perf_counter()
     backend = load_backend(spec)
+    t1 = time.perf_counter()
     buf: dict[int, dict[str, Any]] = {}
     try:
         for b, (idx, pixels, rejects) in enumerate(it):
@@ -108,3 +113,4 @@ def run(tasks: list[ShardTask], spec: Any, config: Any,
         del it
         if cuda:
             torch.cuda.empty_cache()
+    return {"model_load_s": t1 - t0, "extract_s": time.perf_counter() - t1}

@@ -61,18 +61,22 @@ class EmbedActor:
 
 def run(tasks: list[ShardTask], spec: Any, config: Any,
         on_shard: Callable[[ShardTask, np.ndarray, list[int], dict[int, str]], None],
-        progress: Any = None) -> None:
+        progress: Any = None) -> dict[str, float]:
+    """Run ``tasks`` on Ray; return timings (extract_s: submission -> last shard written)."""
+    import time
+
     import ray
 
     from presel.features.backends import preprocess_for
 
     if not tasks:
-        return
+        return {}
     started = False
     if not ray.is_initialized():
         ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False,
                  ignore_reinit_error=True)
         started = True
+    t0 = time.perf_counter()
     try:
         preprocess = preprocess_for(spec)
         rows, n_batches = [], {}
@@ -113,3 +117,4 @@ def run(tasks: list[ShardTask], spec: Any, config: Any,
     finally:
         if started:
             ray.shutdown()
+    return {"extract_s": time.perf_counter() - t0}

@@ -249,6 +249,7 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
         stats_now["rejected"] += len(rej)
 
     n_new = len(items)
+    timings: dict[str, float] = {}
     if tasks:
         bar = None
         if config.progress:
@@ -256,7 +257,7 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
 
             bar = tqdm(total=n_new, unit="img", desc="embed", dynamic_ncols=True, smoothing=0.05)
         try:
-            get_executor(config.executor)(tasks, spec, config, on_shard, bar)
+            timings = get_executor(config.executor)(tasks, spec, config, on_shard, bar) or {}
         finally:
             if bar is not None:
                 bar.close()
@@ -314,5 +315,9 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
     stats.update({"embedded_now": stats_now["embedded"], "rejected_now": stats_now["rejected"],
                   "reused": len(pool_keys_ok) - stats_now["embedded"], "shards_now": len(tasks),
                   "seconds": round(seconds, 3),
-                  "images_per_s": round(n_new / t_embed, 2) if n_new and t_embed > 0 else None, "out": str(out)})
+                  "images_per_s": round(n_new / t_embed, 2) if n_new and t_embed > 0 else None,
+                  "model_load_s": round(timings["model_load_s"], 3) if "model_load_s" in timings else None,
+                  "extract_images_per_s": (round(n_new / timings["extract_s"], 2)
+                                           if n_new and timings.get("extract_s") else None),
+                  "out": str(out)})
     return stats
