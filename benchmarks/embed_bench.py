@@ -140,7 +140,7 @@ def build_base_shaped(d: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=None, help="images (default 300 on CPU, 4096 on CUDA)")
+    ap.add_argument("--n", type=int, default=None, help="images (default 300 on CPU, 16384 on CUDA)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", default=None, help="default: dinov2-small on CPU, a DINOv2-base-shaped model on CUDA")
     ap.add_argument("--image-size", type=int, default=None, help="default: 224")
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cuda = args.device.startswith("cuda")
     bs = args.batch_size or (256 if cuda else 32)
-    n = args.n if args.n else (4096 if cuda else 300)
+    n = args.n if args.n else (16384 if cuda else 300)
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="embed_bench_"))
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()} (shared machine: other jobs may run)")
     import torch
