@@ -217,3 +217,124 @@ def make_selection(root: Path, selected: dict[str, str], reference: dict[str, st
         path = root / "selection.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+class FakeBatchAPI(FakeOpenAI):
+    """Adds ``/v1/files`` and ``/v1/batches``. ``batch_script[k]`` decides the k-th created batch:
+    ``complete:N`` completes after N polls, ``expire:N`` expires after N polls with the first half of its
+    requests answered, ``fail:N`` fails validation after N polls (no output). Requests inside a batch follow
+    the same per-item ``script`` as chat requests. Output lines come in reverse request order."""
+
+    def __init__(self, *, batch_script: list[str] | None = None, **kw: Any):
+        super().__init__(**kw)
+        self.batch_script = list(batch_script or [])
+        self.files: dict[str, tuple[str, bytes]] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.polls: Counter = Counter()
+        self.created = 0
+        self.extra_routes = {("POST", "/v1/files"): self._upload, ("GET", "/v1/files/"): self._content,
+                             ("POST", "/v1/batches"): self._create, ("GET", "/v1/batches/"): self._get}
+
+    def _new_file(self, name: str, data: bytes) -> str:
+        with self.lock:
+            fid = f"file-{len(self.files):04d}"
+            self.files[fid] = (name, data)
+        return fid
+
+    def _upload(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:
+        ctype = h.headers.get("Content-Type", "")
+        m = re.search(r"boundary=([^;]+)", ctype)
+        if not m:
+            self.send_json(h, 400, {"error": {"message": "expected multipart/form-data"}})
+            return
+        boundary = m.group(1).strip('"').encode()
+        fields: dict[str, tuple[str | None, bytes]] = {}
+        for part in raw.split(b"--" + boundary)[1:-1]:
+            head, _, body = part.strip(b"\r\n").partition(b"\r\n\r\n")
+            name = re.search(rb'name="([^"]+)"', head)
+            fname = re.search(rb'filename="([^"]+)"', head)
+            if name:
+                fields[name.group(1).decode()] = (fname.group(1).decode() if fname else None, body)
+        if "file" not in fields or fields.get("purpose", (None, b""))[1] != b"batch":
+            self.send_json(h, 400, {"error": {"message": "need file and purpose=batch"}})
+            return
+        fname, data = fields["file"]
+        fid = self._new_file(fname or "upload.jsonl", data)
+        self.send_json(h, 200, {"id": fid, "object": "file", "bytes": len(data), "filename": fname, "purpose": "batch"})
+
+    def _content(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:
+        m = re.fullmatch(r"/v1/files/([^/]+)/content", h.path)
+        if not m or m.group(1) not in self.files:
+            self.send_json(h, 404, {"error": {"message": "no such file"}})
+            return
+        data = self.files[m.group(1)][1]
+        h.send_response(200)
+        h.send_header("Content-Type", "application/octet-stream")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    def _create(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:
+        body = json.loads(raw)
+        if body.get("input_file_id") not in self.files or body.get("endpoint") != "/v1/chat/completions":
+            self.send_json(h, 400, {"error": {"message": "bad input_file_id or endpoint"}})
+            return
+        with self.lock:
+            k = self.created
+            self.created += 1
+            plan = self.batch_script[k] if k < len(self.batch_script) else "complete:1"
+            bid = f"batch_{k:04d}"
+            self.batches[bid] = {"id": bid, "object": "batch", "status": "validating", "plan": plan,
+                                 "input_file_id": body["input_file_id"], "output_file_id": None, "error_file_id": None,
+                                 "completion_window": body.get("completion_window"), "errors": None}
+        self.send_json(h, 200, {k2: v for k2, v in self.batches[bid].items() if k2 != "plan"})
+
+    def _get(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:
+        bid = h.path.rsplit("/", 1)[-1]
+        b = self.batches.get(bid)
+        if b is None:
+            self.send_json(h, 404, {"error": {"message": "no such batch"}})
+            return
+        with self.lock:
+            self.polls[bid] += 1
+            n = self.polls[bid]
+        kind, _, after = b["plan"].partition(":")
+        if b["status"] not in ("completed", "failed", "expired") and n >= int(after or 1):
+            self._run(b, kind)
+        elif b["status"] == "validating":
+            b["status"] = "in_progress"
+        self.send_json(h, 200, {k: v for k, v in b.items() if k != "plan"})
+
+    def _run(self, b: dict[str, Any], kind: str) -> None:
+        if kind == "fail":
+            b["status"] = "failed"
+            b["errors"] = {"object": "list", "data": [{"code": "invalid_request", "message": "scripted validation failure"}]}
+            return
+        lines = [json.loads(x) for x in self.files[b["input_file_id"]][1].decode().splitlines() if x.strip()]
+        answered = lines if kind == "complete" else lines[: len(lines) // 2]
+        out, err = [], []
+        for i, req in enumerate(answered):
+            item = self.item_of(req["body"])
+            action, _ = self.respond(item, req["body"])
+            if action.startswith("slow:") or action in ("close", "drop"):
+                action = "ok"
+            rid = f"batch_req_{b['id']}_{i}"
+            if action in ("ok", "malformed", "badjson") or action.startswith("text:"):
+                text = {"ok": self.answer(item), "malformed": "Sorry, prose only.",
+                        "badjson": '{"conversations": [{"q'}.get(action, action[5:])
+                out.append({"id": rid, "custom_id": req["custom_id"], "error": None,
+                            "response": {"status_code": 200, "request_id": f"req_{rid}",
+                                         "body": self.completion(item, text, req["body"])}})
+            else:
+                code = int(action.split(":")[0])
+                err.append({"id": rid, "custom_id": req["custom_id"], "error": None,
+                            "response": {"status_code": code, "request_id": f"req_{rid}",
+                                         "body": {"error": {"message": f"scripted {code}"}}}})
+        for j, req in enumerate(lines[len(answered):]):
+            err.append({"id": f"batch_req_{b['id']}_x{j}", "custom_id": req["custom_id"], "response": None,
+                        "error": {"code": "batch_expired", "message": "This request could not be executed before the "
+                                  "completion window expired."}})
+        b["output_file_id"] = self._new_file("out.jsonl", "".join(json.dumps(x) + "\n" for x in reversed(out)).encode())
+        if err:
+            b["error_file_id"] = self._new_file("err.jsonl", "".join(json.dumps(x) + "\n" for x in err).encode())
+        b["status"] = "completed" if kind == "complete" else "expired"

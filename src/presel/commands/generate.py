@@ -6,16 +6,20 @@ import argparse
 
 HELP = "generate instructions for the selected images through an OpenAI-compatible server, or take them from annotations"
 DESCRIPTION = (
-    "PreSel step 3. Online: one chat-completions request per selected image (--base-url, --model), bounded "
-    "concurrency, retries with backoff, resumable (rerun the same command after a crash or Ctrl-C). Oracle "
-    "(--from-annotations): instructions of the selected images from an annotated LLaVA JSON/JSONL. Writes "
-    "train.json (reference annotations + generated ones, LLaVA format), results.jsonl, failures.jsonl, "
-    "summary.json and config.json to --out. The API key is read from the variable named by --api-key-env.")
+    "PreSel step 3. Online (--mode online): one chat-completions request per selected image (--base-url, --model), "
+    "bounded concurrency, retries with backoff, resumable (rerun the same command after a crash or Ctrl-C). "
+    "Batch files (--mode batch-file): OpenAI batch request files for a provider's batch API or `vllm run-batch`; "
+    "then --collect RESULT_FILES --out DIR parses them. Batch API (--mode batch-api): upload, submit, poll, "
+    "download, collect; resumable. Oracle (--from-annotations): instructions of the selected images from an "
+    "annotated LLaVA JSON/JSONL. Writes train.json (reference annotations + generated ones, LLaVA format), "
+    "results.jsonl, failures.jsonl, summary.json and config.json to --out. The API key is read from the "
+    "environment variable named by --api-key-env.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("inputs")
-    g.add_argument("--selection", required=True, help="selection.parquet or .jsonl from presel select (id, image, task, source)")
+    g.add_argument("--selection", default=None,
+                   help="selection.parquet or .jsonl from presel select (id, image, task, source); not needed with --collect")
     g.add_argument("--reference-annotations", default=None,
                    help="annotated reference set (LLaVA JSON/JSONL); its records for the reference rows go into train.json")
     g.add_argument("--image-root", default=None,
@@ -27,6 +31,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="take the selected images' instructions from this annotated LLaVA JSON/JSONL (no server)")
     g.add_argument("--match", default="auto", choices=["auto", "id", "image"],
                    help="how selection rows find their annotations: by id, by image path, or id then image")
+    g = p.add_argument_group("mode")
+    g.add_argument("--mode", default="online", choices=["online", "batch-file", "batch-api"],
+                   help="online requests; batch-file: write request files only; batch-api: submit them to --base-url")
+    g.add_argument("--collect", nargs="+", default=None, metavar="RESULT_FILE",
+                   help="collect batch result files (vllm run-batch / provider output and error files) into --out")
+    g.add_argument("--allow-partial", action="store_true",
+                   help="write train.json even when some selected items have neither a result nor a recorded failure")
+    g = p.add_argument_group("batch files and batch API")
+    g.add_argument("--image-transport", default="base64", choices=["base64", "path", "url"],
+                   help="images in request files: base64 data URLs, file:// paths (a local server), or URLs")
+    g.add_argument("--image-url-prefix", default=None, help="for --image-transport url: URL the image paths are relative to")
+    g.add_argument("--max-lines", type=int, default=50_000, help="requests per request file")
+    g.add_argument("--max-bytes", type=int, default=190 * 2**20, help="bytes per request file")
+    g.add_argument("--completion-window", default="24h")
+    g.add_argument("--poll-interval", type=float, default=30.0, help="first wait between batch polls (s), grows x1.5")
+    g.add_argument("--poll-max", type=float, default=600.0, help="longest wait between batch polls (s)")
+    g.add_argument("--max-wait", type=float, default=None, help="stop polling after this many seconds (rerun resumes)")
+    g.add_argument("--batch-discount", type=float, default=0.5, help="batch price = online price x this (estimate)")
+    g.add_argument("--batch-price-in", type=float, default=None, help="batch price per 1M input tokens (instead of the discount)")
+    g.add_argument("--batch-price-out", type=float, default=None, help="batch price per 1M output tokens")
+    g.add_argument("--image-tokens", type=int, default=None, help="tokens per image for the estimate (default: from the image size)")
+    g.add_argument("--image-token-rule", default="openai", choices=["openai", "qwen2vl"],
+                   help="how the estimate turns an image size into tokens")
+    g.add_argument("--output-fraction", type=float, default=0.5, help="expected share of max_tokens an answer uses (estimate)")
     g = p.add_argument_group("server")
     g.add_argument("--base-url", default=None, help="OpenAI-compatible API base, e.g. http://127.0.0.1:8000/v1")
     g.add_argument("--model", default=None, help="model name the server serves")
@@ -43,8 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--retry-failed", action="store_true", help="retry the items recorded in failures.jsonl")
     g = p.add_argument_group("accounting and output")
-    g.add_argument("--price-in", type=float, default=0.0, help="price per 1M input tokens")
-    g.add_argument("--price-out", type=float, default=0.0, help="price per 1M output tokens")
+    g.add_argument("--price-in", type=float, default=None, help="online price per 1M input tokens (default 0)")
+    g.add_argument("--price-out", type=float, default=None, help="online price per 1M output tokens (default 0)")
     g.add_argument("--format", default="llava", choices=["llava", "sharegpt"],
                    help="train.json is always LLaVA; sharegpt also writes train_sharegpt.json (messages/images)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -70,25 +98,85 @@ def _print_summary(s: dict) -> None:
         print(f"{s['failed']} selected item(s) failed: see failures.jsonl (rerun with --retry-failed to retry them)")
 
 
+def _expand(patterns: list[str]) -> list[str]:
+    """Result files; a pattern the shell did not expand (quoted) is globbed here."""
+    import glob
+    import os
+
+    out: list[str] = []
+    for p in patterns:
+        out.extend(sorted(glob.glob(p)) if any(c in p for c in "*?[") and not os.path.exists(p) else [p])
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
+    from presel.errors import PreselError
+
+    if args.collect:
+        from presel.generate.batch import collect_to_dir
+
+        summary = collect_to_dir(args.out, _expand(args.collect), reference_annotations=args.reference_annotations,
+                                 allow_partial=args.allow_partial, price_in=args.price_in, price_out=args.price_out)
+        c = summary.get("collect", {})
+        print(f"collected {c.get('files', 0)} file(s): {c.get('ok', 0)} new result(s), {c.get('failed', 0)} new "
+              f"failure(s), {c.get('repeated', 0)} repeated line(s), {c.get('unknown_ids', 0)} unknown id(s), "
+              f"{c.get('bad_lines', 0)} unreadable line(s)")
+        _print_summary(summary)
+        if summary.get("pending"):
+            print(f"{summary['pending']} selected item(s) have no result yet: collect more result files, or write "
+                  "request files for them with --mode batch-file")
+        print(f"wrote {args.out}" + (f" ({summary['train_records']} training records)" if summary.get("train_records") else ""))
+        return 0
+    if not args.selection:
+        raise PreselError("--selection is required (the selection.parquet of presel select), except with --collect")
     if args.from_annotations:
         from presel.generate.oracle import oracle_to_dir
 
         summary = oracle_to_dir(args.selection, args.from_annotations, args.out,
                                 reference_annotations=args.reference_annotations, match=args.match,
                                 format=args.format, overwrite=args.overwrite)
-    else:
-        from presel.generate.online import GenerateConfig, generate_to_dir
+        _print_summary(summary)
+        print(f"wrote {args.out} ({summary.get('train_records')} training records in {', '.join(summary.get('outputs', []))})")
+        return 0
+    from presel.generate.online import GenerateConfig, generate_to_dir
 
-        cfg = GenerateConfig(
-            base_url=args.base_url, model=args.model, templates=args.templates, api_key_env=args.api_key_env,
-            concurrency=args.concurrency, timeout=args.timeout, max_retries=args.max_retries,
-            backoff_base=args.backoff_base, backoff_max=args.backoff_max, parse_retries=args.parse_retries,
-            stop_after_failures=args.stop_after, price_in=args.price_in, price_out=args.price_out, format=args.format,
-            max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed, retry_failed=args.retry_failed)
-        summary = generate_to_dir(args.selection, args.out, cfg, reference_annotations=args.reference_annotations,
-                                  image_root=args.image_root, pool=args.pool, overwrite=args.overwrite,
-                                  progress=not args.no_progress)
+    cfg = GenerateConfig(
+        base_url=args.base_url, model=args.model, templates=args.templates, api_key_env=args.api_key_env,
+        concurrency=args.concurrency, timeout=args.timeout, max_retries=args.max_retries,
+        backoff_base=args.backoff_base, backoff_max=args.backoff_max, parse_retries=args.parse_retries,
+        stop_after_failures=args.stop_after, price_in=args.price_in or 0.0, price_out=args.price_out or 0.0,
+        format=args.format, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
+        retry_failed=args.retry_failed)
+    common = {"reference_annotations": args.reference_annotations, "image_root": args.image_root, "pool": args.pool,
+              "overwrite": args.overwrite}
+    if args.mode == "online":
+        summary = generate_to_dir(args.selection, args.out, cfg, progress=not args.no_progress, **common)
+    else:
+        from presel.generate.batch import BatchConfig, batch_api_to_dir, batch_files_to_dir
+
+        batch = BatchConfig(
+            image_transport=args.image_transport, image_url_prefix=args.image_url_prefix, max_lines=args.max_lines,
+            max_bytes=args.max_bytes, completion_window=args.completion_window, poll_interval=args.poll_interval,
+            poll_max=args.poll_max, max_wait=args.max_wait, batch_discount=args.batch_discount,
+            batch_price_in=args.batch_price_in, batch_price_out=args.batch_price_out, image_tokens=args.image_tokens,
+            image_token_rule=args.image_token_rule, output_fraction=args.output_fraction)
+        if args.mode == "batch-file":
+            r = batch_files_to_dir(args.selection, args.out, cfg, batch, **common)
+            _print_estimate(r["estimate"])
+            for f in r["files"]:
+                print(f"  {f['name']}: {f['lines']} requests, {f['bytes'] / 2**20:.1f} MiB")
+            if not r["files"]:
+                print("nothing to request: every selected item has a result (or a recorded failure: --retry-failed)")
+            print(f"wrote {len(r['files'])} request file(s) to {args.out}; run them (vllm run-batch -i FILE -o RESULT "
+                  f"--model {args.model}, or a provider's batch API), then: presel generate --collect RESULT... --out {args.out}")
+            return 0
+        summary = batch_api_to_dir(args.selection, args.out, cfg, batch, allow_partial=args.allow_partial, **common)
     _print_summary(summary)
     print(f"wrote {args.out} ({summary.get('train_records')} training records in {', '.join(summary.get('outputs', []))})")
     return 0
+
+
+def _print_estimate(e: dict) -> None:
+    print(f"estimate for {e['items']} request(s): ~{e['tokens_in']} tokens in, ~{e['tokens_out']} tokens out "
+          f"({e['image_token_rule']} image tokens); online cost {e['online_cost']:.4f}, batch cost {e['batch_cost']:.4f}, "
+          f"saving {e['saving']:.4f}" + (f" ({e['saving_fraction']:.0%})" if e.get("saving_fraction") is not None else ""))

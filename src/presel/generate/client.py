@@ -101,7 +101,7 @@ class ChatClient:
         import httpx
 
         self.base_url = base_url.rstrip("/")
-        h = {"Content-Type": "application/json", "User-Agent": "presel-generate"}
+        h = {"User-Agent": "presel-generate"}  # Content-Type comes with each body (JSON or multipart)
         h.update(headers or {})
         if api_key:
             h["Authorization"] = f"Bearer {api_key}"

@@ -344,8 +344,9 @@ def generate_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, c
 
 def finalize(out: Path, rows: list[Any], cfg: GenerateConfig, *, ref: Any, templates: Any, tpl_of: dict[str, Any],
              root: Path, last_run: dict[str, Any] | None = None, stop_reason: str | None = None,
-             mode: str = "online", extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write summary.json and, when every selected row is finished, train.json. Returns the summary."""
+             mode: str = "online", extra: dict[str, Any] | None = None, allow_partial: bool = False) -> dict[str, Any]:
+    """Write summary.json and, when every selected row is finished (or ``allow_partial``), train.json.
+    Returns the summary."""
     from presel.generate.accounting import Accounting
     from presel.generate.store import ResultsStore, reference_records, state_of, write_train
     from presel.io.atomic import write_json
@@ -385,13 +386,15 @@ def finalize(out: Path, rows: list[Any], cfg: GenerateConfig, *, ref: Any, templ
         summary["stopped"] = stop_reason
     if extra:
         summary.update(extra)
-    if complete:
+    if complete or allow_partial:
         train = list(ref_recs)
         for r in rows:
             if r.source == "selected" and r.id in done:
                 train.append({"id": r.id, "image": r.image, "task": r.task, "conversations": done[r.id]["conversations"]})
         summary["train_records"] = len(train)
         summary["outputs"] = write_train(out, train, cfg.format)
+        if not complete:
+            summary["note"] = f"{pending} selected item(s) not finished and not in train.json (allow_partial)"
     else:
         for name in ("train.json", "train_sharegpt.json"):  # never leave a stale, incomplete training file
             (out / name).unlink(missing_ok=True)
