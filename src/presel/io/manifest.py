@@ -55,18 +55,12 @@ def iter_raw_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, A
                     raise PreselError(f"{path} line {n}: expected a JSON object, got {type(rec).__name__}; fix that line")
                 yield n, rec
     elif fmt == "json":
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise PreselError(f"{path} line {e.lineno}: not valid JSON ({e.msg}); fix the file "
-                              "(a .json manifest is one JSON list; use .jsonl for one record per line)") from None
-        if not isinstance(data, list):
-            raise PreselError(f"{path}: expected a JSON list of records (LLaVA format), got {type(data).__name__}")
-        for n, rec in enumerate(data, 1):
+        from presel.io.jsonlist import iter_json_list
+
+        for pos, rec in iter_json_list(path, flag="a .json manifest (use .jsonl for one record per line)"):
             if not isinstance(rec, dict):
-                raise PreselError(f"{path} record {n}: expected a JSON object, got {type(rec).__name__}; fix that record")
-            yield n, rec
+                raise PreselError(f"{path} record {pos + 1}: expected a JSON object, got {type(rec).__name__}; fix that record")
+            yield pos + 1, rec
     elif fmt == "csv":
         with open(path, encoding="utf-8", newline="") as f:
             for n, rec in enumerate(csv.DictReader(f), 2):
