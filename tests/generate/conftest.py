@@ -14,6 +14,7 @@ def server():
     s.base_url = s.start()
     yield s
     s.stop()
+    assert not s.server_errors, s.server_errors
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import base64
 import json
 import re
 import socket
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -53,6 +54,7 @@ class FakeOpenAI:
         self.keep_bodies = True
         self.extra_routes: dict[tuple[str, str], Any] = {}  # (method, path prefix) -> handler(req) for batch tests
         self._server: ThreadingHTTPServer | None = None
+        self.server_errors: list[str] = []  # unexpected handler exceptions (a bug in this server or a test)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> str:
@@ -71,7 +73,13 @@ class FakeOpenAI:
             def do_GET(self) -> None:
                 fake._handle(self, "GET")
 
-        srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:  # clients that hang up are normal
+                err = sys.exc_info()[1]
+                if not isinstance(err, (ConnectionError, TimeoutError)):
+                    fake.server_errors.append(repr(err))
+
+        srv = Server(("127.0.0.1", 0), Handler)
         srv.daemon_threads = True
         srv.request_queue_size = 256
         self._server = srv

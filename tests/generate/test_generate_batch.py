@@ -206,6 +206,7 @@ def test_structured_output_online_and_batch(tmp_path):
         rf = body["response_format"]
         assert rf["type"] == "json_schema" and rf["json_schema"]["schema"]["required"] == ["colour", "count"]
         assert s["generated"] == 2 and s["failed"] == 1 and srv.attempts["b-bad"] == 2
+        assert [b["seed"] for b in srv.bodies if srv.item_of(b) == "b-bad"] == [0, 1]  # re-asked with a new seed
         fail = read_lines(tmp_path / "on" / "failures.jsonl")[0]
         assert fail["id"] == "b-bad" and "json_schema at count" in fail["error"]
         train = json.loads((tmp_path / "on" / "train.json").read_text())
@@ -239,3 +240,12 @@ def test_cli_batch_file_then_collect_glob(tmp_path, capsys):
 
 def test_fake_image_bytes_name_their_item():
     assert fake_image_bytes("x", pad=10).split(b"\n")[0].endswith(b"x")
+
+
+def test_batch_api_unknown_route_is_a_clear_error_and_state_is_kept(tmp_path, server):
+    sel = make_selection(tmp_path, {"a": "vqa"})
+    with pytest.raises(PreselError, match="HTTP 404 .* rerun the same command to resume"):
+        batch_api_to_dir(sel, tmp_path / "gen", cfg(base_url=server.base_url), sleep=lambda x: None,
+                         log=lambda m: None)  # a chat-only server has no /v1/files
+    state = json.loads((tmp_path / "gen" / "batch_api_state.json").read_text())
+    assert state["batches"][0]["input_file_id"] is None and (tmp_path / "gen" / "requests-00000.jsonl").exists()

@@ -246,3 +246,27 @@ def test_cli_online_and_sharegpt(tmp_path, server):
     assert sg[0]["messages"][0]["content"].startswith("<image>")
     rc = main(["generate", "--selection", str(sel), "--model", "m", "--out", str(tmp_path / "gen3")])
     assert rc == 2
+
+
+def test_ctrl_c_on_the_cli_exits_promptly_and_resumes(tmp_path, server):
+    sel = make_selection(tmp_path, {f"s{i:03d}": "vqa" for i in range(80)})
+    server.latency = 0.05
+    server.script = {f"s{i:03d}": ["slow:30"] for i in range(40, 80)}  # requests in flight at Ctrl-C hang
+    out = tmp_path / "gen"
+    cmd = [sys.executable, "-m", "presel.cli", "generate", "--selection", str(sel), "--base-url", server.base_url,
+           "--model", "m", "--out", str(out), "--concurrency", "4", "--no-progress", "--timeout", "60"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    deadline = time.time() + 60
+    while time.time() < deadline and len(lines(out / "results.jsonl")) < 40:
+        time.sleep(0.02)
+    time.sleep(0.3)  # the hanging requests are in flight now
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "rerun the same command to resume" in err
+    assert time.time() - t0 < 10  # in-flight requests are aborted, not waited for (timeout is 60 s)
+    assert len(lines(out / "results.jsonl")) == 40
+    server.script = {}
+    s = generate_to_dir(sel, out, GenerateConfig(base_url=server.base_url, model="m", concurrency=8), progress=False)
+    ids = [r["id"] for r in lines(out / "results.jsonl")]
+    assert len(ids) == len(set(ids)) == 80 and s["complete"]

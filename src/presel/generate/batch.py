@@ -544,7 +544,7 @@ def batch_api_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, 
     outputs and error files, collect. Every step is saved in ``batch_api_state.json`` before the next one,
     so an interrupted run resumes polling the same batches (nothing is submitted twice). Items of failed or
     expired batches without a result are recorded failures (``--retry-failed`` submits them again)."""
-    from presel.generate.client import ChatClient, RetryPolicy
+    from presel.generate.client import ChatClient, ClientError, RetryPolicy
 
     batch = batch or BatchConfig()
     config.require_online()
@@ -604,6 +604,9 @@ def batch_api_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, 
                                   f"(state in {sp}); nothing is submitted twice")
             sleep(wait)
             wait = min(batch.poll_max, wait * 1.5)
+    except ClientError as e:
+        raise PreselError(f"batch API at {config.base_url}: {e}; finished steps are kept in {sp}: fix the cause and "
+                          "rerun the same command to resume") from None
     finally:
         if owns:
             client.close()

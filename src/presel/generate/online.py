@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import random
 import re
 import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,42 @@ def prepare_out(out: Path, key: str, *, overwrite: bool, what: str = "generation
     out.mkdir(parents=True, exist_ok=True)
 
 
+class _DaemonPool:
+    """A fixed set of daemon worker threads. Unlike ThreadPoolExecutor's, they never hold up interpreter exit,
+    so Ctrl-C ends the command at once instead of waiting up to --timeout for requests in flight."""
+
+    def __init__(self, n: int, name: str):
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True) for i in range(n)]
+        for t in self._threads:
+            t.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            fut, fn, args = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:  # handed to the main thread through the future
+                fut.set_exception(e)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        fut: Future = Future()
+        self._q.put((fut, fn, args))
+        return fut
+
+    def shutdown(self, wait: bool = True) -> None:
+        for _ in self._threads:
+            self._q.put(None)
+        if wait:
+            for t in self._threads:
+                t.join()
+
+
 @dataclass
 class _Ctx:
     cfg: GenerateConfig
@@ -187,6 +224,7 @@ def _work(row: Any, ctx: _Ctx) -> dict[str, Any]:
     for answer in range(cfg.parse_retries + 1):
         if ctx.stop.is_set():
             return {**base, "status": "interrupted"}
+        body["seed"] = cfg.seed + answer  # a re-asked request must not be the same seeded sample again
         try:
             res = call_with_retries(once, ctx.policy, rng=rng, stop=ctx.stop)
         except TransientError as e:
@@ -267,7 +305,7 @@ def generate_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, c
 
         bar = tqdm(total=len(todo), unit="img", desc="generate", disable=not progress, dynamic_ncols=True,
                    smoothing=0.05)
-        ex = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="presel-gen")
+        ex = _DaemonPool(cfg.concurrency, "presel-gen")
         inflight: set[Future] = set()
         pending = iter(todo)
         consecutive = 0
@@ -318,7 +356,9 @@ def generate_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, c
                 fill()
         except BaseException:  # Ctrl-C, a kill signal turned into an exception, a bug: keep what is on disk
             stop.set()
-            ex.shutdown(wait=False, cancel_futures=True)
+            for fut in inflight:
+                fut.cancel()
+            ex.shutdown(wait=False)
             if owns_client:
                 client.close()  # abort in-flight requests so the workers end now, not after --timeout
             store.close()
