@@ -15,7 +15,7 @@ REQUEST_SCHEMA = {
     "properties": {
         "custom_id": {"type": "string", "minLength": 1}, "method": {"const": "POST"},
         "url": {"const": "/v1/chat/completions"},
-        "body": {"type": "object", "required": ["model", "messages", "max_tokens"],
+        "body": {"type": "object", "required": ["model", "messages"],
                  "properties": {"model": {"type": "string"}, "messages": {"type": "array", "minItems": 1}}},
     },
 }

@@ -239,8 +239,9 @@ def test_cli_online_and_sharegpt(tmp_path, server):
     sel = make_selection(tmp_path, {"a": "vqa", "b": "chart"})
     rc = main(["generate", "--selection", str(sel), "--base-url", server.base_url, "--model", "m",
                "--out", str(tmp_path / "gen"), "--format", "sharegpt", "--no-progress", "--backoff-base", "0.01",
-               "--price-in", "1", "--price-out", "2"])
+               "--price-in", "1", "--price-out", "2", "--max-tokens-field", "max_completion_tokens"])
     assert rc == 0
+    assert server.bodies[0]["max_completion_tokens"] == 512 and "max_tokens" not in server.bodies[0]
     sg = json.loads((tmp_path / "gen" / "train_sharegpt.json").read_text())
     assert sg[0]["images"] == ["images/vqa/a.png"] and sg[0]["messages"][0]["role"] == "user"
     assert sg[0]["messages"][0]["content"].startswith("<image>")

@@ -67,6 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--parse-retries", type=int, default=2, help="extra requests when an answer is malformed")
     g.add_argument("--stop-after", type=int, default=20, help="stop the run after this many failed items in a row (0: never)")
     g.add_argument("--max-tokens", type=int, default=None, help="override the templates' max_tokens")
+    g.add_argument("--max-tokens-field", default="max_tokens", choices=["max_tokens", "max_completion_tokens"],
+                   help="request field for the answer length (newer OpenAI models want max_completion_tokens)")
     g.add_argument("--temperature", type=float, default=None, help="override the templates' temperature")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--retry-failed", action="store_true", help="retry the items recorded in failures.jsonl")
@@ -145,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
         concurrency=args.concurrency, timeout=args.timeout, max_retries=args.max_retries,
         backoff_base=args.backoff_base, backoff_max=args.backoff_max, parse_retries=args.parse_retries,
         stop_after_failures=args.stop_after, price_in=args.price_in or 0.0, price_out=args.price_out or 0.0,
-        format=args.format, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
+        format=args.format, max_tokens=args.max_tokens, max_tokens_field=args.max_tokens_field,
+        temperature=args.temperature, seed=args.seed,
         retry_failed=args.retry_failed)
     common = {"reference_annotations": args.reference_annotations, "image_root": args.image_root, "pool": args.pool,
               "overwrite": args.overwrite}

@@ -58,6 +58,7 @@ class GenerateConfig:
     price_out: float = 0.0
     format: str = "llava"                # train.json always; "sharegpt" adds train_sharegpt.json
     max_tokens: int | None = None        # override the templates' max_tokens
+    max_tokens_field: str = "max_tokens"  # "max_completion_tokens" for OpenAI models that refuse max_tokens
     temperature: float | None = None     # override the templates' temperature
     seed: int = 0                        # request seed and instruction choice (description/json kinds)
     retry_failed: bool = False
@@ -77,6 +78,8 @@ class GenerateConfig:
             raise PreselError(f"price_in={self.price_in}, price_out={self.price_out} must be >= 0 (per 1M tokens)")
         if self.format not in FORMATS:
             raise PreselError(f"format={self.format!r} must be one of {', '.join(FORMATS)}")
+        if self.max_tokens_field not in ("max_tokens", "max_completion_tokens"):
+            raise PreselError(f"max_tokens_field={self.max_tokens_field!r} must be max_tokens or max_completion_tokens")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise PreselError(f"max_tokens={self.max_tokens} must be >= 1")
         if self.temperature is not None and not 0 <= self.temperature <= 2:
@@ -106,7 +109,7 @@ def request_body(cfg: GenerateConfig, tpl: Any, task: str, image_url: str, item_
     body.update({
         "model": cfg.model,
         "messages": build_messages(tpl.render(tpl.system, task), tpl.render(tpl.user, task), image_url),
-        "max_tokens": cfg.max_tokens or tpl.max_tokens,
+        cfg.max_tokens_field: cfg.max_tokens or tpl.max_tokens,
         "temperature": cfg.temperature if cfg.temperature is not None else tpl.temperature,
         "seed": cfg.seed,
     })
