@@ -807,7 +807,7 @@ class Report:
         parts = []
         srcs = [("features/rejects.jsonl", "images rejected by feature extraction"),
                 ("irs/rejected.jsonl", "reference samples IRS could not score"),
-                ("generate/rejects.jsonl", "instruction generation failures")]
+                ("generate/failures.jsonl", "instruction generation failures")]
         found = False
         for rel, what in srcs:
             rows = d.jsonl(rel)
