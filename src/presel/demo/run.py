@@ -28,7 +28,7 @@ def demo_config(*, size: str = "default", seed: int = 0) -> dict[str, Any]:
         "pool": {"path": "pool/pool.jsonl"},
         "reference": {"fraction": 0.05, "seed": seed},
         "annotate": {"annotations": "pool/annotations.json"},
-        "ref_model": dict(tune, epochs=1 if small else 3),
+        "ref_model": dict(tune, epochs=1),
         "score": {"batch_size": 16},
         "weights": {"tau": "auto"},
         "embed": {"model": "dinov2-small", "image_size": 112, "batch_size": 32, "workers": 2},
