@@ -7,8 +7,6 @@ below are used and printed as assumptions, so an estimate never pretends to be a
 
 from __future__ import annotations
 
-import math
-
 from presel.pipeline import RunConfig
 
 # Throughputs on one modern data-centre GPU (A100/H100 class), used when the config gives none.
@@ -39,32 +37,30 @@ def dry_run(cfg: RunConfig) -> str:
         if k in est:
             est[k] = float(v)
             measured.add(k)
-    pool = None
-    try:
-        from presel.pipeline import Pipeline
+    from presel.config import from_dict
+    from presel.importance.reference import ReferenceConfig, sample_reference
+    from presel.pipeline import Pipeline
+    from presel.selection.select import SelectConfig, _budget
 
-        pool = Pipeline(cfg, log=lambda s: None).pool()
-    except Exception as e:  # noqa: BLE001 - a dry run still prints the plan without the pool
-        pool_note = f"(pool not readable: {e})"
-    else:
-        pool_note = ""
-    n_img = len(pool.distinct_images()) if pool is not None else 0
-    tasks = pool.tasks if pool is not None else []
-    frac = float((S.get("reference") or {}).get("fraction", 0.05))
-    if pool is not None:
-        per_task: dict[str, set[str]] = {}
-        for r in pool.records:
-            per_task.setdefault(r.task, set()).add(r.image_key)
-        n_ref = sum(max(1, math.floor(frac * len(v) + 0.5)) for v in per_task.values())
+    pool = Pipeline(cfg, log=lambda s: None).pool()  # a dry run needs the pool: its sizes are the point
+    n_img = len(pool.distinct_images())
+    tasks = pool.tasks
+    ref_sec = dict(S.get("reference") or {})
+    frac = float(ref_sec.get("fraction", 0.05))
+    if "reference" in S:
+        n_ref = len(sample_reference(pool, from_dict(ReferenceConfig, ref_sec, source=f"{cfg.source}: reference")))
+    elif (S.get("select") or {}).get("reference"):
+        from presel.io.manifest import read_id_list
+
+        n_ref = len(set(read_id_list(cfg.path(S["select"]["reference"]))))
     else:
         n_ref = 0
-    sel = S.get("select") or {}
-    budget = int(sel["budget_count"]) if sel.get("budget_count") else math.floor(float(sel.get("budget", 0.15)) * n_img)
+    sel = {k: v for k, v in (S.get("select") or {}).items() if k not in ("features", "feature_ids", "weights", "reference")}
+    budget = _budget(from_dict(SelectConfig, sel, source=f"{cfg.source}: select"), n_img) if "select" in S else 0
     n_new = max(0, budget - n_ref)
-    lines = [f"run: {cfg.out}", f"pool: {cfg.pool.get('path')}  {pool_note}".rstrip()]
-    if pool is not None:
-        lines.append(f"  {len(pool.records):,} image records, {n_img:,} distinct images, {len(tasks)} tasks, "
-                     f"{pool.text_only:,} text-only records left out")
+    lines = [f"run: {cfg.out}", f"pool: {cfg.path(cfg.pool['path'])}"]
+    lines.append(f"  {len(pool.records):,} image records, {n_img:,} distinct images, {len(tasks)} tasks, "
+                 f"{pool.text_only:,} text-only records left out")
     rows: list[tuple[str, str, float]] = []
 
     def add(stage: str, what: str, hours: float) -> None:
@@ -106,9 +102,9 @@ def dry_run(cfg: RunConfig) -> str:
     lines.append("")
     lines.append(f"{'stage':12s} {'GPU-hours':>10s}  what")
     for stage, what, h in rows:
-        lines.append(f"{stage:12s} {h:10.1f}  {what}")
+        lines.append(f"{stage:12s} {h:10.2f}  {what}")
     sel_h = sum(h for s, _, h in rows if s in ("ref_model", "score", "embed"))
-    lines.append(f"{'total':12s} {sum(h for _, _, h in rows):10.1f}  (selection cost: {sel_h:.1f} GPU-hours; "
+    lines.append(f"{'total':12s} {sum(h for _, _, h in rows):10.2f}  (selection cost: {sel_h:.1f} GPU-hours; "
                  f"instruction cost ${cost:,.2f})")
     assumed = sorted(set(est) - measured)
     if assumed:
