@@ -18,9 +18,13 @@ def _has_cuda() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    if not any(item.get_closest_marker("gpu") for item in items):
-        return
-    if _has_cuda():
+    # slow tests run only when asked for: `-m slow` (or any -m expression naming slow)
+    if "slow" not in (config.getoption("markexpr") or ""):
+        skip_slow = pytest.mark.skip(reason="slow; run with -m slow")
+        for item in items:
+            if item.get_closest_marker("slow"):
+                item.add_marker(skip_slow)
+    if not any(item.get_closest_marker("gpu") for item in items) or _has_cuda():
         return
     skip = pytest.mark.skip(reason="needs CUDA")
     for item in items:
