@@ -64,8 +64,11 @@ def load_questions(data: str | Path, limit_per_task: int | None = None) -> tuple
 
 
 def _prompt_text(processor: Any, question: str) -> str:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    """The question rendered exactly as training and scoring render a user turn, plus the generation prompt."""
+    from presel.records import Turn
+    from presel.vlm.render import _template, build_messages
+
+    return _template(processor, build_messages([Turn("user", question)]), generation_prompt=True)
 
 
 def evaluate_model(model: str | Path, data: str | Path, config: EvalConfig | None = None,

@@ -1,0 +1,58 @@
+import json
+
+import pytest
+from PIL import Image
+
+from presel.errors import PreselError
+from presel.evaluate import EvalConfig, evaluate_model, normalize_answer, relative_table, summarize
+
+
+def test_normalize_answer():
+    assert normalize_answer("  The Cat. ") == "cat"
+    assert normalize_answer('"B"') == "b"
+    assert normalize_answer("A handwritten digit 7.") == "handwritten digit 7"
+    assert normalize_answer("yes!") == normalize_answer("Yes")
+    assert normalize_answer("12") != normalize_answer("1 2")
+
+
+def test_summarize_and_relative_table():
+    preds = [{"task": "a", "correct": True}, {"task": "a", "correct": False}, {"task": "b", "correct": True}]
+    s = summarize(preds)
+    assert s["per_task"] == {"a": {"n": 2, "accuracy": 0.5}, "b": {"n": 1, "accuracy": 1.0}}
+    assert s["mean_accuracy"] == pytest.approx(0.75)
+    full = summarize([{"task": "a", "correct": True}, {"task": "b", "correct": True}])
+    table = relative_table({"presel": s, "full": full}, reference="full")
+    # relative score = mean over tasks of accuracy / full accuracy = (0.5 + 1.0) / 2
+    assert table.splitlines()[-1].split()[-2:] == ["75.0%", "100.0%"]
+
+
+def test_config_validation():
+    with pytest.raises(PreselError, match="batch_size=0"):
+        EvalConfig(batch_size=0)
+
+
+def test_evaluate_tiny_llava(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRESEL_CACHE", str(tmp_path / "cache"))
+    from presel.cache import offline_model
+
+    model = offline_model("tiny-llava")
+    recs = []
+    for i, task in enumerate(["t1", "t1", "t2"]):
+        Image.new("RGB", (32, 32), (i * 60, 10, 10)).save(tmp_path / f"{i}.png")
+        recs.append({"id": str(i), "image": f"{i}.png", "task": task, "conversations": [
+            {"from": "human", "value": "<image>\nWhat color?"}, {"from": "gpt", "value": "red"}]})
+    (tmp_path / "heldout.json").write_text(json.dumps(recs))
+    res = evaluate_model(model, tmp_path / "heldout.json", EvalConfig(batch_size=2, max_new_tokens=3), progress=False)
+    assert {t: r["n"] for t, r in res["per_task"].items()} == {"t1": 2, "t2": 1}
+    assert len(res["predictions"]) == 3
+    for p in res["predictions"]:
+        assert isinstance(p["prediction"], str)
+        assert p["correct"] == (normalize_answer(p["prediction"]) == "red")
+
+
+def test_heldout_without_answer_is_an_error(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "h.json").write_text(json.dumps([{"id": "1", "image": "a.png", "task": "t",
+                                                  "conversations": [{"from": "human", "value": "Q?"}]}]))
+    with pytest.raises(PreselError, match="id '1' needs a user question and an assistant answer"):
+        evaluate_model("unused", tmp_path / "h.json")
