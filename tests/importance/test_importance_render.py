@@ -216,3 +216,31 @@ def test_response_loss_is_differentiable():
     s, _ = response_loss(lg, torch.tensor([[-100, 1, 2, -100]]))
     s.sum().backward()
     assert lg.grad is not None and lg.grad[0, :2].abs().sum() > 0 and lg.grad[0, 2:].abs().sum() == 0
+
+
+def test_pair_fallbacks_equal_two_renderings(tiny_loaded, image, monkeypatch):
+    """The batched-processor and the two-call fallbacks of encode_pair give the same encodings."""
+    import presel.vlm.render as render
+
+    _, proc = tiny_loaded
+    refs = [render.encode_conversation(proc, image, TWO_TURNS, drop_question=d) for d in (False, True)]
+    monkeypatch.setattr(render, "_splice", lambda *a: None)
+    for mode in ("batched", "two calls"):
+        if mode == "two calls":
+            monkeypatch.setattr(render, "_split_extras", lambda *a: None)
+        for got, ref in zip(render.encode_pair(proc, image, TWO_TURNS), refs):
+            assert torch.equal(got.input_ids, ref.input_ids) and torch.equal(got.labels, ref.labels), mode
+            assert all(torch.equal(got.extras[k], ref.extras[k]) for k in ref.extras), mode
+
+
+def test_splice_checks():
+    from presel.vlm.render import _splice
+
+    # placeholder 9 at position 1 expanded to 9,9,9 (LLaVA) or 8,9,9,7 (around-image tokens); the other text
+    # shares the prefix up to the placeholder
+    assert _splice([1, 9, 2, 3], [1, 9, 9, 9, 2, 3], [1, 9, 5], 9) == [1, 9, 9, 9, 5]
+    assert _splice([1, 9, 2, 3], [1, 8, 9, 9, 7, 2, 3], [1, 9, 5, 6], 9) == [1, 8, 9, 9, 7, 5, 6]
+    assert _splice([1, 9, 2, 3], [1, 9, 9, 9, 2, 4], [1, 9, 5], 9) is None  # a token after the image changed
+    assert _splice([1, 9, 2, 3], [1, 9, 9, 9, 2, 3], [7, 9, 5], 9) is None  # different prefix
+    assert _splice([1, 9, 2, 9], [1, 9, 9, 9, 2, 9, 9, 9], [1, 9, 5], 9) is None  # two placeholders
+    assert _splice([1, 9, 2], [1, 9, 9, 2], [1, 9, 2], None) is None  # image token unknown

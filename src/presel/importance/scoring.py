@@ -44,8 +44,9 @@ class ScoreConfig:
     fp32, bf16, fp16; device: auto, cpu, cuda, cuda:N; max_length: truncate rendered samples to this many
     tokens (None: no limit); seed: torch seed (scoring itself is deterministic); image_root / default_task /
     id_field / task_field: how to read the data file; executor: local or ray; workers: Ray actors (default:
-    one per GPU, else 1); ray_address: an existing Ray cluster; prefetch: render the next batch while the
-    model runs the current one."""
+    one per GPU, else 1); ray_address: an existing Ray cluster; render_workers: processes that decode and
+    render batches ahead of the model (0: in the main process); prefetch: with render_workers=0, render the
+    next batch in a background thread while the model runs the current one."""
 
     model: str = "llava-small"
     batch_size: int = 8
@@ -60,6 +61,7 @@ class ScoreConfig:
     executor: str = "local"
     workers: int | None = None
     ray_address: str | None = None
+    render_workers: int = 2
     prefetch: bool = True
 
     def __post_init__(self) -> None:
@@ -81,6 +83,8 @@ class ScoreConfig:
             raise PreselError(f"seed={self.seed!r} must be an integer")
         if self.executor not in EXECUTORS:
             raise PreselError(f"executor={self.executor!r} must be one of {', '.join(EXECUTORS)}")
+        if isinstance(self.render_workers, bool) or not isinstance(self.render_workers, int) or self.render_workers < 0:
+            raise PreselError(f"render_workers={self.render_workers!r} must be an integer >= 0")
         if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
                                          or self.workers < 1):
             raise PreselError(f"workers={self.workers!r} must be an integer >= 1 or null (one per GPU)")
@@ -99,6 +103,15 @@ def conversation_problem(turns: Any) -> str | None:
     return None
 
 
+def _accepts(model: Any, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class Scorer:
     """Holds one model and scores batches of items ``{"id", "task", "path", "turns": [[role, text], ...]}``.
 
@@ -107,7 +120,7 @@ class Scorer:
     """
 
     def __init__(self, model: str, *, dtype: str = "auto", device: str = "auto", max_length: int | None = None,
-                 seed: int = 0, loaded: tuple[Any, Any] | None = None):
+                 seed: int = 0, loaded: tuple[Any, Any] | None = None, logits_to_keep: bool = True):
         import torch
 
         from presel.vlm.load import load_vlm
@@ -123,6 +136,7 @@ class Scorer:
         self.pad_id = int(pid)
         self.device = next(self.model.parameters()).device
         self.dtype = next(self.model.parameters()).dtype
+        self._logits_to_keep = logits_to_keep and _accepts(self.model, "logits_to_keep")
 
     # -- rendering (CPU; may run in a background thread)
     def prepare(self, items: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Any, Any] | dict[str, Any]]:
@@ -130,45 +144,65 @@ class Scorer:
         The image is decoded once and rendered for both passes."""
         from presel.features.images import ImageRejected, load_rgb
         from presel.records import Turn
-        from presel.vlm.render import encode_pair
+        from presel.vlm.render import encode_pairs
 
-        out: list[Any] = []
-        for it in items:
+        out: list[Any] = [None] * len(items)
+        todo: list[tuple[int, Any, Any]] = []
+        for i, it in enumerate(items):
             turns = tuple(Turn(r, t) for r, t in it["turns"] or ())
             problem = conversation_problem(turns)
             if problem is None:
                 try:
-                    image = load_rgb(it["path"])
+                    todo.append((i, load_rgb(it["path"]), turns))
                 except ImageRejected as e:
                     problem = f"unreadable image: {e.reason}"
-            if problem is None:
-                try:
-                    eq, en = encode_pair(self.processor, image, turns, max_length=self.max_length)
-                except PreselError as e:
-                    problem = f"cannot render: {e}"
-            if problem is None and (eq.n_response_tokens == 0 or en.n_response_tokens == 0):
-                problem = "no response tokens after rendering" + (
-                    f" (max_length={self.max_length} cut them off)" if self.max_length else "")
-            if problem is None:
-                out.append((it, eq, en))
+            if problem is not None:
+                out[i] = {"id": it["id"], "task": it["task"], "reason": problem}
+        encoded = encode_pairs(self.processor, [x[1] for x in todo], [x[2] for x in todo], max_length=self.max_length)
+        for (i, _, _), enc in zip(todo, encoded):
+            it = items[i]
+            if isinstance(enc, PreselError):
+                out[i] = {"id": it["id"], "task": it["task"], "reason": f"cannot render: {enc}"}
+            elif enc[0].n_response_tokens == 0 or enc[1].n_response_tokens == 0:
+                out[i] = {"id": it["id"], "task": it["task"], "reason": "no response tokens after rendering" + (
+                    f" (max_length={self.max_length} cut them off)" if self.max_length else "")}
             else:
-                out.append({"id": it["id"], "task": it["task"], "reason": problem})
+                out[i] = (it, enc[0], enc[1])
         return out
 
     # -- model (device)
     def losses(self, encoded: list[Any]) -> tuple[list[float], list[int]]:
-        """Mean response loss and response token count of each encoded sample, in one padded forward pass."""
+        """Mean response loss and response token count of each encoded sample, in one padded forward pass.
+
+        The language-model head runs only at the positions that predict a response token of some sample of
+        the batch (``logits_to_keep``) when the model supports it; the loss is the same."""
         import torch
+        import torch.nn.functional as F
 
         from presel.vlm.render import collate, response_loss
 
         b = collate(encoded, self.pad_id, padding_side="right")
         extras = {k: (v.to(self.device, dtype=self.dtype) if v.is_floating_point() else v.to(self.device))
                   for k, v in b["extras"].items()}
+        labels = b["labels"]
+        kw: dict[str, Any] = {}
+        keep = None
+        if self._logits_to_keep:
+            keep = (labels[:, 1:] != -100).any(dim=0).nonzero()[:, 0]
+            if len(keep):
+                kw["logits_to_keep"] = keep.to(self.device)
         with torch.inference_mode():
             out = self.model(input_ids=b["input_ids"].to(self.device),
-                             attention_mask=b["attention_mask"].to(self.device), use_cache=False, **extras)
-            sums, counts = response_loss(out.logits, b["labels"])
+                             attention_mask=b["attention_mask"].to(self.device), use_cache=False, **extras, **kw)
+            if "logits_to_keep" in kw:
+                target = labels[:, keep + 1].to(self.device)
+                mask = target != -100
+                nll = F.cross_entropy(out.logits[mask].float(), target[mask], reduction="none")
+                sums = torch.zeros(len(encoded), dtype=torch.float32, device=nll.device).index_add(
+                    0, mask.nonzero()[:, 0], nll)
+                counts = mask.sum(dim=1)
+            else:
+                sums, counts = response_loss(out.logits, labels)
         sums, counts = sums.double().cpu().tolist(), counts.cpu().tolist()
         return [s / n if n else float("nan") for s, n in zip(sums, counts)], [int(n) for n in counts]
 
@@ -193,9 +227,48 @@ class Scorer:
         return self.finish(self.prepare(items))
 
 
-def score_stream(scorer: Scorer, batches: Iterable[list[dict[str, Any]]], *, prefetch: bool = True
-                 ) -> Iterator[list[dict[str, Any]]]:
-    """Score ``batches`` in order, rendering batch ``k+1`` in a background thread while the model runs ``k``."""
+def plan_batches(items: list[dict[str, Any]], batch_size: int) -> list[list[dict[str, Any]]]:
+    """Batches of similar conversation length (less padding): items sorted by their text length (stable),
+    then cut into ``batch_size`` chunks. Deterministic; results do not depend on the grouping."""
+    order = sorted(range(len(items)), key=lambda i: sum(len(t) for _, t in items[i]["turns"] or ()))
+    ordered = [items[i] for i in order]
+    return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+class _Rendered:
+    """Map-style dataset: batch ``i`` -> ``scorer.prepare(batches[i])`` (run in DataLoader worker processes)."""
+
+    def __init__(self, scorer: Scorer, batches: list[list[dict[str, Any]]]):
+        self.scorer, self.batches = scorer, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.scorer.prepare(self.batches[i])
+
+
+def _worker_init(_: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def score_stream(scorer: Scorer, batches: Iterable[list[dict[str, Any]]], *, prefetch: bool = True,
+                 render_workers: int = 0) -> Iterator[list[dict[str, Any]]]:
+    """Score ``batches`` in order. ``render_workers > 0``: worker processes decode and render batches ahead
+    of the model; else ``prefetch`` renders batch ``k+1`` in a background thread while the model runs ``k``."""
+    if render_workers > 0:
+        import torch
+
+        batches = list(batches)
+        loader = torch.utils.data.DataLoader(_Rendered(scorer, batches), batch_size=None, shuffle=False,
+                                             num_workers=min(render_workers, max(1, len(batches))),
+                                             collate_fn=lambda x: x, prefetch_factor=2, worker_init_fn=_worker_init,
+                                             multiprocessing_context="fork")
+        for prepared in loader:
+            yield scorer.finish(prepared)
+        return
     if not prefetch:
         for items in batches:
             yield scorer.score(items)
@@ -351,7 +424,7 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
     todo = [r for r in pool.records if r.id not in done]
     items = [{"id": r.id, "task": r.task, "path": str(pool.image_path(r)),
               "turns": [[t.role, t.text] for t in r.conversations] if r.conversations else []} for r in todo]
-    batches = [items[i:i + config.batch_size] for i in range(0, len(items), config.batch_size)]
+    batches = plan_batches(items, config.batch_size)
 
     t0 = time.perf_counter()
     if batches:
@@ -360,7 +433,7 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
         else:
             scorer = Scorer(model, dtype=config.dtype, device=config.device, max_length=config.max_length,
                             seed=config.seed)
-            stream = score_stream(scorer, batches, prefetch=config.prefetch)
+            stream = score_stream(scorer, batches, prefetch=config.prefetch, render_workers=config.render_workers)
         n_files = len(list(shard_dir.glob("*.jsonl")))
         shard = shard_dir / f"part-{n_files:05d}.jsonl"
         n_done = len(done)

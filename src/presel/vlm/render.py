@@ -259,15 +259,44 @@ def encode_conversation(processor: Any, image: Any, turns: Sequence[Turn], *, dr
     return _finish(processor, plan, ids, extras, max_length)
 
 
+def _splice(q_plain: list[int], q_ids: list[int], other_plain: list[int], image_token: int | None) -> list[int] | None:
+    """``other_plain`` with its image placeholder expanded exactly as the processor expanded ``q_plain`` into
+    ``q_ids``, or None unless the expansion replaced the one ``image_token`` of ``q_plain`` by a run of tokens,
+    leaving every other token unchanged, and ``other_plain`` has the same tokens up to its placeholder."""
+    if image_token is None or q_plain.count(image_token) != 1 or other_plain.count(image_token) != 1:
+        return None
+    k = q_plain.index(image_token)
+    delta = len(q_ids) - len(q_plain)
+    if delta < 0 or q_ids[:k] != q_plain[:k] or q_ids[k + delta + 1:] != q_plain[k + 1:]:
+        return None
+    if other_plain[:k + 1] != q_plain[:k + 1]:
+        return None
+    return other_plain[:k] + q_ids[k:k + delta + 1] + other_plain[k + 1:]
+
+
 def encode_pair(processor: Any, image: Any, turns: Sequence[Turn], *, max_length: int | None = None
                 ) -> tuple[Encoded, Encoded]:
-    """Both renderings of one sample, ``(with question, without question)``, from one processor call.
+    """Both renderings of one sample, ``(with question, without question)``, processing the image once.
 
-    Equal to two :func:`encode_conversation` calls (``drop_question`` False, True); falls back to them for
-    a processor whose batched output layout is not recognised.
+    Equal to two :func:`encode_conversation` calls (``drop_question`` False, True): the no-question text gets
+    the same image-token expansion as the processor gave the question text (checked token by token) and
+    shares its image tensors; processors whose expansion cannot be reproduced that way get one batched
+    processor call or two separate calls.
     """
+    import torch
+
     plans = [_plan(processor, turns, False), _plan(processor, turns, True)]
     if plans[0].add_special == plans[1].add_special:
+        out = processor(text=[plans[0].text], images=[image], return_tensors="pt",
+                        add_special_tokens=plans[0].add_special)
+        ids = out["input_ids"][0]
+        n = len(ids)
+        extras = {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask") and isinstance(v, torch.Tensor)}
+        if not any(v.dim() == 2 and v.shape[0] == 1 and v.shape[1] == n for v in extras.values()):  # no per-token extras
+            other = _splice(plans[0].plain_ids, ids.tolist(), plans[1].plain_ids, _image_token_id(processor))
+            if other is not None:
+                return (_finish(processor, plans[0], ids, extras, max_length),
+                        _finish(processor, plans[1], torch.tensor(other, dtype=torch.long), dict(extras), max_length))
         out = processor(text=[p.text for p in plans], images=[image, image], return_tensors="pt", padding=True,
                         add_special_tokens=plans[0].add_special)
         mask = out.get("attention_mask")
@@ -275,14 +304,60 @@ def encode_pair(processor: Any, image: Any, turns: Sequence[Turn], *, max_length
             res = []
             for i, p in enumerate(plans):
                 tokens = mask[i].bool()
-                extras = _split_extras(out, i, 2, tokens)
-                if extras is None:
+                split = _split_extras(out, i, 2, tokens)
+                if split is None:
                     break
-                res.append(_finish(processor, p, out["input_ids"][i][tokens], extras, max_length))
+                res.append(_finish(processor, p, out["input_ids"][i][tokens], split, max_length))
             if len(res) == 2:
                 return res[0], res[1]
     return (encode_conversation(processor, image, turns, max_length=max_length),
             encode_conversation(processor, image, turns, drop_question=True, max_length=max_length))
+
+
+def encode_pairs(processor: Any, images: Sequence[Any], turns: Sequence[Sequence[Turn]], *,
+                 max_length: int | None = None) -> list[tuple[Encoded, Encoded] | PreselError]:
+    """:func:`encode_pair` for several samples with one processor call for all their images (the processor's
+    fixed cost per call dominates small images). A sample that cannot be rendered gets its
+    :class:`PreselError` in its place. Equal to per-sample :func:`encode_pair` (which it falls back to when
+    the batched output cannot be split or the image expansion cannot be reused)."""
+    import torch
+
+    out_list: list[tuple[Encoded, Encoded] | PreselError | None] = [None] * len(images)
+    plans: list[tuple[int, _Plan, _Plan]] = []
+    for i, t in enumerate(turns):
+        try:
+            plans.append((i, _plan(processor, t, False), _plan(processor, t, True)))
+        except PreselError as e:
+            out_list[i] = e
+    img_tok = _image_token_id(processor)
+    batched = [p for p in plans if p[1].add_special == p[2].add_special == plans[0][1].add_special]
+    if len(batched) > 1:
+        out = processor(text=[p[1].text for p in batched], images=[images[p[0]] for p in batched],
+                        return_tensors="pt", padding=True, add_special_tokens=batched[0][1].add_special)
+        mask = out.get("attention_mask")
+        for row, (i, pq, pn) in enumerate(batched):
+            if mask is None:
+                break
+            tokens = mask[row].bool()
+            extras = _split_extras(out, row, len(batched), tokens)
+            if extras is None or any(v.dim() == 1 for v in extras.values()):  # unknown layout / per-token extras
+                break
+            ids = out["input_ids"][row][tokens]
+            other = _splice(pq.plain_ids, ids.tolist(), pn.plain_ids, img_tok)
+            if other is None:
+                continue
+            try:
+                out_list[i] = (_finish(processor, pq, ids, extras, max_length),
+                               _finish(processor, pn, torch.tensor(other, dtype=torch.long), dict(extras), max_length))
+            except PreselError as e:
+                out_list[i] = e
+    for i, res in enumerate(out_list):
+        if res is None:
+            try:
+                out_list[i] = encode_pair(processor, images[i], turns[i], max_length=max_length)
+            except PreselError as e:
+                out_list[i] = e
+    return out_list  # type: ignore[return-value]
 
 
 def _is_token_aligned(e: Encoded, v: Any) -> bool:
