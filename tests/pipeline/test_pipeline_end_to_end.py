@@ -1,0 +1,82 @@
+"""Every stage of `presel run` on the small demo pool, with tiny models (a tiny LLaVA and a tiny DINOv2)."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+TINY_PROCESSOR = {
+    "crop_size": {"height": 28, "width": 28}, "do_center_crop": True, "do_convert_rgb": True, "do_normalize": True,
+    "do_rescale": True, "do_resize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+    "image_processor_type": "BitImageProcessor", "resample": 3, "rescale_factor": 1 / 255, "size": {"shortest_edge": 32},
+}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    from presel.cache import offline_model
+    from presel.demo.pool import build_demo_pool
+    from presel.pipeline import Pipeline, RunConfig
+
+    root = tmp_path_factory.mktemp("e2e")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PRESEL_CACHE", str(root / "cache"))
+    torch.manual_seed(0)
+    dino = root / "dino"
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                             patch_size=7, image_size=28)).eval().save_pretrained(dino)
+    (dino / "preprocessor_config.json").write_text(json.dumps(TINY_PROCESSOR))
+    tiny = offline_model("tiny-llava")
+    build_demo_pool(root / "run" / "pool", size="small")
+    tune = {"model": str(tiny), "lora_r": 4, "lora_alpha": 8, "batch_size": 8, "max_length": 128, "save_every_steps": 0}
+    cfg = {"out": ".", "pool": {"path": "pool/pool.jsonl"},
+           "reference": {"fraction": 0.05, "seed": 0},
+           "annotate": {"annotations": "pool/annotations.json"},
+           "ref_model": tune, "score": {"batch_size": 8}, "weights": {"tau": "auto"},
+           "embed": {"model": str(dino), "batch_size": 32, "workers": 0},
+           "select": {"budget": 0.15, "seed": 0},
+           "generate": {"from_annotations": "pool/annotations.json"},
+           "final_model": dict(tune, max_steps=2),
+           "report": {}}
+    (root / "run" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    logs = []
+    Pipeline(RunConfig.load(root / "run" / "config.yaml"), log=logs.append).run()
+    yield root / "run", logs
+    mp.undo()
+
+
+def test_every_stage_ran(run_dir):
+    run, logs = run_dir
+    timings = json.loads((run / "timings.json").read_text())
+    assert set(timings) == {"reference", "annotate", "ref_model", "score", "weights", "embed", "select",
+                            "generate", "final_model", "report"}
+    pool_images = sum(1 for _ in open(run / "pool" / "pool.jsonl"))
+    sel = pq.read_table(run / "selection" / "selection.parquet").to_pylist()
+    summary = json.loads((run / "selection" / "summary.json").read_text())
+    assert len(sel) == summary["totals"]["budget"] == int(0.15 * summary["totals"]["distinct_images"])
+    assert summary["totals"]["records"] == pool_images
+    ref_ids = {json.loads(line)["id"] for line in open(run / "reference" / "reference.jsonl")}
+    assert {r["id"] for r in sel if r["source"] == "reference"} == ref_ids
+    weights = json.loads((run / "weights" / "task_weights.json").read_text())
+    assert set(weights) == set(summary["tasks"]) and abs(sum(w["weight"] for w in weights.values()) - 1) < 1e-9
+    train = json.loads((run / "generate" / "train.json").read_text())
+    assert {r["id"] for r in train} >= {r["id"] for r in sel}
+    assert all(r["conversations"] and r["conversations"][0]["from"] == "human" for r in train)
+    assert (run / "final_model" / "config.json").exists()
+    html = (run / "report" / "report.html").read_text()
+    assert "Instruction relevance" in html and "http://" not in html.replace("http://www.w3.org", "")
+
+
+def test_rerun_skips_everything(run_dir):
+    from presel.pipeline import Pipeline, RunConfig
+
+    run, _ = run_dir
+    logs = []
+    before = (run / "selection" / "selection.parquet").read_bytes()
+    Pipeline(RunConfig.load(run / "config.yaml"), log=logs.append).run()
+    assert sum("up to date" in s for s in logs) == 10
+    assert (run / "selection" / "selection.parquet").read_bytes() == before
