@@ -150,10 +150,21 @@ def test_truncation_rejects_samples_without_response_tokens(scored, tiny_llava, 
 @pytest.mark.parametrize("kw, msg", [
     ({"batch_size": 0}, "batch_size=0 must be"), ({"dtype": "fp8"}, "dtype='fp8'"), ({"device": "tpu"}, "device='tpu'"),
     ({"max_length": 1}, "max_length=1"), ({"executor": "dask"}, "executor='dask'"), ({"workers": 0}, "workers=0"),
+    ({"render_workers": -1}, "render_workers=-1"),
 ])
 def test_bad_config(kw, msg):
     with pytest.raises(PreselError, match=msg):
         ScoreConfig(model="x", **kw)
+
+
+def test_render_workers_equal_in_process(scored, tiny_llava, tmp_path):
+    out, data, _ = scored
+    score_to_dir(data, tmp_path / "w", _cfg(tiny_llava, render_workers=2), progress=False)
+    a, b = _table(out), _table(tmp_path / "w")
+    assert a["id"] == b["id"]
+    for col in ("loss_q", "loss_noq", "irs"):
+        assert a[col] == pytest.approx(b[col], abs=1e-6)
+    assert (out / "rejected.jsonl").read_text() == (tmp_path / "w" / "rejected.jsonl").read_text()
 
 
 def test_ray_executor_equals_local(scored, tiny_llava, tmp_path):

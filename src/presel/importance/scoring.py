@@ -45,7 +45,7 @@ class ScoreConfig:
     tokens (None: no limit); seed: torch seed (scoring itself is deterministic); image_root / default_task /
     id_field / task_field: how to read the data file; executor: local or ray; workers: Ray actors (default:
     one per GPU, else 1); ray_address: an existing Ray cluster; render_workers: processes that decode and
-    render batches ahead of the model (0: in the main process); prefetch: with render_workers=0, render the
+    render batches ahead of the model (0: in the main process; None: 0 on CPU, up to 4 with a GPU); prefetch: with render_workers=0, render the
     next batch in a background thread while the model runs the current one."""
 
     model: str = "llava-small"
@@ -61,7 +61,7 @@ class ScoreConfig:
     executor: str = "local"
     workers: int | None = None
     ray_address: str | None = None
-    render_workers: int = 2
+    render_workers: int | None = None
     prefetch: bool = True
 
     def __post_init__(self) -> None:
@@ -83,8 +83,9 @@ class ScoreConfig:
             raise PreselError(f"seed={self.seed!r} must be an integer")
         if self.executor not in EXECUTORS:
             raise PreselError(f"executor={self.executor!r} must be one of {', '.join(EXECUTORS)}")
-        if isinstance(self.render_workers, bool) or not isinstance(self.render_workers, int) or self.render_workers < 0:
-            raise PreselError(f"render_workers={self.render_workers!r} must be an integer >= 0")
+        if self.render_workers is not None and (isinstance(self.render_workers, bool)
+                                                or not isinstance(self.render_workers, int) or self.render_workers < 0):
+            raise PreselError(f"render_workers={self.render_workers!r} must be an integer >= 0 or null (auto)")
         if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
                                          or self.workers < 1):
             raise PreselError(f"workers={self.workers!r} must be an integer >= 1 or null (one per GPU)")
@@ -433,7 +434,10 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
         else:
             scorer = Scorer(model, dtype=config.dtype, device=config.device, max_length=config.max_length,
                             seed=config.seed)
-            stream = score_stream(scorer, batches, prefetch=config.prefetch, render_workers=config.render_workers)
+            workers = config.render_workers
+            if workers is None:
+                workers = 0 if scorer.device.type == "cpu" else min(4, max(1, (os.cpu_count() or 2) // 2))
+            stream = score_stream(scorer, batches, prefetch=config.prefetch, render_workers=workers)
         n_files = len(list(shard_dir.glob("*.jsonl")))
         shard = shard_dir / f"part-{n_files:05d}.jsonl"
         n_done = len(done)
