@@ -21,7 +21,7 @@ def test_sigkill_then_rerun_matches_uninterrupted(tiny_llava, tmp_path):
             "--batch-size", "2", "--max-steps", "40", "--save-every", "3", "--log-every", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "presel.cli", "finetune"]
-    subprocess.run(cmd + args + ["--out", str(tmp_path / "ref")], check=True, env=env, capture_output=True)
+    subprocess.run(cmd + args + ["--out", str(tmp_path / "ref")], check=True, env=env, capture_output=True, timeout=300)
 
     out = tmp_path / "run"
     log = tmp_path / ".run.finetune-work" / "train_log.jsonl"
@@ -37,7 +37,7 @@ def test_sigkill_then_rerun_matches_uninterrupted(tiny_llava, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists()
-    subprocess.run(cmd + args + ["--out", str(out)], check=True, env=env, capture_output=True)
+    subprocess.run(cmd + args + ["--out", str(out)], check=True, env=env, capture_output=True, timeout=300)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from_step"] is not None and summary["resumed_from_step"] >= 6
     steps = [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()]

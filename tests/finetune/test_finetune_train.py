@@ -200,15 +200,17 @@ def test_existing_out_is_refused_before_training(tiny_llava, tmp_path, train_set
 def test_cli(tiny_llava, tmp_path, capsys, monkeypatch):
     from presel.cli import main
 
+    monkeypatch.setenv("PRESEL_CACHE", str(tiny_llava.parent.parent))  # so the offline name finds the built model
     data = make_train_set(tmp_path / "data", n=4)
     out = tmp_path / "cli"
-    rc = main(["finetune", "--data", str(data), "--model", str(tiny_llava), "--out", str(out), "--lora-r", "4",
+    rc = main(["finetune", "--data", str(data), "--model", "tiny-llava", "--out", str(out), "--lora-r", "4",
                "--lora-alpha", "8", "--lr", "1e-3", "--projector-lr", "1e-4", "--batch-size", "2", "--max-steps", "3",
                "--save-every", "0", "--log-every", "0"])
     assert rc == 0
     assert str(out) in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 3 and summary["skipped"] == 3
+    assert summary["steps"] == 3 and summary["skipped"] == 3 and summary["model"] == "tiny-llava"
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"id": "a", "image": "nope.png", "conversations": [{"from": "gpt", "value": "x"}]}]))
     rc = main(["finetune", "--data", str(bad), "--model", str(tiny_llava), "--out", str(tmp_path / "o2")])
