@@ -252,3 +252,28 @@ def test_gguf_dequantized_model_saves(tiny_llava, tmp_path):
     again, _ = load_vlm(tmp_path / "saved", dtype="fp32", device="cpu")
     a, b = dict(model.named_parameters()), dict(again.named_parameters())
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_same_seed_gives_byte_identical_weights(tiny_llava, tmp_path):
+    data = make_train_set(tmp_path / "data", n=5, bad=False)
+    a = finetune(data, tiny_llava, tmp_path / "a", _cfg(max_steps=3, lora_dropout=0.1))
+    b = finetune(data, tiny_llava, tmp_path / "b", _cfg(max_steps=3, lora_dropout=0.1))
+    c = finetune(data, tiny_llava, tmp_path / "c", _cfg(max_steps=3, lora_dropout=0.1, seed=1))
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert (a / "adapter" / "adapter_model.safetensors").read_bytes() == (b / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
+
+
+def test_bf16_mixed_precision_with_gradient_checkpointing(tiny_llava, tmp_path):
+    """The GPU recipe (bf16 frozen weights, fp32 trained weights, bf16 autocast, checkpointing) on CPU."""
+    data = make_train_set(tmp_path / "data", n=4, bad=False)
+    out = finetune(data, tiny_llava, tmp_path / "o", _cfg(dtype="bf16", gradient_checkpointing=True, max_steps=4,
+                                                          save_every_steps=2))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dtype"] == "bf16" and summary["gradient_checkpointing"] is True
+    assert all(math.isfinite(r["loss"]) for r in _log(out))
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    from presel.vlm.load import load_vlm
+
+    model, _ = load_vlm(out, dtype="bf16", device="cpu")
+    assert next(model.parameters()).dtype == torch.bfloat16
