@@ -620,7 +620,7 @@ def finetune(
             grad_norm = None
             if cfg.max_grad_norm is not None:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.max_grad_norm))
-            lr_now = optimizer.param_groups[0]["lr"]
+            lr_now = next(g["lr"] for g in optimizer.param_groups if g["name"] in ("language", "vision"))
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
