@@ -119,3 +119,13 @@ def test_batched_scoring_equals_unbatched(qwen, images, tmp_path):
         assert a["n_response_tokens"] == b["n_response_tokens"] > 0
         for k in ("loss_q", "loss_noq", "irs"):
             assert abs(a[k] - b[k]) < 1e-4 and abs(a[k] - c[k]) < 1e-4, k
+
+
+def test_fast_template_rendering_equals_the_processor(qwen):
+    from presel.vlm.render import _template, build_messages
+
+    _, proc = qwen
+    for drop in (False, True):
+        msgs = build_messages(TURNS, drop_question=drop)
+        for gp in (False, True):
+            assert _template(proc, msgs, gp) == proc.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gp)

@@ -244,3 +244,15 @@ def test_splice_checks():
     assert _splice([1, 9, 2, 3], [1, 9, 9, 9, 2, 3], [7, 9, 5], 9) is None  # different prefix
     assert _splice([1, 9, 2, 9], [1, 9, 9, 9, 2, 9, 9, 9], [1, 9, 5], 9) is None  # two placeholders
     assert _splice([1, 9, 2], [1, 9, 9, 2], [1, 9, 2], None) is None  # image token unknown
+
+
+def test_fast_template_rendering_equals_the_processor(tiny_loaded):
+    from presel.vlm.render import _template, build_messages
+
+    _, proc = tiny_loaded
+    for turns in (TWO_TURNS, TWO_TURNS[:1], (Turn("system", "S."),) + TWO_TURNS):
+        for drop in (False, True):
+            msgs = build_messages(turns, drop_question=drop)
+            for gp in (False, True):
+                assert _template(proc, msgs, gp) == proc.apply_chat_template(msgs, tokenize=False,
+                                                                             add_generation_prompt=gp)

@@ -90,19 +90,20 @@ def build_messages(turns: Sequence[Turn], *, drop_question: bool = False) -> lis
 
 
 def _template(processor: Any, messages: list[dict[str, Any]], generation_prompt: bool = False) -> str:
-    """``processor.apply_chat_template(messages, tokenize=False)``; for a plain string template the same jinja
-    rendering is called directly (the processor's message normalisation costs more than the rendering)."""
+    """``processor.apply_chat_template(messages, tokenize=False)``. For a plain string template the compiled
+    jinja template is rendered directly, as transformers does, without its message normalisation (our
+    messages are plain dicts already), which costs more than the rendering."""
     template = getattr(processor, "chat_template", None)
     tok = _tokenizer(processor)
     if isinstance(template, str) and tok is not processor:
         try:
-            from transformers.utils.chat_template_utils import render_jinja_template
+            from transformers.utils.chat_template_utils import _compile_jinja_template
         except ImportError:  # pragma: no cover - other transformers versions
-            render_jinja_template = None
-        if render_jinja_template is not None:
-            prompts, _ = render_jinja_template(conversations=[messages], chat_template=template,
-                                               add_generation_prompt=generation_prompt, **tok.special_tokens_map)
-            return prompts[0]
+            _compile_jinja_template = None
+        if _compile_jinja_template is not None:
+            return _compile_jinja_template(template).render(
+                messages=messages, tools=None, documents=None, add_generation_prompt=generation_prompt,
+                **tok.special_tokens_map)
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
