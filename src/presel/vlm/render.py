@@ -1,8 +1,10 @@
 """Render a conversation about one image into model inputs and response-only labels, for any VLM.
 
-The model's own processor and chat template do the rendering, so every ``AutoModelForImageTextToText``
+The model's own processor and chat template do the rendering, so any ``AutoModelForImageTextToText``
 whose processor has a chat template works (llava-hf LLaVA-1.5, LLaVA-NeXT/OneVision, Qwen2-VL/2.5-VL,
-Idefics3/SmolVLM, the offline ``tiny-llava`` / ``llava-small``).
+Idefics3/SmolVLM). Tested offline on the ``tiny-llava`` / ``llava-small`` builds and a tiny Qwen2-VL
+(M-RoPE, patch-list pixel values, per-token ``mm_token_type_ids``); the others use the same code paths
+(batch-dim extras, zero-padded patch counts) but have no offline checkpoint to test against.
 
 Messages: the ``<image>`` placeholder of LLaVA text is removed and the image goes into the first user
 message as an image content part (``{"type": "image"}`` before the text). Labels: every token of every
