@@ -507,8 +507,16 @@ def finetune(
             tdist.init_process_group(backend="nccl" if on_cuda else "gloo")
 
     data = Path(data)
+    # rank 0 decodes every image once; the other ranks take its verdicts
     tdata = load_train_data(data, image_root=image_root, default_task=default_task, id_field=id_field,
-                            threads=max(1, min(8, os.cpu_count() or 1)))
+                            threads=max(1, min(8, os.cpu_count() or 1)), check_images=dist.main)
+    if dist.world_size > 1:
+        shared = [tdata.skipped if dist.main else None]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        if not dist.main:
+            gone = {r["id"] for r in shared[0]}
+            tdata.samples = [r for r in tdata.samples if r.id not in gone]
+            tdata.skipped = shared[0]
     model_name = str(model)
     model_path = resolve_model(model_name)
 
