@@ -277,3 +277,15 @@ def test_bf16_mixed_precision_with_gradient_checkpointing(tiny_llava, tmp_path):
 
     model, _ = load_vlm(out, dtype="bf16", device="cpu")
     assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_merge_adapter_rebuilds_the_merged_model(trained, tmp_path):
+    from presel.finetune.merge import merge_adapter
+
+    out, _ = trained
+    again = merge_adapter(out / "adapter", tmp_path / "merged")  # base from adapter_config.json
+    a, b = _weights(out), _weights(again)
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    with pytest.raises(PreselError, match="no adapter_config.json"):
+        merge_adapter(out, tmp_path / "x")
