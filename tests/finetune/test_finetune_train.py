@@ -218,15 +218,18 @@ def test_cli(tiny_llava, tmp_path, capsys, monkeypatch):
     assert "no usable training sample" in capsys.readouterr().err
 
 
-def test_result_scores_and_fits_its_data_better_than_the_base(trained, tiny_llava, tmp_path):
-    scoring = pytest.importorskip("presel.importance.scoring")
+def test_result_scores_with_presel_score_and_fits_its_data_better(trained, tiny_llava, tmp_path):
+    pytest.importorskip("presel.importance.scoring")
     import pyarrow.parquet as pq
+
+    from presel.cli import main
 
     out, data = trained
     losses = {}
     for name, model in (("tuned", out), ("base", tiny_llava)):
-        cfg = scoring.ScoreConfig(model=str(model), batch_size=4, device="cpu", dtype="fp32", default_task="colours")
-        scoring.score_to_dir(data, tmp_path / name, cfg, progress=False)
+        rc = main(["score", "--data", str(data), "--model", str(model), "--out", str(tmp_path / name), "--device", "cpu",
+                   "--dtype", "fp32", "--default-task", "colours", "--batch-size", "4", "--quiet"])
+        assert rc == 0
         t = pq.read_table(tmp_path / name / "irs.parquet").to_pylist()
         assert sorted(r["id"] for r in t) == [f"c{i}" for i in range(6)]
         assert all(math.isfinite(r["irs"]) for r in t)
