@@ -196,7 +196,10 @@ def build_small_llava(out: Path, dinov2_dir: Path | None = None, image_size: int
     old_vocab = text_cfg.vocab_size
     patch = int(vcfg.patch_size)
     n_img = (image_size // patch) ** 2
-    config = LlavaConfig(vision_config=vcfg.to_dict() | {"model_type": "dinov2"}, text_config=text_cfg.to_dict(),
+    # the GGUF weights are dequantised to fp32 on load: drop the inherited GGUF quantization marker, which
+    # would otherwise make every fine-tuned copy refuse save_pretrained
+    text_dict = {k: v for k, v in text_cfg.to_dict().items() if k != "quantization_config"}
+    config = LlavaConfig(vision_config=vcfg.to_dict() | {"model_type": "dinov2"}, text_config=text_dict,
                          image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), vision_feature_select_strategy="default",
                          vision_feature_layer=-2, image_seq_length=n_img, projector_hidden_act="gelu",
                          tie_word_embeddings=bool(getattr(text_cfg, "tie_word_embeddings", False)))
