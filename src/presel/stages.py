@@ -14,8 +14,12 @@ from presel.errors import PreselError
 from presel.pipeline import Pipeline, StagePlan
 
 
-def _pop(section: dict[str, Any], key: str, default: Any = None) -> Any:
-    return section.pop(key, default)
+def _only(cfg_source: str, stage: str, section: dict[str, Any], allowed: set[str]) -> None:
+    """Sections that are not a config dataclass still reject unknown keys."""
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        raise PreselError(f"{cfg_source}: unknown setting(s) {', '.join(unknown)} in '{stage}'; "
+                          f"known: {', '.join(sorted(allowed))}")
 
 
 def reference_ids_path(run_out: Path) -> Path:
@@ -37,9 +41,11 @@ def plan(p: Pipeline) -> list[StagePlan]:
         ref_path = reference_ids_path(out)
 
         def run_reference(sec=sec) -> None:
-            from presel.importance.reference import reference_to_dir
+            from presel.importance.reference import ReferenceConfig, reference_to_dir
 
-            reference_to_dir(p.pool(), cfg.stage_dir("reference"), overwrite=True, **sec)
+            rc = from_dict(ReferenceConfig, sec, source=f"{cfg.source}: reference")
+            reference_to_dir(p.pool(), cfg.stage_dir("reference"), fraction=rc.fraction, seed=rc.seed,
+                             min_per_task=rc.min_per_task, overwrite=True)
 
         plans.append(StagePlan("reference", sec, (), {"pool": pool_file}, run_reference))
     elif S.get("select") is not None and S["select"].get("reference"):
@@ -49,6 +55,7 @@ def plan(p: Pipeline) -> list[StagePlan]:
     annotated: Path | None = None
     if S.get("annotate") is not None:
         sec = dict(S["annotate"])
+        _only(cfg.source, "annotate", sec, {"annotations", "annotated", "match"})
         if sec.get("annotated"):  # the user's own annotated reference file
             annotated = cfg.path(sec["annotated"])
         else:
@@ -108,12 +115,15 @@ def plan(p: Pipeline) -> list[StagePlan]:
         if irs_dir is None:
             raise PreselError(f"{cfg.source}: 'weights' needs IRS scores: add a 'score' section")
         sec = dict(S["weights"])
+        _only(cfg.source, "weights", sec, {"tau"})
         weights_path = cfg.stage_dir("weights") / "task_weights.json"
 
         def run_weights(sec=sec) -> None:
             from presel.importance.weights import compute_weights, write_weights
 
             tau = sec.get("tau", "auto")
+            if tau not in (None, "auto") and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or tau <= 0):
+                raise PreselError(f"{cfg.source}: weights.tau={tau!r} must be 'auto' (1/sqrt(M)) or a number > 0")
             w = compute_weights(irs_dir, tau=None if tau in (None, "auto") else float(tau))
             write_weights(weights_path, w)
 
@@ -167,6 +177,8 @@ def plan(p: Pipeline) -> list[StagePlan]:
         if selection is None:
             raise PreselError(f"{cfg.source}: 'generate' needs a 'select' section")
         sec = dict(S["generate"])
+        if sec.get("from_annotations"):
+            _only(cfg.source, "generate", sec, {"from_annotations", "match", "format"})
         train_json = cfg.stage_dir("generate") / "train.json"
 
         def run_generate(sec=sec) -> None:
@@ -200,6 +212,8 @@ def plan(p: Pipeline) -> list[StagePlan]:
 
     # ---- report ----------------------------------------------------------------------
     if S.get("report") is not None:
+        _only(cfg.source, "report", S["report"], set())
+
         def run_report() -> None:
             from presel.report.html import build_report
 

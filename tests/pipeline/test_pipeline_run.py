@@ -100,3 +100,17 @@ def test_failed_stage_keeps_finished_ones(tmp_path):
     with pytest.raises(PreselError, match="unknown setting"):
         Pipeline(RunConfig.load(cfg_path)).run()
     assert not (tmp_path / "run" / "selection").exists()
+
+
+@pytest.mark.parametrize("section,needle", [
+    ({"reference": {"fraction": 0.05, "sed": 1}}, "unknown setting(s) sed"),
+    ({"reference": {}, "annotate": {"annotations": "a.json", "oops": 1}}, "unknown setting(s) oops in 'annotate'"),
+    ({"report": {"title": "x"}}, "unknown setting(s) title in 'report'"),
+])
+def test_unknown_settings_in_plain_sections(tmp_path, section, needle, capsys):
+    _pool(tmp_path)
+    (tmp_path / "a.json").write_text("[]")
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"out": "r", "pool": {"path": "pool.jsonl"}, **section}))
+    assert main(["run", str(p)]) == 2
+    assert needle in capsys.readouterr().err
