@@ -37,14 +37,3 @@ def tiny_loaded(tiny_llava):
     from presel.vlm.load import load_vlm
 
     return load_vlm(tiny_llava, dtype="fp32", device="cpu")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Tests here marked slow run only when asked for (``-m slow``)."""
-    if "slow" in (config.option.markexpr or ""):
-        return
-    skip = pytest.mark.skip(reason="slow: run with -m slow")
-    here = Path(__file__).parent
-    for item in items:
-        if item.get_closest_marker("slow") and here in Path(str(item.fspath)).parents:
-            item.add_marker(skip)
