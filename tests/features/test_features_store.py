@@ -163,3 +163,22 @@ def test_one_writer_per_store(tmp_path):
     finally:
         a.close()
     FeatureStore.open(tmp_path / "s", ident).close()
+
+
+def test_select_leaves_out_images_the_store_rejected(tiny_dinov2, tmp_path, write_pool):
+    """presel select on a store with rejected images: those records are left out and counted, not an error."""
+    import json
+
+    from presel.cli import main
+
+    pool = write_pool(tmp_path, [f"{i}.png" for i in range(12)])
+    (tmp_path / "imgs" / "5.png").write_bytes(b"not an image")
+    assert main(["embed", "--pool", str(pool), "--model", str(tiny_dinov2), "--out", str(tmp_path / "feats"),
+                 "--workers", "0", "--no-progress"]) == 0
+    assert main(["select", "--pool", str(pool), "--features", str(tmp_path / "feats"), "--task-weights", "uniform",
+                 "--budget-count", "4", "--out", str(tmp_path / "sel")]) == 0
+    summary = json.loads((tmp_path / "sel" / "summary.json").read_text())
+    assert summary["totals"]["rejected_images"] == 1 and summary["totals"]["rejected_records"] == 1
+    assert summary["totals"]["distinct_images"] == 11 and summary["totals"]["total"] == 4
+    chosen = [json.loads(line)["image"] for line in open(tmp_path / "sel" / "selection.jsonl")]
+    assert "imgs/5.png" not in chosen

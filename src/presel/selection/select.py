@@ -36,6 +36,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -542,9 +543,23 @@ def select_to_dir(pool: Pool, features, weights_path=None, reference_path=None, 
         from presel.io.manifest import read_id_list
 
         reference = read_id_list(reference_path)
+    # images that feature extraction rejected (unreadable, bombs, ...) cannot be clustered: leave them out, counted
+    rejected: dict[str, str] = {}
+    src = Path(str(getattr(features, "source", "")))
+    if src.is_dir():
+        from presel.features.store import rejected_images
+
+        rejected = rejected_images(src)
+    dropped = [r for r in pool.records if r.image_key in rejected]
+    if dropped:
+        pool = Pool([r for r in pool.records if r.image_key not in rejected], pool.source, pool.image_root,
+                    text_only=pool.text_only, format=pool.format)
     result = select(pool, features, weights=weights, reference=reference, config=config,
                     weights_source=str(weights_path) if weights_path is not None else "weights",
                     reference_source=str(reference_path) if reference_path is not None else "reference")
+    if dropped:
+        result.summary["totals"]["rejected_images"] = len({r.image_key for r in dropped})
+        result.summary["totals"]["rejected_records"] = len(dropped)
     inputs = {"pool": str(pool.source), "features": str(getattr(features, "source", "features")),
               "weights": None if weights_path is None else str(weights_path),
               "reference": None if reference_path is None else str(reference_path)}
