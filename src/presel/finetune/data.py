@@ -207,21 +207,21 @@ class MicroBatchSampler:
     def __init__(self, plan: StepPlan, start: int, stop: int, rank: int = 0):
         self.plan, self.start, self.stop, self.rank = plan, start, stop, rank
 
-    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+    def _per_step(self) -> Iterator[list[list[tuple[int, bool]]]]:
+        """The micro-batches of each step ``start .. stop-1``, one list per step."""
         order: list[int] = []
         epoch = -1
         for step in range(self.start, self.stop):
             if self.plan.epoch_of(step) != epoch:
                 epoch = self.plan.epoch_of(step)
                 order = self.plan.epoch_order(epoch)
-            yield from self.plan.micro_batches(step, self.rank, order)
+            yield self.plan.micro_batches(step, self.rank, order)
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+        for micro in self._per_step():
+            yield from micro
 
     def counts(self) -> Iterator[int]:
         """Number of micro-batches of each step, in the same order."""
-        order: list[int] = []
-        epoch = -1
-        for step in range(self.start, self.stop):
-            if self.plan.epoch_of(step) != epoch:
-                epoch = self.plan.epoch_of(step)
-                order = self.plan.epoch_order(epoch)
-            yield len(self.plan.micro_batches(step, self.rank, order))
+        for micro in self._per_step():
+            yield len(micro)
