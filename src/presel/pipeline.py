@@ -140,11 +140,24 @@ def stage_key(name: str, settings: dict[str, Any], upstream: dict[str, str], fil
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def read_marker(stage_dir: Path) -> dict[str, Any] | None:
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((stage_dir / MARKER).read_text())
+        return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def read_marker(stage_dir: Path) -> dict[str, Any] | None:
+    return _read_json(stage_dir / MARKER)
+
+
+def _clean(stage_dir: Path) -> None:
+    """Remove a stage's output and its work leftovers beside it (``.<name>.tmp-*``, ``.<name>.finetune-work``)."""
+    for p in [stage_dir, *stage_dir.parent.glob(f".{stage_dir.name}.*")]:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
 
 
 # --------------------------------------------------------------------------- the run
@@ -211,15 +224,20 @@ class Pipeline:
             if marker and marker.get("key") == key and st.name not in self.force:
                 self.log(f"[{i}/{len(plans)}] {st.name}: up to date ({d}), skipped")
                 continue
-            if d.exists() and (marker is not None or not st.resumable):
-                # finished with other settings, or a partial output that cannot resume: start clean
-                shutil.rmtree(d) if d.is_dir() else d.unlink()
-            self.log(f"[{i}/{len(plans)}] {st.name} -> {d}")
+            pending = self.cfg.out / ".presel-pending" / f"{st.name}.json"
+            started = _read_json(pending)
+            resumes = st.resumable and marker is None and started is not None and started.get("key") == key
+            if not resumes:
+                # finished with other settings, a partial output of other settings, or one that cannot resume
+                _clean(d)
+            self.log(f"[{i}/{len(plans)}] {st.name} -> {d}" + (" (resuming)" if resumes and d.exists() else ""))
+            write_json(pending, {"key": key, "stage": st.name})
             t0 = time.perf_counter()
             st.run()
             dt = time.perf_counter() - t0
             d.mkdir(parents=True, exist_ok=True)
             write_json(d / MARKER, {"key": key, "stage": st.name, "settings": st.settings})
+            pending.unlink()
             self.timings[st.name] = round(dt, 2)
             write_json(timings_path, self.timings)
             self.log(f"[{i}/{len(plans)}] {st.name}: done in {dt:.1f} s")

@@ -114,3 +114,39 @@ def test_unknown_settings_in_plain_sections(tmp_path, section, needle, capsys):
     p.write_text(yaml.safe_dump({"out": "r", "pool": {"path": "pool.jsonl"}, **section}))
     assert main(["run", str(p)]) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_partial_stage_resumes_only_with_the_same_settings(tmp_path):
+    """A resumable stage that stopped midway keeps its output for a rerun of the same settings, not of others."""
+    from presel.pipeline import StagePlan
+
+    _pool(tmp_path)
+    calls = []
+
+    class Once(Pipeline):
+        def plan(self):
+            d = self.cfg.stage_dir("embed")
+
+            def run():
+                calls.append(sorted(p.name for p in d.iterdir()) if d.exists() else None)
+                d.mkdir(parents=True, exist_ok=True)
+                (d / "part-1").write_text("x")
+                if len(calls) == 1:
+                    raise RuntimeError("killed")
+
+            return [StagePlan("embed", dict(self.cfg.sections["embed"]), (), {}, run, resumable=True)]
+
+    def cfg(setting):
+        return RunConfig.from_dict({"out": "run", "pool": {"path": "pool.jsonl"}, "embed": {"x": setting}},
+                                   base_dir=tmp_path)
+
+    with pytest.raises(RuntimeError):
+        Once(cfg(1)).run()
+    Once(cfg(1)).run()  # same settings: the partial output is kept for the stage to resume
+    assert calls[1] == ["part-1"]
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        Once(cfg(2)).run()
+    calls.append("second")  # make the next run succeed
+    Once(cfg(3)).run()  # other settings: the partial output of settings 2 is removed first
+    assert calls[-1] is None
