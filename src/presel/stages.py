@@ -199,7 +199,7 @@ def plan(p: Pipeline) -> list[StagePlan]:
 
         files = {"annotations": cfg.path(sec.get("from_annotations")),
                  # a user-given annotated reference file is an input too (the annotate stage's key covers its own)
-                 "reference_annotations": annotated if S.get("annotate", {}).get("annotated") else None}
+                 "reference_annotations": annotated if (S.get("annotate") or {}).get("annotated") else None}
         plans.append(StagePlan("generate", sec, ("select", "annotate"), files, run_generate, resumable=True))
 
     # ---- final model -----------------------------------------------------------------
