@@ -363,7 +363,9 @@ def generate_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, c
                 fut.cancel()
             ex.shutdown(wait=False)
             if owns_client:
-                client.close()  # abort in-flight requests so the workers end now, not after --timeout
+                # abort in-flight requests so the workers end now, not after --timeout; in a daemon thread,
+                # because closing a connection another thread is using can wait for that request to finish
+                threading.Thread(target=client.close, name="presel-close-client", daemon=True).start()
             store.close()
             bar.close()
             raise
