@@ -5,36 +5,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-TINY_PROCESSOR = {
-    "crop_size": {"height": 28, "width": 28},
-    "do_center_crop": True,
-    "do_convert_rgb": True,
-    "do_normalize": True,
-    "do_rescale": True,
-    "do_resize": True,
-    "image_mean": [0.485, 0.456, 0.406],
-    "image_processor_type": "BitImageProcessor",
-    "image_std": [0.229, 0.224, 0.225],
-    "resample": 3,
-    "rescale_factor": 1 / 255,
-    "size": {"shortest_edge": 32},
-}
-
-
-@pytest.fixture(scope="session")
-def tiny_dinov2(tmp_path_factory) -> Path:
-    """A tiny random Dinov2Model (+ image processor config) saved with save_pretrained."""
-    import torch
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       patch_size=7, image_size=28, layerscale_value=1.0)
-    d = tmp_path_factory.mktemp("tiny_dinov2")
-    Dinov2Model(cfg).eval().save_pretrained(d)
-    (d / "preprocessor_config.json").write_text(json.dumps(TINY_PROCESSOR))
-    return d
-
 
 @pytest.fixture(scope="session")
 def offline_dinov2(tmp_path_factory) -> Path:

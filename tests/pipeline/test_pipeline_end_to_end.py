@@ -6,18 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-TINY_PROCESSOR = {
-    "crop_size": {"height": 28, "width": 28}, "do_center_crop": True, "do_convert_rgb": True, "do_normalize": True,
-    "do_rescale": True, "do_resize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
-    "image_processor_type": "BitImageProcessor", "resample": 3, "rescale_factor": 1 / 255, "size": {"shortest_edge": 32},
-}
-
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    import torch
-    from transformers import Dinov2Config, Dinov2Model
-
+def run_dir(tmp_path_factory, tiny_dinov2):
     from presel.cache import offline_model
     from presel.demo.pool import build_demo_pool
     from presel.pipeline import Pipeline, RunConfig
@@ -25,11 +16,6 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     mp = pytest.MonkeyPatch()
     mp.setenv("PRESEL_CACHE", str(root / "cache"))
-    torch.manual_seed(0)
-    dino = root / "dino"
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                             patch_size=7, image_size=28)).eval().save_pretrained(dino)
-    (dino / "preprocessor_config.json").write_text(json.dumps(TINY_PROCESSOR))
     tiny = offline_model("tiny-llava")
     build_demo_pool(root / "run" / "pool", size="small")
     tune = {"model": str(tiny), "lora_r": 4, "lora_alpha": 8, "batch_size": 8, "max_length": 128, "save_every_steps": 0}
@@ -37,7 +23,7 @@ def run_dir(tmp_path_factory):
            "reference": {"fraction": 0.05, "seed": 0},
            "annotate": {"annotations": "pool/annotations.json"},
            "ref_model": tune, "score": {"batch_size": 8}, "weights": {"tau": "auto"},
-           "embed": {"model": str(dino), "batch_size": 32, "workers": 0},
+           "embed": {"model": str(tiny_dinov2), "batch_size": 32, "workers": 0},
            "select": {"budget": 0.15, "seed": 0},
            "generate": {"from_annotations": "pool/annotations.json"},
            "final_model": dict(tune, max_steps=2),

@@ -15,26 +15,11 @@ import yaml
 from presel.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_PROCESSOR = {
-    "crop_size": {"height": 28, "width": 28}, "do_center_crop": True, "do_convert_rgb": True, "do_normalize": True,
-    "do_rescale": True, "do_resize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
-    "image_processor_type": "BitImageProcessor", "resample": 3, "rescale_factor": 1 / 255, "size": {"shortest_edge": 32},
-}
-
-
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    import torch
-    from transformers import Dinov2Config, Dinov2Model
-
+def models(tmp_path_factory, tiny_dinov2):
     from presel.vlm.build import build_tiny_llava
 
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                             patch_size=7, image_size=28)).eval().save_pretrained(root / "dino")
-    (root / "dino" / "preprocessor_config.json").write_text(json.dumps(TINY_PROCESSOR))
-    return {"llava": str(build_tiny_llava(root / "llava")), "dino": str(root / "dino")}
+    return {"llava": str(build_tiny_llava(tmp_path_factory.mktemp("models") / "llava")), "dino": str(tiny_dinov2)}
 
 
 def _preset(name, pool_dir, image_root, models, out):
