@@ -206,7 +206,11 @@ class Pipeline:
     def run(self) -> dict[str, float]:
         self.cfg.out.mkdir(parents=True, exist_ok=True)
         pool_file = self.cfg.path(self.cfg.pool["path"])
-        self.keys["pool"] = stage_key("pool", self.cfg.pool, {}, {"manifest": pool_file})
+        task_map = self.cfg.pool.get("task_map")
+        rules = self.cfg.pool.get("task_rules")
+        files = {"manifest": pool_file, "task_map": self.cfg.path(task_map) if task_map else None,
+                 "task_rules": self.cfg.path(rules) if isinstance(rules, str) else None}
+        self.keys["pool"] = stage_key("pool", self.cfg.pool, {}, files)
         plans = self.plan()
         if not plans:
             raise PreselError(f"{self.cfg.source}: no stage to run; add stage sections (reference, embed, select, ...)")
