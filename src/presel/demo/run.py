@@ -18,9 +18,8 @@ import yaml
 from presel.io.atomic import atomic_file, write_json
 
 
-def demo_config(*, size: str = "default", seed: int = 0) -> dict[str, Any]:
+def demo_config(*, seed: int = 0) -> dict[str, Any]:
     """The demo's run config (paths relative to the run directory, where it is saved as config.yaml)."""
-    small = size == "small"
     tune = {"model": "llava-small", "lora_r": 16, "lora_alpha": 32, "lr": 1e-3, "projector_lr": 1e-3,
             "batch_size": 8, "max_length": 160, "seed": seed, "save_every_steps": 20, "log_every": 5}
     return {
@@ -55,7 +54,7 @@ def run_demo(out: str | Path = "runs/demo", *, size: str = "default", seed: int 
     log(f"demo: building the offline pool in {out / 'pool'} ...")
     info = build_demo_pool(out / "pool", seed=seed, size=size)
     log(f"demo: {info['totals']['records']} records, {info['totals']['images']} images, {info['totals']['tasks']} tasks")
-    cfg_dict = demo_config(size=size, seed=seed)
+    cfg_dict = demo_config(seed=seed)
     write_config(out / "config.yaml", cfg_dict)
     cfg = RunConfig.load(out / "config.yaml")
     Pipeline(cfg, log=log).run()
