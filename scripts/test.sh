@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # One OpenMP/BLAS thread: on a loaded 2-core box more threads run several times slower.
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+.venv/bin/ruff check --quiet . || { echo "ruff found problems (see above); fix them or run .venv/bin/ruff check --fix ." >&2; exit 1; }
 exec .venv/bin/python -m pytest -q "$@"
