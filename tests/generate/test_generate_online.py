@@ -249,6 +249,14 @@ def test_cli_online_and_sharegpt(tmp_path, server):
     assert rc == 2
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to the default, unblocked. A test process can inherit SIGINT
+    ignored (a background job of a shell without job control) or have it set so by a library earlier in the
+    run; Python then installs no KeyboardInterrupt handler and the command would never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_on_the_cli_exits_promptly_and_resumes(tmp_path, server):
     sel = make_selection(tmp_path, {f"s{i:03d}": "vqa" for i in range(80)})
     server.latency = 0.05
@@ -256,7 +264,8 @@ def test_ctrl_c_on_the_cli_exits_promptly_and_resumes(tmp_path, server):
     out = tmp_path / "gen"
     cmd = [sys.executable, "-m", "presel.cli", "generate", "--selection", str(sel), "--base-url", server.base_url,
            "--model", "m", "--out", str(out), "--concurrency", "4", "--no-progress", "--timeout", "60"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            preexec_fn=_default_sigint)
     deadline = time.time() + 60
     while time.time() < deadline and len(lines(out / "results.jsonl")) < 40:
         time.sleep(0.02)
