@@ -76,10 +76,10 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", **kw: Any) -> Iterator
 
 def dumps_json(obj: Any) -> str:
     """Stable JSON text (sorted keys) so identical inputs give byte-identical files."""
-    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=_json_default) + "\n"
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=json_default) + "\n"
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
     import numpy as np
 
     if isinstance(o, np.integer):
@@ -101,7 +101,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
     with atomic_file(path) as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=_json_default, separators=(", ", ": ")) + "\n")
+            f.write(json.dumps(row, ensure_ascii=False, default=json_default, separators=(", ", ": ")) + "\n")
 
 
 def write_parquet(path: str | os.PathLike, table: Any) -> None:

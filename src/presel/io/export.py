@@ -110,14 +110,14 @@ def to_sharegpt_record(record: PoolRecord | Mapping[str, Any], *, include_task: 
 
 def _write(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
     """A JSON list, one record per line (diff- and grep-friendly), written atomically."""
-    from presel.io.atomic import _json_default, atomic_file
+    from presel.io.atomic import atomic_file, json_default
 
     n = 0
     with atomic_file(path) as f:
         f.write("[")
         for row in rows:
             f.write(",\n" if n else "\n")
-            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True, default=_json_default))
+            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True, default=json_default))
             n += 1
         f.write("\n]\n" if n else "]\n")
     return n
