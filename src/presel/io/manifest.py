@@ -75,16 +75,23 @@ def iter_raw_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, A
         raise PreselError(f"{path}: not a record file")
 
 
+def read_json_file(path: str | os.PathLike, *, missing: str, fix: str = "fix the file") -> Any:
+    """A whole (small) JSON file; a missing file or invalid JSON is a :class:`PreselError` naming the path,
+    the line and ``missing`` / ``fix`` (what to do)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PreselError(f"{path}: {missing}") from None
+    except json.JSONDecodeError as e:
+        raise PreselError(f"{path} line {e.lineno}: not valid JSON ({e.msg}); {fix}") from None
+
+
 def load_task_map(path: str | os.PathLike) -> dict[str, str]:
     """An id -> task mapping from a JSON object, or JSONL/CSV/Parquet rows with ``id`` and ``task``."""
     path = Path(path)
     if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise PreselError(f"{path}: task map not found; check --task-map") from None
-        except json.JSONDecodeError as e:
-            raise PreselError(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None
+        data = read_json_file(path, missing="task map not found; check --task-map")
         if isinstance(data, dict):
             return {str(k): str(v) for k, v in data.items()}
         raise PreselError(f"{path}: a JSON task map must be an object {{id: task}}")

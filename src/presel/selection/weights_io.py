@@ -7,7 +7,6 @@ normalised to sum 1.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -19,13 +18,11 @@ from presel.errors import PreselError
 
 def read_weights_file(path: str | os.PathLike) -> dict[str, Any]:
     """The raw ``task -> weight`` mapping of a weights JSON file."""
+    from presel.io.manifest import read_json_file
+
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PreselError(f"{path}: weights file not found; check --weights (or pass --task-weights uniform/size)") from None
-    except json.JSONDecodeError as e:
-        raise PreselError(f"{path} line {e.lineno}: not valid JSON ({e.msg}); fix the weights file") from None
+    data = read_json_file(path, missing="weights file not found; check --weights (or pass --task-weights uniform/size)",
+                          fix="fix the weights file")
     if isinstance(data, dict) and isinstance(data.get("tasks"), dict):
         data = data["tasks"]
     if not isinstance(data, dict) or not data:
