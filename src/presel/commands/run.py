@@ -14,6 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="rerun this stage even if its output is up to date (repeatable)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the stages, sizes, estimated GPU-hours and instruction cost; run nothing")
+    p.add_argument("--throughputs", default=None, metavar="FILE",
+                   help="with --dry-run: measured throughputs (JSON, e.g. the throughputs.json of "
+                        "scripts/gpu-check.sh); they override the config's 'estimate' section")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,10 +27,12 @@ def run(args: argparse.Namespace) -> int:
     bad = [s for s in args.force if s not in STAGES]
     if bad:
         raise PreselError(f"--force {bad[0]}: unknown stage; stages are {', '.join(STAGES)}")
+    if args.throughputs and not args.dry_run:
+        raise PreselError("--throughputs is used by --dry-run only; add --dry-run")
     if args.dry_run:
-        from presel.estimate import dry_run
+        from presel.estimate import dry_run, read_throughputs
 
-        print(dry_run(cfg))
+        print(dry_run(cfg, read_throughputs(args.throughputs) if args.throughputs else None))
         return 0
     timings = Pipeline(cfg, force=tuple(args.force)).run()
     total = sum(timings.values())
