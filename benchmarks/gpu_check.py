@@ -53,6 +53,8 @@ LLAVA665K_SOURCES = {"llava_instruct": 157_712, "vqav2": 82_783, "gqa": 72_140, 
                      "aokvqa": 66_160, "textcaps": 21_953, "refcoco": 48_447, "vg": 86_417}
 LLAVA_7B_PARAMS = 7.06e9  # LLaVA-1.5-7B (CLIP ViT-L/14-336 + Vicuna-7B + projector)
 
+# ft_steps = 2 * ft_crash_at with save_every_steps = ft_crash_at: checkpoints are written after the last step of
+# each run only, so no checkpoint write falls inside the timed (steady) steps
 SIZES: dict[str, dict[str, Any]] = {
     "gpu": {
         "device": "cuda", "dtype": "bf16", "image_size": 224, "images": 20_480, "embed_batch": 256, "workers": 16,
@@ -64,8 +66,8 @@ SIZES: dict[str, dict[str, Any]] = {
                            "num_attention_heads": 12, "image_size": 336, "patch_size": 14},
                 "text": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
                          "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32_000}},
-        "score_samples": 256, "score_bs1_samples": 48, "score_batch": 32, "render_workers": 8,
-        "ft_batch": 8, "ft_steps": 10, "ft_crash_at": 4, "ft_answer_words": 60, "ft_workers": 4, "lora_r": 128,
+        "score_samples": 512, "score_bs1_samples": 48, "score_batch": 32, "render_workers": 8,
+        "ft_batch": 8, "ft_steps": 10, "ft_crash_at": 5, "ft_answer_words": 60, "ft_workers": 4, "lora_r": 128,
         "pool665_scale": 1.0,
     },
     "cpu-smoke": {
@@ -78,7 +80,7 @@ SIZES: dict[str, dict[str, Any]] = {
                 "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512}},
         "score_samples": 6, "score_bs1_samples": 4, "score_batch": 3, "render_workers": 1,
-        "ft_batch": 2, "ft_steps": 4, "ft_crash_at": 2, "ft_answer_words": 8, "ft_workers": 0, "lora_r": 4,
+        "ft_batch": 2, "ft_steps": 4, "ft_crash_at": 2, "ft_answer_words": 8, "ft_workers": 1, "lora_r": 4,
         "pool665_scale": 0.01,
     },
 }
@@ -245,7 +247,15 @@ def build_vlm(out: Path, shape: dict[str, Any], device: str) -> Path:
     del model
     if _cuda(device):
         torch.cuda.empty_cache()
-    LlavaProcessor(image_processor=_image_processor(v["image_size"], [0.5] * 3, [0.5] * 3), tokenizer=tok,
+    try:
+        image_processor = _image_processor(v["image_size"], [0.5] * 3, [0.5] * 3)
+    except ImportError:  # a transformers without the PIL-backend class names: the classic processor
+        from transformers import CLIPImageProcessor
+
+        image_processor = CLIPImageProcessor(size={"shortest_edge": v["image_size"]}, do_center_crop=True,
+                                             crop_size={"height": v["image_size"], "width": v["image_size"]},
+                                             image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    LlavaProcessor(image_processor=image_processor, tokenizer=tok,
                    patch_size=v["patch_size"], vision_feature_select_strategy="default", num_additional_image_tokens=1,
                    chat_template=CHATML_TEMPLATE, image_token=IMAGE_TOKEN).save_pretrained(out)
     return out
