@@ -6,7 +6,8 @@
 #   bash scripts/gpu-check.sh --cpu-smoke OUT  # the same code paths on CPU, tiny models, under a minute
 #
 # OUT gets figures.json, throughputs.json (for `presel run CONFIG --dry-run --throughputs FILE`),
-# throughputs-7b-scaled.json, dry-run.txt, dry-run-7b-scaled.txt and gpu-check.log. Nothing is downloaded:
+# throughputs-7b-scaled.json, dry-run.txt, dry-run-7b-scaled.txt, gpu-check.log and (GPU mode: the
+# gpu-marked tests run after the check) gpu-tests.log. Nothing is downloaded:
 # the models are built here (benchmarks/gpu_check.py says which). Python: $PYTHON when set, else
 # .venv/bin/python when present, else python3 (a machine whose python3 already holds a CUDA torch + transformers + peft).
 set -euo pipefail
@@ -23,5 +24,13 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [ -n "$smoke" ]; then
   export CUDA_VISIBLE_DEVICES="" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 fi
-"$py" "$root/benchmarks/gpu_check.py" $smoke "$out" 2>&1 | tee "$out/gpu-check.log"
-exit "${PIPESTATUS[0]}"
+rc=0
+"$py" "$root/benchmarks/gpu_check.py" $smoke "$out" 2>&1 | tee "$out/gpu-check.log" || rc=${PIPESTATUS[0]}
+if [ -z "$smoke" ]; then
+  # the gpu-marked tests (tests/gpu: bf16 embed, batched bf16 IRS, bf16 LoRA + resume), log in OUT
+  echo "gpu tests (pytest tests/gpu):"
+  (cd "$root" && OMP_NUM_THREADS=1 timeout 300 "$py" -m pytest -q -p no:cacheprovider -rs tests/gpu) \
+    >"$out/gpu-tests.log" 2>&1 || rc=$((rc ? rc : 1))
+  tail -n 5 "$out/gpu-tests.log"
+fi
+exit "$rc"
