@@ -167,6 +167,11 @@ def backend_flags() -> dict[str, Any]:
 
     flags["transformers"] = transformers.__version__
     flags["cpus"] = os.cpu_count()
+    try:  # DataLoader workers pass decoded batches through shared memory: a small /dev/shm breaks them
+        st = os.statvfs("/dev/shm")
+        flags["dev_shm_bytes"] = st.f_frsize * st.f_blocks
+    except OSError:
+        flags["dev_shm_bytes"] = None
     return flags
 
 
