@@ -537,13 +537,14 @@ def check_projection(sizes: dict[str, Any], work: Path, out: Path, figures: dict
     from presel.io.atomic import write_json
     from presel.pipeline import RunConfig
 
-    emb, sc, ft = figures["embed"]["dinov2_b"], figures["score"], figures["finetune"]
-    measured = {"embed_images_per_s": emb["end_to_end_images_per_s"],
-                "score_samples_per_s": sc["batched_samples_per_s"],
-                "finetune_samples_per_s": ft["samples_per_s"]}
-    ratio = LLAVA_7B_PARAMS / sc["params"]
-    scaled = {**measured, "score_samples_per_s": measured["score_samples_per_s"] / ratio,
-              "finetune_samples_per_s": measured["finetune_samples_per_s"] * sc["params"] / LLAVA_7B_PARAMS}
+    got = flat({k: figures.get(k, {}) for k in ("embed", "score", "finetune")})
+    # a section that failed leaves its throughput out: the dry run then uses (and prints) its assumption
+    measured = {k: got[src] for k, src in (("embed_images_per_s", "embed.dinov2_b.end_to_end_images_per_s"),
+                                           ("score_samples_per_s", "score.batched_samples_per_s"),
+                                           ("finetune_samples_per_s", "finetune.samples_per_s")) if src in got}
+    params = got.get("score.params") or got.get("finetune.params")
+    ratio = LLAVA_7B_PARAMS / params if params else float("nan")
+    scaled = {k: (v / ratio if k != "embed_images_per_s" else v) for k, v in measured.items()}
     write_json(out / "throughputs.json", measured)
     write_json(out / "throughputs-7b-scaled.json", scaled)
 
@@ -562,7 +563,7 @@ def check_projection(sizes: dict[str, Any], work: Path, out: Path, figures: dict
     proj: dict[str, Any] = {"pool_image_records": n, "distinct_images": "upper bound: one image per record",
                             "scale_7b": ratio}
     for key, fname, what in (("measured", "throughputs.json", "as measured (embed: DINOv2-B; score and fine-tune: "
-                              f"the {sc['params'] / 1e9:.2f}B model)"),
+                              f"the {(params or 0) / 1e9:.2f}B model)"),
                              ("scaled_7b", "throughputs-7b-scaled.json", "score and fine-tune scaled by parameter "
                               f"count to LLaVA-1.5-7B (x{1 / ratio:.3f}): an estimate, not a measurement")):
         text = dry_run(cfg, read_throughputs(str(out / fname)))
@@ -642,7 +643,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     write_figures(out, figures, t_all)
-    missing = [k for k in FIGURE_KEYS if not isinstance(flat(figures).get(k), (int, float))]
+    values = flat(figures)
+    missing = [k for k in FIGURE_KEYS if not isinstance(values.get(k), (int, float))]
+    log("figures:")
+    for k in (*FIGURE_KEYS, *sorted(k for k in values if ".attention." in k or ".sdpa_ops" in k or k.startswith("flags."))):
+        log(f"  {k} = {values.get(k, 'MISSING')}")
     log(f"total wall time {figures['wall_s']:.0f} s; figures in {out / 'figures.json'}")
     if figures["errors"] or missing:
         log(f"gpu-check: FAILED sections {sorted(figures['errors'])}; missing figures {missing}")
