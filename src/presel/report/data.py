@@ -463,6 +463,7 @@ class RunOutputs:
 
     run_dir: Path
     problems: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # output name -> why it could not be read
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def _get(self, name: str, fn: Callable[[], Any]) -> Any:
@@ -471,6 +472,7 @@ class RunOutputs:
                 self._cache[name] = fn()
             except PreselError as e:
                 self.problems.append(str(e))
+                self.errors[name] = str(e)
                 self._cache[name] = None
         return self._cache[name]
 

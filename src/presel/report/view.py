@@ -77,10 +77,15 @@ class View:
         keep = set(sorted(order, key=lambda t: (-self.size(t), t))[:MAX_TASK_PANELS])
         return [t for t in order if t in keep]
 
+    def absent(self, name: str, needs: str) -> NotRun:
+        """The NotRun of a section whose input ``name`` is None: unreadable (with why) or not written."""
+        err = self.out.errors.get(name)
+        return NotRun(f"could not read it: {err}" if err else f"needs {needs}")
+
     def assignments(self) -> Assignments:
         a = self.out.assignments
         if a is None:
-            raise NotRun("needs selection/assignments.parquet (presel select)")
+            raise self.absent("assignments", "selection/assignments.parquet (presel select)")
         return a
 
     def image_roots(self) -> list[Path]:
@@ -206,7 +211,7 @@ def budget(v: View) -> dict[str, Any]:
 
     sel = v.out.selection
     if sel is None:
-        raise NotRun("needs selection/summary.json (presel select)")
+        raise v.absent("selection", "selection/summary.json (presel select)")
     names = list(sel.tasks)
     pool_n = np.asarray([float(sel.tasks[t].images) for t in names])
     bud_n = np.asarray([float(sel.tasks[t].selected + sel.tasks[t].reference) for t in names])
@@ -221,7 +226,7 @@ def irs(v: View) -> dict[str, Any]:
 
     scores = v.out.irs
     if scores is None:
-        raise NotRun("needs irs/irs.parquet (presel score)")
+        raise v.absent("irs", "irs/irs.parquet (presel score)")
     vals = scores.by_task()
     if not vals:
         raise NotRun("irs/irs.parquet holds no finite score")
@@ -272,7 +277,7 @@ def maps(v: View) -> dict[str, Any]:
     a = v.assignments()
     feats = v.out.features
     if feats is None:
-        raise NotRun("needs the feature store features/ (presel embed)")
+        raise v.absent("features", "the feature store features/ (presel embed)")
     fm = feats.matrix()
     index = fm.index
     by_task: dict[str, list[tuple[int, bool, bool]]] = defaultdict(list)
@@ -366,7 +371,7 @@ def timings(v: View) -> dict[str, Any]:
 
     t = v.out.timings
     if not t:
-        raise NotRun("needs timings.json (written by presel run)")
+        raise v.absent("timings", "timings.json (written by presel run)")
     return {"plot": timing_bars(t), "total": _fmt_seconds(sum(t.values())), "n": len(t)}
 
 
@@ -384,21 +389,23 @@ def training(v: View) -> dict[str, Any]:
             series.setdefault(g, {})[name] = ([p[0] for p in pts], [p[1] for p in pts])
             rows.append((name, len(pts), max(log.epoch), pts[0][1], pts[-1][1], min(p[1] for p in pts)))
     if not series:
-        raise NotRun("needs ref_model/train_log.jsonl or final_model/train_log.jsonl (fine-tuning)")
+        bad = [e for k, e in v.out.errors.items() if k in ("ref_model", "final_model") or k.startswith("compare/")]
+        raise NotRun(f"could not read it: {bad[0]}" if bad else
+                     "needs ref_model/train_log.jsonl or final_model/train_log.jsonl (fine-tuning)")
     return {"plot": loss_curves(series), "rows": rows}
 
 
 def generation(v: View) -> dict[str, Any]:
     g = v.out.generation
     if g is None:
-        raise NotRun("needs generate/summary.json (presel generate)")
+        raise v.absent("generation", "generate/summary.json (presel generate)")
     return {"g": g}
 
 
 def evaluation(v: View) -> dict[str, Any]:
     ev = v.out.evaluation
     if not ev:
-        raise NotRun("no evaluation.json (presel demo --compare)")
+        raise v.absent("evaluation", "evaluation.json (presel demo --compare)")
     names = list(ev)
     tasks = sorted({t for m in ev.values() for t in m.accuracy})
     ref = "full" if "full" in ev else None
@@ -419,7 +426,12 @@ def quality(v: View) -> dict[str, Any]:
     if q is None:
         raise NotRun("no bench/quality.png (benchmarks/quality.py)")
     uri = "data:image/png;base64," + base64.b64encode(q.png.read_bytes()).decode("ascii")
-    return {"plot": uri, "table": flat_table(q.data)}
+    data = q.data
+    if isinstance(data, dict) and isinstance(data.get("summary"), list):  # benchmarks/quality.py: meta, summary, rows
+        data = data["summary"]
+        means = [r for r in data if isinstance(r, dict) and r.get("task") == "mean"]
+        data = means or data
+    return {"plot": uri, "table": flat_table(data)}
 
 
 def flat_table(data: Any) -> tuple[list[str], list[list[Any]]] | None:
