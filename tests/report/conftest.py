@@ -25,9 +25,10 @@ def report_tiny_llava(tmp_path_factory) -> Path:
 def tiny_run(tmp_path_factory, report_tiny_llava, tiny_dinov2) -> Path:
     """A real `presel run` of every stage with tiny models (see report_run.py), plus an evaluation.json
     written the way `presel demo --compare` writes it."""
+    from report_run import build_tiny_run
+
     from presel.evaluate import EvalConfig, evaluate_model
     from presel.io.atomic import write_json
-    from report_run import build_tiny_run
 
     root = tmp_path_factory.mktemp("report_run")
     run = build_tiny_run(root, report_tiny_llava, tiny_dinov2)

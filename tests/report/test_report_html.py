@@ -252,14 +252,15 @@ def test_selection_quality_section(tmp_path):
     assert 'data-status="not-run"' in _section(build_report(run).read_text(), "quality")
 
 
-def test_cli(tmp_path, tiny_run):
+def test_cli(tmp_path):
     from presel.cli import main
 
+    run = _selection_run(tmp_path / "cli", {"a": 12, "b": 9})
     out = tmp_path / "r.html"
-    assert main(["report", str(tiny_run), "--out", str(out), "--title", "demo <run>"]) == 0
+    assert main(["report", str(run), "--out", str(out), "--title", "demo <run>"]) == 0
     assert "presel report <span>· demo &lt;run&gt;</span>" in out.read_text()
     assert main(["report", str(tmp_path / "nope")]) == 2
-    assert main(["report", str(tiny_run), "--out", str(tmp_path)]) == 2
+    assert main(["report", str(run), "--out", str(tmp_path)]) == 2
 
 
 def test_pca_2d_finds_the_main_axis():
