@@ -201,14 +201,18 @@ def test_readers_refuse_other_key_names(tmp_path):
         read_generation(g)
 
 
-def _selection_run(root: Path, tasks: dict[str, int]) -> Path:
-    """A run directory holding a selection written by select_to_dir (uniform weights, random features)."""
+def _selection_run(root: Path, tasks: dict[str, int], images: bool = False) -> Path:
+    """A run directory holding a selection written by select_to_dir (uniform weights, random features);
+    ``images``: with PNG files next to the manifest."""
     from presel.io.features import FeatureMatrix
     from presel.io.manifest import read_pool
     from presel.selection.select import SelectConfig, select_to_dir
 
     rows = [{"id": f"{t}-{i}", "image": f"{t}/{i}.png", "task": t} for t, n in tasks.items() for i in range(n)]
     root.mkdir(parents=True)
+    for r in rows if images else []:
+        (root / r["image"]).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (16, 16), (len(r["id"]) * 20, 80, 160)).save(root / r["image"])
     (root / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     pool = read_pool(root / "pool.jsonl")
     x = np.random.default_rng(0).normal(size=(len(rows), 8)).astype(np.float32)
@@ -231,6 +235,17 @@ def test_many_tasks_are_capped_and_names_escaped(tmp_path):
     assert table.count("<tr>") == len(tasks) + 2  # header, tasks, total
     assert _row(text, "t29")[:2] == ["33", "33"]
     assert st["gallery"] == "not-run"  # the synthetic pool has no image files
+
+
+def test_gallery_embeds_no_file_outside_the_image_root(tmp_path):
+    run = _selection_run(tmp_path / "pool", {"a": 12, "b": 9}, images=True)
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(secret)
+    (tmp_path / "pool" / "a" / "0.png").unlink()
+    (tmp_path / "pool" / "a" / "0.png").symlink_to(secret)  # a link in the image folder pointing out of it
+    gallery = _section(build_report(run).read_text(), "gallery")
+    assert 'data-status="ok"' in gallery and gallery.count("image<br>missing") == 1
+    assert "1 image files could not be opened." in gallery
 
 
 def test_selection_quality_section(tmp_path):

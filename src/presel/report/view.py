@@ -96,10 +96,16 @@ class View:
         return self._roots
 
     def image_path(self, image: str) -> Path | None:
+        """The file of a selection image; a relative path must stay inside its root (after symlinks), so a
+        report never embeds a file outside the image folders the run was given."""
         p = Path(image)
         if p.is_absolute():
             return p if p.is_file() else None
-        return next((r / p for r in self.image_roots() if (r / p).is_file()), None)
+        for r in self.image_roots():
+            f = (r / p).resolve()
+            if f.is_file() and f.is_relative_to(r.resolve()):
+                return f
+        return None
 
 
 def _image_roots(v: View) -> list[Path]:
