@@ -248,6 +248,26 @@ def test_gallery_embeds_no_file_outside_the_image_root(tmp_path):
     assert "1 image files could not be opened." in gallery
 
 
+def test_a_failing_section_costs_only_itself(tmp_path, monkeypatch):
+    import presel.report.html as rh
+
+    run = _selection_run(tmp_path / "s", {"a": 12, "b": 9})
+
+    def broken_context(view):
+        return {}  # the template needs c.plot: rendering fails
+
+    def broken_code(view):
+        raise ZeroDivisionError("boom")
+
+    sections = [(sid, t, broken_context if sid == "budget" else broken_code if sid == "clusters" else fn)
+                for sid, t, fn in SECTIONS]
+    monkeypatch.setattr(rh, "SECTIONS", tuple(sections))
+    text = build_report(run).read_text()
+    st = _parse(text).sections
+    assert st["budget"] == st["clusters"] == "error" and st["tasks"] == st["centrality"] == "ok"
+    assert "ZeroDivisionError: boom" in _section(text, "clusters") and "UndefinedError" in _section(text, "budget")
+
+
 def test_selection_quality_section(tmp_path):
     run = _selection_run(tmp_path / "q", {"a": 12, "b": 9})
     bench = run / "bench"

@@ -22,11 +22,13 @@ __all__ = ["MAX_TASK_PANELS", "SECTIONS", "build_report", "find_chromium", "rend
 
 
 def _environment() -> Any:
-    import jinja2
-
+    try:
+        import jinja2
+    except ImportError:
+        raise PreselError("the report needs jinja2 and matplotlib: pip install 'presel[report]'") from None
     env = jinja2.Environment(loader=jinja2.PackageLoader("presel.report", "templates"),
                              autoescape=jinja2.select_autoescape(["html"], default=True),
-                             undefined=jinja2.StrictUndefined, trim_blocks=False, keep_trailing_newline=True)
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.globals["max_panels"] = MAX_TASK_PANELS
     return env
 
@@ -37,27 +39,44 @@ def _static(name: str) -> str:
     return files("presel.report").joinpath("static", name).read_text(encoding="utf-8")
 
 
-def _section(view: View, sid: str, title: str, fn: Any) -> dict[str, Any]:
-    """One section's template context; a missing input or a failure becomes its message."""
-    try:
-        return {"id": sid, "title": title, "status": "ok", "ctx": fn(view)}
-    except NotRun as e:
-        msg, status = f"Not run: {e}", "not-run"
-    except PreselError as e:
-        msg, status = f"Could not be drawn: {e}", "not-run"
-    except Exception as e:  # one broken section must not cost the whole report
-        msg, status = f"Could not be drawn ({type(e).__name__}: {e}); please report this.", "error"
-    return {"id": sid, "title": title, "status": status, "message": msg}
+def _failed(e: Exception) -> tuple[str, str]:
+    """(status, message) of a section that could not be computed or rendered."""
+    if isinstance(e, NotRun):
+        return "not-run", f"Not run: {e}"
+    if isinstance(e, PreselError):
+        return "not-run", f"Could not be drawn: {e}"
+    return "error", f"Could not be drawn ({type(e).__name__}: {e}); please report this."
+
+
+def _sections(view: View, env: Any) -> list[dict[str, Any]]:
+    """Each section's context, then its HTML (after all are computed: the overview lists every unreadable
+    output). A missing input or a failure, in either step, becomes the section's message."""
+    ctx: dict[str, Any] = {}
+    out = []
+    for sid, title, fn in SECTIONS:
+        try:
+            ctx[sid] = fn(view)
+            out.append({"id": sid, "title": title, "status": "ok"})
+        except Exception as e:  # one broken section must not cost the whole report
+            status, msg = _failed(e)
+            out.append({"id": sid, "title": title, "status": status, "message": msg})
+    for s in out:
+        if s["status"] == "ok":
+            try:
+                s["body"] = env.get_template(f"sections/{s['id']}.html").render(c=ctx[s["id"]])
+            except Exception as e:
+                s["status"], s["message"] = _failed(e)
+    return out
 
 
 def render_report(view: View, title: str | None = None) -> str:
     """The report page as one HTML string."""
     from presel import __version__
 
-    sections = [_section(view, sid, heading, fn) for sid, heading, fn in SECTIONS]
+    env = _environment()
     run_dir = view.out.run_dir.resolve()
-    return _environment().get_template("report.html").render(
-        title=title or run_dir.name, run_dir=str(run_dir), sections=sections, version=__version__,
+    return env.get_template("report.html").render(
+        title=title or run_dir.name, run_dir=str(run_dir), sections=_sections(view, env), version=__version__,
         css=_static("report.css"), js_head=_static("report-head.js"), js=_static("report.js"))
 
 
