@@ -560,7 +560,8 @@ def select_to_dir(pool: Pool, features, weights_path=None, reference_path=None, 
     if dropped:
         result.summary["totals"]["rejected_images"] = len({r.image_key for r in dropped})
         result.summary["totals"]["rejected_records"] = len(dropped)
-    inputs = {"pool": str(pool.source), "features": str(getattr(features, "source", "features")),
+    inputs = {"pool": str(pool.source), "image_root": str(pool.image_root),
+              "features": str(getattr(features, "source", "features")),
               "weights": None if weights_path is None else str(weights_path),
               "reference": None if reference_path is None else str(reference_path)}
     with atomic_dir(out, overwrite=overwrite) as tmp:
