@@ -78,3 +78,14 @@ def test_official_run_end_to_end(tmp_path):
     picked = {(r["task"], r["image"]) for r in rows if r["source"] == "selected" and r["task"] == "aok"}
     assert picked and all(len(by_image[k]) == 3 for k in picked)  # every record of a picked aok image
     assert len({r["id"] for r in train}) == len(train)
+
+
+def test_dry_run_counts_records_under_official(tmp_path):
+    from presel.estimate import dry_run
+
+    recs = _pool(tmp_path)
+    cfg = {"out": "run", "protocol": "official", "pool": {"path": "pool.jsonl"}, "reference": {"fraction": 0.05},
+           "select": {"budget": 0.15, "task_weights": "size", "features": "feats.npy", "feature_ids": "ids.txt"}}
+    text = dry_run(RunConfig.from_dict(cfg, base_dir=tmp_path))
+    n_new = 2 * int(len(recs) * 5 / 100)
+    assert f"budget {16 + n_new:,} records = 16 reference + {n_new:,} new" in text

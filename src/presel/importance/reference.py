@@ -26,8 +26,9 @@ from presel.records import Pool, PoolRecord
 
 @dataclass(frozen=True)
 class ReferenceConfig:
-    """fraction: share of each task's distinct images, ``0 < f <= 1`` (floored per task);
-    min_per_task: at least this many images per task (capped at the task's size); seed: sampling seed."""
+    """fraction: share of the distinct pool images (``protocol: official``: of each task's records),
+    ``0 < f <= 1``, floored; min_per_task: at least this many per task (capped at the task's size); seed:
+    sampling seed; protocol: paper | official (see the module doc)."""
 
     fraction: float = 0.05
     seed: int = 0
@@ -39,7 +40,7 @@ class ReferenceConfig:
 
         check_protocol(self.protocol)
         if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not 0 < self.fraction <= 1:
-            raise PreselError(f"fraction={self.fraction!r} must be a number in (0, 1], e.g. 0.05 for 5% of each task")
+            raise PreselError(f"fraction={self.fraction!r} must be a number in (0, 1], e.g. 0.05 for 5%")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise PreselError(f"seed={self.seed!r} must be an integer >= 0")
         if isinstance(self.min_per_task, bool) or not isinstance(self.min_per_task, int) or self.min_per_task < 0:
