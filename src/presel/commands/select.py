@@ -26,8 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", default="presel", choices=["presel", "random", "random-cluster", "typiclust"])
     g.add_argument("--task-weights", default="irs", choices=["irs", "uniform", "size"],
                    help="irs: from --weights; uniform; size: proportional to task size")
-    g.add_argument("--images-per-cluster", type=int, default=100, help="k-means clusters per task = round(task images / this)")
-    g.add_argument("--k", type=int, default=5, help="neighbours for neighbour centrality")
+    g.add_argument("--images-per-cluster", type=int, default=100, help="k-means clusters per task = round(task images / this); protocol official: max(1, int(0.01 * records))")
+    g.add_argument("--k", type=int, default=5, help="neighbours for neighbour centrality (protocol official: min(5, cluster size - 1))")
     g.add_argument("--kmeans-backend", default="faiss", choices=["faiss", "sklearn"])
     g.add_argument("--kmeans-niter", type=int, default=None, help="faiss k-means iterations (default 25)")
     g.add_argument("--seed", type=int, default=0)
