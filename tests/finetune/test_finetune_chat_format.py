@@ -40,3 +40,17 @@ def test_dataset_renders_llava_v1(tiny_llava, tmp_path):
 def test_bad_chat_format():
     with pytest.raises(PreselError, match="chat_format='chatml'"):
         FinetuneConfig(chat_format="chatml")
+
+
+def test_cli_flags(tiny_llava, tmp_path):
+    import json
+
+    from presel.cli import main
+
+    data = make_train_set(tmp_path / "data", n=4)
+    for i, (flags, want) in enumerate(((["--protocol", "official"], "llava-v1"), (["--chat-format", "llava-v1"], "llava-v1"), ([], None))):
+        out = tmp_path / f"o{i}"
+        assert main(["finetune", "--data", str(data), "--model", str(tiny_llava), "--out", str(out), "--lora-r", "4",
+                     "--lora-alpha", "8", "--batch-size", "2", "--max-steps", "1", "--save-every", "0",
+                     "--log-every", "0", "--device", "cpu", "--dtype", "fp32", *flags]) == 0
+        assert json.loads((out / "summary.json").read_text())["chat_format"] == want

@@ -55,3 +55,17 @@ def test_warns_once_when_labels_hold_no_end_of_turn(tiny_llava, tmp_path, capsys
     assert len(err) == 1 and "no end-of-turn token" in err[0] and "--chat-format llava-v1" in err[0]
     assert any(f"'c{i}'" in err[0] for i in range(8))
     assert s["no_end_of_turn"] == 8
+
+
+def test_cli_flags(tiny_llava, tmp_path):
+    from presel.cli import main
+
+    data = make_annotated(tmp_path / "data", n=2, bad=False)
+    for i, (flags, want) in enumerate(((["--protocol", "official"], "llava-v1"), (["--chat-format", "llava-v1"], "llava-v1"),
+                        ([], None))):
+        out = tmp_path / f"o{i}"
+        assert main(["score", "--data", str(data), "--model", str(tiny_llava), "--out", str(out), "--quiet",
+                     "--device", "cpu", "--dtype", "fp32", *flags]) == 0
+        assert json.loads((out / "summary.json").read_text()).get("chat_format") == want
+        assert json.loads((out / "config.json").read_text())["config"]["protocol"] == (
+            "official" if "--protocol" in flags else "paper")
