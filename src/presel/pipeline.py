@@ -4,6 +4,7 @@ the same inputs and settings exists.
 Config shape (one section per stage; keys are the stage's CLI flags with ``_`` or ``-``)::
 
     out: runs/my-run
+    protocol: paper                                  # or official: the authors' code (docs/reproduce.md)
     pool: {path: pool.jsonl, image_root: ..., task_field: ..., task_rules: [...], id_field: id}
     reference: {fraction: 0.05, seed: 0}
     annotate: {annotations: annotations.json}      # instructions of the reference set (oracle / your annotators)
@@ -59,6 +60,27 @@ def _norm(section: Any, name: str, source: str) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in section.items()}
 
 
+# --------------------------------------------------------------------------- protocol (top-level key)
+
+PROTOCOL_STAGES = ("reference", "ref_model", "score", "select", "generate", "final_model")
+
+
+def _apply_protocol(data: dict[str, Any], sections: dict[str, dict[str, Any] | None], source: str) -> str:
+    """A top-level ``protocol:`` goes to every stage that has one, unless the stage's section sets its own."""
+    from presel.protocol import DEFAULT_PROTOCOL, PROTOCOLS
+
+    if "protocol" not in data:
+        return DEFAULT_PROTOCOL
+    value = data["protocol"]
+    if value not in PROTOCOLS:
+        raise PreselError(f"{source}: protocol={value!r} must be one of {', '.join(PROTOCOLS)}")
+    for name in PROTOCOL_STAGES:
+        sec = sections.get(name)
+        if sec is not None:
+            sec.setdefault("protocol", value)
+    return str(value)
+
+
 @dataclass
 class RunConfig:
     """A whole run. Stage sections are plain dicts, validated by each stage's own config class."""
@@ -68,11 +90,12 @@ class RunConfig:
     sections: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     source: str = "config"
     base_dir: Path = Path(".")
+    protocol: str = "paper"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config", base_dir: Path | None = None,
                   out: str | None = None) -> RunConfig:
-        known = {"out", "pool", "estimate", *STAGES}
+        known = {"out", "pool", "estimate", "protocol", *STAGES}
         unknown = sorted(set(data) - known)
         if unknown:
             raise PreselError(f"{source}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -84,7 +107,8 @@ class RunConfig:
         if not pool.get("path"):
             raise PreselError(f"{source}: 'pool.path' is missing; name the pool manifest (or image folder)")
         sections = {s: (_norm(data[s], s, source) if data.get(s) is not None else None) for s in (*STAGES, "estimate") if s in data}
-        return cls(Path(out_v) if Path(out_v).is_absolute() else base / out_v, pool, sections, source, base)
+        protocol = _apply_protocol(data, sections, source)
+        return cls(Path(out_v) if Path(out_v).is_absolute() else base / out_v, pool, sections, source, base, protocol)
 
     @classmethod
     def load(cls, path: str | Path, *, out: str | None = None) -> RunConfig:

@@ -45,7 +45,7 @@ def plan(p: Pipeline) -> list[StagePlan]:
 
             rc = from_dict(ReferenceConfig, sec, source=f"{cfg.source}: reference")
             reference_to_dir(p.pool(), cfg.stage_dir("reference"), fraction=rc.fraction, seed=rc.seed,
-                             min_per_task=rc.min_per_task, overwrite=True)
+                             min_per_task=rc.min_per_task, overwrite=True, protocol=rc.protocol)
 
         plans.append(StagePlan("reference", sec, (), {"pool": pool_file}, run_reference))
     elif S.get("select") is not None and S["select"].get("reference"):
@@ -178,7 +178,7 @@ def plan(p: Pipeline) -> list[StagePlan]:
             raise PreselError(f"{cfg.source}: 'generate' needs a 'select' section")
         sec = dict(S["generate"])
         if sec.get("from_annotations"):
-            _only(cfg.source, "generate", sec, {"from_annotations", "match", "format"})
+            _only(cfg.source, "generate", sec, {"from_annotations", "match", "format", "protocol"})
         train_json = cfg.stage_dir("generate") / "train.json"
 
         def run_generate(sec=sec) -> None:
@@ -192,6 +192,7 @@ def plan(p: Pipeline) -> list[StagePlan]:
             else:
                 from presel.generate.online import GenerateConfig, generate_to_dir
 
+                s.pop("protocol", None)  # online generation writes one record per item under both protocols
                 generate_to_dir(selection, cfg.stage_dir("generate"),
                                 from_dict(GenerateConfig, s, source=f"{cfg.source}: generate"),
                                 reference_annotations=annotated, image_root=p.pool().image_root)

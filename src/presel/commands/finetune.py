@@ -59,6 +59,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps for resume (0: never)")
     r.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     r.add_argument("--log-every", type=int, default=10, help="progress line every N steps (0: quiet)")
+    t.add_argument("--chat-format", default=None, choices=["llava-v1"],
+                   help="llava-v1: LLaVA-1.5's conversation format, as the PreSel authors train (default: the model's "
+                        "own chat template; llava-v1 under --protocol official)")
+    from presel.protocol import add_protocol_argument
+
+    add_protocol_argument(t)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         max_grad_norm=args.max_grad_norm or None, dtype=args.dtype, device=args.device,
         gradient_checkpointing=args.gradient_checkpointing, max_length=args.max_length or None, seed=args.seed,
         save_every_steps=args.save_every, num_workers=args.num_workers, log_every=args.log_every,
+        chat_format=args.chat_format, protocol=args.protocol,
     )
     out = finetune(args.data, args.model, args.out, cfg, image_root=args.image_root, id_field=args.id_field,
                    overwrite=args.overwrite)
