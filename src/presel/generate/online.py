@@ -130,7 +130,8 @@ def run_key(cfg: GenerateConfig, templates: Any, tasks: list[str]) -> str:
 def prepare_out(out: Path, key: str, *, overwrite: bool, what: str = "generation") -> None:
     """Create ``out`` or check that it holds the same run (same key); ``overwrite`` starts over."""
     import json
-    import shutil
+
+    from presel.io.owned import remove_owned
 
     if out.exists() and not out.is_dir():
         raise PreselError(f"--out {out} exists and is not a directory; choose another path")
@@ -143,7 +144,7 @@ def prepare_out(out: Path, key: str, *, overwrite: bool, what: str = "generation
             except (json.JSONDecodeError, AttributeError):
                 old = None
         if overwrite:
-            shutil.rmtree(out)
+            remove_owned(out, only=("config.json",))
         elif old != key:
             raise PreselError(f"--out {out} holds another {what} run (different model, templates or settings, or not a "
                               "generation folder); pass --overwrite to start over or choose another --out")

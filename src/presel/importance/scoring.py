@@ -19,6 +19,7 @@ GPU cluster) over the same batches.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -386,12 +387,11 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
     same; other settings are an error unless ``overwrite``. ``on_batch(n_done)`` is called after each
     written batch. Returns the summary.
     """
-    import shutil
-
     from presel.cache import resolve_model
     from presel.config import resolved_config
     from presel.io.atomic import write_json, write_parquet
     from presel.io.manifest import read_pool
+    from presel.io.owned import remove_owned
 
     config = config or ScoreConfig()
     data_path, out = Path(data_path), Path(out)
@@ -416,11 +416,8 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
                         if old is not None else "already exists and is not a presel score output")
                 raise PreselError(f"--out {out} {what}; rerun with the same settings to resume, choose another "
                                   "--out, or pass --overwrite to start over")
-            shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(state_path, fingerprint)
+            remove_owned(out, only=(STATE_FILE, "config.json"))
     shard_dir = out / SHARDS
-    shard_dir.mkdir(exist_ok=True)
     done = read_shards(shard_dir)
     todo = [r for r in pool.records if r.id not in done]
     items = [{"id": r.id, "task": r.task, "path": str(pool.image_path(r)),
@@ -438,11 +435,16 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
             if workers is None:
                 workers = 0 if scorer.device.type == "cpu" else min(4, max(1, (os.cpu_count() or 2) // 2))
             stream = score_stream(scorer, batches, prefetch=config.prefetch, render_workers=workers)
-        n_files = len(list(shard_dir.glob("*.jsonl")))
+        n_files = len(list(shard_dir.glob("*.jsonl"))) if shard_dir.is_dir() else 0
         shard = shard_dir / f"part-{n_files:05d}.jsonl"
         n_done = len(done)
-        with open(shard, "a", encoding="utf-8") as f:
+        with contextlib.ExitStack() as stack:
+            f = None
             for results in stream:
+                if f is None:  # nothing is recorded before the first result exists (a failed start leaves no state)
+                    shard_dir.mkdir(parents=True, exist_ok=True)
+                    write_json(state_path, fingerprint)
+                    f = stack.enter_context(open(shard, "a", encoding="utf-8"))
                 for r in results:
                     f.write(json.dumps(r, sort_keys=True) + "\n")
                     done[str(r["id"])] = r
@@ -456,6 +458,8 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
         if progress:
             print(file=sys.stderr)
     seconds = time.perf_counter() - t0
+    if not state_path.is_file():
+        write_json(state_path, fingerprint)
 
     scored = [done[r.id] for r in pool.records if "irs" in done[r.id]]
     line = {r.id: r.line for r in pool.records}

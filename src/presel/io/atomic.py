@@ -27,14 +27,19 @@ def _umask() -> int:
 def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory next to ``out``; on success it replaces ``out``.
 
-    If ``out`` exists and is non-empty, it is an error unless ``overwrite`` is set. On any
-    exception the temporary directory is removed and ``out`` is left untouched.
+    If ``out`` exists and is non-empty, it is an error unless ``overwrite`` is set, and even then
+    only a folder presel wrote is replaced (:mod:`presel.io.owned`). On any exception the temporary
+    directory is removed and ``out`` is left untouched.
     """
+    from presel.io.owned import check_deletable
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PreselError(f"--out {out} exists and is not a directory; choose another path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise PreselError(f"--out {out} already exists and is not empty; remove it, choose another path or pass --overwrite")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise PreselError(f"--out {out} already exists and is not empty; remove it, choose another path or pass --overwrite")
+        check_deletable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs get the usual permissions
