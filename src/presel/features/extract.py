@@ -191,10 +191,16 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
     from presel.io.atomic import write_json, write_jsonl
 
     # 1. distinct keys (first record's path for each key)
+    from presel.io.paths import ImagePathRefused
+
     key_path: dict[str, str] = {}
+    refused: dict[str, str] = {}  # keys whose path leaves the image root: rejected, never opened
     for r in pool.records:
-        if r.image_key not in key_path:
-            key_path[r.image_key] = str(pool.image_path(r))
+        if r.image_key not in key_path and r.image_key not in refused:
+            try:
+                key_path[r.image_key] = str(pool.image_path(r))
+            except ImagePathRefused as e:
+                refused[r.image_key] = e.reason
 
     # 2. content hashes for keys not known to the store
     known = store.known_keys()
@@ -205,7 +211,7 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
     embedded = store.embedded()
     rejected_hash = store.rejected()
     key_hash: dict[str, str] = {}
-    reject_reason: dict[str, str] = {}
+    reject_reason: dict[str, str] = dict(refused)
     planned: dict[str, tuple[str, str]] = {}  # hash -> (key, path) of the representative
     for k, p in key_path.items():
         if k in known:

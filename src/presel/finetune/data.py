@@ -100,9 +100,11 @@ def check_image_files(pool: Pool, records: Sequence[PoolRecord], *, threads: int
         first.setdefault(rec.image_key, rec)
 
     def check(rec: PoolRecord) -> str | None:
+        from presel.io.paths import ImagePathRefused
+
         try:
             load_rgb(pool.image_path(rec))
-        except ImageRejected as e:
+        except (ImageRejected, ImagePathRefused) as e:
             return e.reason
         return None
 

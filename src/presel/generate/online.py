@@ -201,7 +201,8 @@ def _work(row: Any, ctx: _Ctx) -> dict[str, Any]:
     """Generate one item; returns a result or failure line (``status``: ok | failed | interrupted)."""
     from presel.generate.client import RequestError, TransientError, call_with_retries, image_data_url
     from presel.generate.parse import ParseError, build_conversation
-    from presel.generate.store import image_file
+    from presel.generate.store import upload_file
+    from presel.io.paths import ImagePathRefused
 
     cfg, tpl = ctx.cfg, ctx.templates[row.task]
     base = {"id": row.id, "image": row.image, "task": row.task, "template": tpl.name}
@@ -211,7 +212,9 @@ def _work(row: Any, ctx: _Ctx) -> dict[str, Any]:
         return {**base, "status": "failed", "kind": kind, "error": error, "usage": usage}
 
     try:
-        url = image_data_url(image_file(row, ctx.root))
+        url = image_data_url(upload_file(row, ctx.root))  # inside the image root and an image, or refused
+    except ImagePathRefused as e:
+        return fail("image", f"refused image {row.image}: {e.reason}")
     except OSError as e:
         return fail("image", f"cannot read image {row.image}: {e.strerror or e}")
     body = request_body(cfg, tpl, row.task, url, row.id)

@@ -155,6 +155,8 @@ class Scorer:
             problem = conversation_problem(turns)
             if problem is None:
                 try:
+                    if it.get("refused"):
+                        raise ImageRejected(it["refused"])
                     todo.append((i, load_rgb(it["path"]), turns))
                 except ImageRejected as e:
                     problem = f"unreadable image: {e.reason}"
@@ -361,6 +363,16 @@ def _model_identity(model: str) -> str:
     return model
 
 
+def _checked_path(pool: Any, rec: Any) -> dict[str, Any]:
+    """``{"path": ...}``, or ``{"path": None, "refused": reason}`` for an image path outside the image root."""
+    from presel.io.paths import ImagePathRefused
+
+    try:
+        return {"path": str(pool.image_path(rec))}
+    except ImagePathRefused as e:
+        return {"path": None, "refused": e.reason}
+
+
 def read_shards(shard_dir: Path) -> dict[str, dict[str, Any]]:
     """Finished results by id from the shard files (a torn last line of a crashed run is ignored)."""
     done: dict[str, dict[str, Any]] = {}
@@ -420,7 +432,7 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
     shard_dir = out / SHARDS
     done = read_shards(shard_dir)
     todo = [r for r in pool.records if r.id not in done]
-    items = [{"id": r.id, "task": r.task, "path": str(pool.image_path(r)),
+    items = [{"id": r.id, "task": r.task, **_checked_path(pool, r),
               "turns": [[t.role, t.text] for t in r.conversations] if r.conversations else []} for r in todo]
     batches = plan_batches(items, config.batch_size)
 
