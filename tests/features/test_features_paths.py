@@ -24,3 +24,17 @@ def test_embed_rejects_paths_outside_the_image_root(tiny_dinov2, tmp_path, photo
     assert all(r.startswith("outside the image root") for r in rejects.values())
     assert "'..' path" in rejects["dotdot"] and "absolute" in rejects["abs"] and "symlink" in rejects["link"]
     assert stats["embedded_images"] == 2 and stats["rejected_images"] == 3
+
+
+def test_embed_with_a_wrong_image_root_is_an_error(tiny_dinov2, tmp_path, capsys, write_pool):
+    from presel.cli import main
+
+    pool = write_pool(tmp_path / "pool", ["a.png", "b.png"])
+    wrong = tmp_path / "elsewhere"
+    wrong.mkdir()
+    rc = main(["embed", "--pool", str(pool), "--image-root", str(wrong), "--model", str(tiny_dinov2),
+               "--workers", "0", "--out", str(tmp_path / "feats")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"{pool}: none of the 2 images could be read (2 missing" in err
+    assert f"check --image-root (now {wrong})" in err and "id r0: imgs/a.png" in err

@@ -292,7 +292,7 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
     contents = {key_hash[k] for k in pool_keys_ok}
     summary = {
         "records": len(pool.records),
-        "distinct_images": len(key_path),
+        "distinct_images": len(key_path) + len(refused),
         "embedded_images": len(pool_keys_ok),
         "distinct_contents": len(contents),
         "content_duplicates": len(pool_keys_ok) - len(contents),
@@ -316,6 +316,12 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
                    for i in sorted(store.shards)],
         "identity": store.identity,
     })
+    if not pool_keys_ok and pool_rejects:  # success on nothing is no success
+        first = pool_rejects[0]
+        top = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda x: -x[1])[:3])
+        raise PreselError(f"{pool.source}: none of the {summary['distinct_images']} images could be read ({top}; e.g. "
+                          f"id {first['id']}: {first['image']}: {first['reason']}); check --image-root (now "
+                          f"{pool.image_root}): image paths are relative to it; every reject is in {out / 'rejects.jsonl'}")
     seconds = time.perf_counter() - t0
     stats = dict(summary)
     stats.update({"embedded_now": stats_now["embedded"], "rejected_now": stats_now["rejected"],

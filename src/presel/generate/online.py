@@ -198,7 +198,7 @@ class _Ctx:
 
 
 def _work(row: Any, ctx: _Ctx) -> dict[str, Any]:
-    """Generate one item; returns a result or failure line (``status``: ok | failed | interrupted)."""
+    """Generate one item; returns a result or failure line (``status``: ok | failed | interrupted | unreachable)."""
     from presel.generate.client import RequestError, TransientError, call_with_retries, image_data_url
     from presel.generate.parse import ParseError, build_conversation
     from presel.generate.store import upload_file
@@ -237,6 +237,8 @@ def _work(row: Any, ctx: _Ctx) -> dict[str, Any]:
         except TransientError as e:
             if ctx.stop.is_set():
                 return {**base, "status": "interrupted"}
+            if e.status is None and "ConnectError" in str(e):  # the server was never reached: not this item's failure
+                return {**base, "status": "unreachable", "error": str(e)}
             return fail("transient", f"{e} (after {ctx.policy.max_retries + 1} tries)")
         except RequestError as e:
             return fail("request", str(e))
@@ -339,6 +341,12 @@ def generate_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, c
                         stop.set()
                         continue
                     status = line.pop("status")
+                    if status == "unreachable":  # a connection-level failure of the run, recorded for no item
+                        if stop_reason is None:
+                            stop_reason = (f"cannot connect to the server at {cfg.base_url} ({line['error']}); nothing "
+                                           "was recorded for the items it could not reach")
+                        stop.set()
+                        continue
                     if status == "interrupted":
                         continue
                     (oks if status == "ok" else fails).append(line)
