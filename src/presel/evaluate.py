@@ -47,7 +47,7 @@ def load_questions(data: str | Path, limit_per_task: int | None = None) -> tuple
     """(question records, image root) from a held-out LLaVA file; records need a task."""
     from presel.io.manifest import read_pool
 
-    pool = read_pool(data, default_task=None)
+    pool = read_pool(data, default_task=None, flag="--data", task_fix="give each record a 'task' field")
     per_task: dict[str, int] = defaultdict(int)
     out = []
     for r in pool.records:

@@ -44,3 +44,24 @@ def test_connection_refused_records_no_item_failures(tmp_path, server, fast_cfg,
     # the same command with the server up finishes every item
     summary = generate_to_dir(sel, out, fast_cfg(server.base_url), progress=False)
     assert summary["complete"] and summary["generated"] == 6 and summary["failed"] == 0
+
+
+def test_api_key_echoed_by_the_server_is_never_written(tmp_path, server, fast_cfg, monkeypatch):
+    from gen_fake_server import FakeOpenAI
+
+    key = "sk-test-0123456789abcdef"
+    monkeypatch.setenv("PRESEL_TEST_KEY", key)
+
+    def echo_headers(h, raw):  # a server whose error body echoes the request headers
+        FakeOpenAI.send_json(h, 400, {"error": {"message": f"bad request; headers: {dict(h.headers)}"}})
+
+    server.extra_routes[("POST", "/v1/chat/completions")] = echo_headers
+    sel = make_selection(tmp_path, {"s1": "vqa"})
+    out = tmp_path / "gen"
+    summary = generate_to_dir(sel, out, fast_cfg(server.base_url, api_key_env="PRESEL_TEST_KEY"), progress=False)
+    assert summary["failed"] == 1
+    fails = (out / "failures.jsonl").read_text()
+    assert "headers" in fails and "[api key redacted]" in fails
+    for f in out.rglob("*"):
+        if f.is_file():
+            assert key not in f.read_text(errors="replace"), f

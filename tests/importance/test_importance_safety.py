@@ -31,3 +31,17 @@ def test_score_overwrite_never_deletes_a_user_folder(tiny_llava, tmp_path, capsy
 
 
 pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def test_score_errors_name_only_its_own_flags(tmp_path, capsys):
+    import json
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"id": "x", "image": "a.png", "conversations": []}]))
+    assert main(["score", "--data", str(bad), "--model", "tiny-llava", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no task for id 'x'" in err and "--default-task" in err
+    assert "--task-map" not in err and "--task-rule" not in err
+    assert main(["score", "--data", str(tmp_path / "nope.json"), "--model", "tiny-llava", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "check --data" in err and "--pool" not in err

@@ -116,3 +116,13 @@ def test_read_only_out_folder(pool_dir, capsys, monkeypatch):
     monkeypatch.setattr(tempfile, "mkdtemp", ro)
     err = _err(capsys, _select(pool_dir, out="ro/sel"))
     assert f"cannot write {pool_dir / 'ro' / 'sel'}: permission denied" in err
+
+
+def test_weights_too_large_to_normalise(pool_dir, capsys):
+    (pool_dir / "w.json").write_text('{"t1": 1e308, "t2": 1e308}')
+    rc = main(["select", "--pool", str(pool_dir / "pool.jsonl"), "--features", str(pool_dir / "feats.npy"),
+               "--feature-ids", str(pool_dir / "ids.txt"), "--budget", "0.5", "--weights", str(pool_dir / "w.json"),
+               "--out", str(pool_dir / "sel")])
+    err = _err(capsys, rc)
+    assert f"{pool_dir / 'w.json'}" in err and "too large to normalise" in err
+    assert not (pool_dir / "sel").exists()

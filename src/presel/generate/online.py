@@ -201,15 +201,15 @@ def _work(row: Any, ctx: _Ctx) -> dict[str, Any]:
     """Generate one item; returns a result or failure line (``status``: ok | failed | interrupted | unreachable)."""
     from presel.generate.client import RequestError, TransientError, call_with_retries, image_data_url
     from presel.generate.parse import ParseError, build_conversation
-    from presel.generate.store import upload_file
+    from presel.generate.store import redact, upload_file
     from presel.io.paths import ImagePathRefused
 
     cfg, tpl = ctx.cfg, ctx.templates[row.task]
     base = {"id": row.id, "image": row.image, "task": row.task, "template": tpl.name}
     usage = {"requests": 0, "tokens_in": 0, "tokens_out": 0}
 
-    def fail(kind: str, error: str) -> dict[str, Any]:
-        return {**base, "status": "failed", "kind": kind, "error": error, "usage": usage}
+    def fail(kind: str, error: str) -> dict[str, Any]:  # never write the API key (an error body may echo it)
+        return {**base, "status": "failed", "kind": kind, "error": redact(error, cfg.api_key()), "usage": usage}
 
     try:
         url = image_data_url(upload_file(row, ctx.root))  # inside the image root and an image, or refused
@@ -238,7 +238,7 @@ def _work(row: Any, ctx: _Ctx) -> dict[str, Any]:
             if ctx.stop.is_set():
                 return {**base, "status": "interrupted"}
             if e.status is None and "ConnectError" in str(e):  # the server was never reached: not this item's failure
-                return {**base, "status": "unreachable", "error": str(e)}
+                return {**base, "status": "unreachable", "error": redact(str(e), cfg.api_key())}
             return fail("transient", f"{e} (after {ctx.policy.max_retries + 1} tries)")
         except RequestError as e:
             return fail("request", str(e))
@@ -386,7 +386,9 @@ def generate_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, c
         if owns_client:
             client.close()
         if fatal is not None:
-            stop_reason = f"stopped: {fatal}"
+            from presel.generate.store import redact
+
+            stop_reason = redact(f"stopped: {fatal}", cfg.api_key())
     store.close()
     elapsed = time.perf_counter() - started
     summary = finalize(out, rows, cfg, ref=ref, templates=templates, tpl_of=tpl_of, root=root,

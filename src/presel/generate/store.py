@@ -84,6 +84,13 @@ def check_images(rows: Iterable[SelectionRow], root: Path) -> None:
                           "pass --image-root (the folder image paths are relative to) or --pool <manifest>")
 
 
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with the API key cut out (a server error body may echo the request headers)."""
+    if not secret or not text:
+        return text
+    return text.replace(secret, "[api key redacted]")
+
+
 def image_file(row: SelectionRow, root: Path) -> Path:
     """The row's image, resolved inside the image root (raises :class:`presel.io.paths.ImagePathRefused`)."""
     from presel.io.paths import resolve_image

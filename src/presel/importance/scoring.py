@@ -407,7 +407,8 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
 
     config = config or ScoreConfig()
     data_path, out = Path(data_path), Path(out)
-    pool = read_pool(data_path, image_root=config.image_root, default_task=config.default_task,
+    pool = read_pool(data_path, image_root=config.image_root, default_task=config.default_task, flag="--data",
+                     task_fix="give each record a task field (or name it with --task-field), or pass --default-task",
                      id_field=config.id_field, task_field=config.task_field)
     model = resolve_model(config.model)
     if out.exists() and not out.is_dir():

@@ -235,15 +235,18 @@ def read_pool(
     id_field: str = "id",
     image_field: str = "image",
     keep_extra: bool = False,
+    flag: str = "--pool",
+    task_fix: str | None = None,
 ) -> Pool:
     """Read a pool manifest (or an image folder) into a :class:`Pool`.
 
     ``id_field="@index"`` keys records by their position (``"0"``, ``"1"``, ...), for files
-    whose ids are not unique (LLaVA-665K).
+    whose ids are not unique (LLaVA-665K). ``flag`` names the file's option and ``task_fix`` the ways to give
+    a record its task, in error messages of commands whose options differ from ``presel select``'s.
     """
     path = Path(path)
     if not path.exists():
-        raise PreselError(f"{path}: pool manifest not found; check --pool")
+        raise PreselError(f"{path}: {'pool manifest' if flag == '--pool' else 'file'} not found; check {flag}")
     fmt = _format_of(path)
     root = Path(image_root) if image_root is not None else (path if fmt == "folder" else path.parent)
     if fmt == "folder":
@@ -286,8 +289,9 @@ def read_pool(
         if task is None:
             task = default_task
         if task is None:
-            raise PreselError(f"{where}: no task for id '{rid}' (image {image}); give a task field (--task-field), "
-                              "an id->task map (--task-map), prefix rules (--task-rule PREFIX=TASK) or --default-task")
+            raise PreselError(f"{where}: no task for id '{rid}' (image {image}); " + (task_fix or (
+                "give a task field (--task-field), an id->task map (--task-map), prefix rules (--task-rule "
+                "PREFIX=TASK) or --default-task")))
         extra = None
         if keep_extra:
             extra = {k: v for k, v in rec.items() if k not in (id_field, image_field, "conversations", "messages")}
