@@ -54,6 +54,7 @@ class EmbedConfig:
     onnx_output: output name for backend=onnx (default 'last_hidden_state' or the first output).
     ray_address: Ray cluster address (None: the running cluster, or a local one).
     ray_actors: model actors for executor=ray (default: one per GPU, or 1 on CPU).
+    ray_progress_timeout: seconds without any finished batch after which a Ray run stops with an error.
     threads: intra-op CPU threads for the model (None: library default).
     progress: show a progress bar.
 
@@ -75,6 +76,7 @@ class EmbedConfig:
     onnx_output: str | None = None
     ray_address: str | None = None
     ray_actors: int | None = None
+    ray_progress_timeout: float = 600.0
     threads: int | None = None
     progress: bool = True
 
@@ -106,6 +108,9 @@ class EmbedConfig:
             raise bad("executor", "must be 'local' or 'ray'")
         if self.ray_actors is not None and (not isinstance(self.ray_actors, int) or self.ray_actors < 1):
             raise bad("ray_actors", "must be an integer >= 1")
+        t = self.ray_progress_timeout
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+            raise bad("ray_progress_timeout", "must be a number of seconds > 0")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise bad("threads", "must be an integer >= 1")
         if self.backend == "onnx" and self.dtype in ("bf16", "fp16"):

@@ -64,9 +64,14 @@ class ScoreConfig:
     ray_address: str | None = None
     render_workers: int | None = None
     prefetch: bool = True
+    ray_progress_timeout: float = 600.0
 
     def __post_init__(self) -> None:
         from presel.vlm.load import DTYPES
+
+        t = self.ray_progress_timeout
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+            raise PreselError(f"ray_progress_timeout={t!r} must be a number of seconds > 0")
 
         if not isinstance(self.model, (str, os.PathLike)) or not str(self.model):
             raise PreselError(f"model={self.model!r} must be a model directory, hub id or offline name (llava-small)")
@@ -317,9 +322,14 @@ def _ray_stream(batches: list[list[dict[str, Any]]], config: ScoreConfig, model:
         ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
         started = True
     try:
-        gpu = config.device.startswith("cuda") or (config.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
-        n_gpus = int(ray.cluster_resources().get("GPU", 0))
+        from presel.executors.ray_guard import check_resources, with_progress_timeout
+
+        resources = ray.cluster_resources()
+        gpu = config.device.startswith("cuda") or (config.device == "auto" and resources.get("GPU", 0) > 0)
+        n_gpus = int(resources.get("GPU", 0))
         actors = config.workers or (max(1, n_gpus) if gpu else 1)
+        check_resources(resources, actors=actors, actor_cpus=0 if gpu else 1, actor_gpus=1 if gpu else 0,
+                        decode_cpus=0, actors_flag="--workers")
         cfg = {"model": model, "dtype": config.dtype, "device": "cuda" if gpu else "cpu",
                "max_length": config.max_length, "seed": config.seed}
         rows = [{"batch": i, "items": json.dumps(b)} for i, b in enumerate(batches)]
@@ -327,7 +337,7 @@ def _ray_stream(batches: list[list[dict[str, Any]]], config: ScoreConfig, model:
         ds = ds.map_batches(_RayScorer, fn_constructor_kwargs={"cfg": cfg}, batch_size=1, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpu else 0,
                             num_cpus=0 if gpu else 1)
-        for row in ds.iter_rows():
+        for row in with_progress_timeout(ds.iter_rows(), config.ray_progress_timeout, "score"):
             yield json.loads(row["results"])
     finally:
         if started:
