@@ -292,3 +292,9 @@ def test_merge_adapter_rebuilds_the_merged_model(trained, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     with pytest.raises(PreselError, match="no adapter_config.json"):
         merge_adapter(out, tmp_path / "x")
+    merge_adapter(out / "adapter", tmp_path / "merged", overwrite=True)  # its own output: replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(PreselError, match="was not written by presel"):
+        merge_adapter(out / "adapter", tmp_path / "mine", overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
