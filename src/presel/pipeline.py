@@ -175,13 +175,31 @@ def read_marker(stage_dir: Path) -> dict[str, Any] | None:
     return _read_json(stage_dir / MARKER)
 
 
-def _clean(stage_dir: Path) -> None:
-    """Remove a stage's output and its work leftovers beside it (``.<name>.tmp-*``, ``.<name>.finetune-work``)."""
-    for p in [stage_dir, *stage_dir.parent.glob(f".{stage_dir.name}.*")]:
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
+def _fix(stage_dir: Path) -> str:
+    return f"move it away, or choose another `out` for the run (presel writes its '{stage_dir.name}' stage there)"
+
+
+def _check_stage_dir(stage_dir: Path) -> None:
+    from presel.io.owned import check_deletable
+
+    check_deletable(stage_dir, only=(MARKER,), what="stage folder", fix=_fix(stage_dir))
+
+
+def _clean(stage_dir: Path, *, started: bool) -> None:
+    """Remove a stage's output and its work leftovers beside it (``.<name>.tmp-*``, ``.<name>.old-*``,
+    ``.<name>.finetune-work``), but only what presel can prove it wrote: a folder with the stage marker, or
+    one this run's pending record (``started``) shows presel began writing; anything else stops the run."""
+    from presel.io.owned import remove_owned
+
+    owned = started or (stage_dir / MARKER).is_file()
+    remove_owned(stage_dir, started=started, only=(MARKER,), what="stage folder", fix=_fix(stage_dir))
+    if owned:
+        for pat in (".tmp-*", ".old-*", ".finetune-work"):
+            for p in stage_dir.parent.glob(f".{stage_dir.name}{pat}"):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
 
 
 # --------------------------------------------------------------------------- the run
@@ -238,6 +256,9 @@ class Pipeline:
         plans = self.plan()
         if not plans:
             raise PreselError(f"{self.cfg.source}: no stage to run; add stage sections (reference, embed, select, ...)")
+        for st in plans:  # before any work: refuse stage folders that are not presel's (never deleted)
+            if _read_json(self.cfg.out / ".presel-pending" / f"{st.name}.json") is None:
+                _check_stage_dir(self.cfg.stage_dir(st.name))
         timings_path = self.cfg.out / "timings.json"
         try:
             self.timings = json.loads(timings_path.read_text())
@@ -257,7 +278,7 @@ class Pipeline:
             resumes = st.resumable and marker is None and started is not None and started.get("key") == key
             if not resumes:
                 # finished with other settings, a partial output of other settings, or one that cannot resume
-                _clean(d)
+                _clean(d, started=started is not None and started.get("stage") == st.name)
             self.log(f"[{i}/{len(plans)}] {st.name} -> {d}" + (" (resuming)" if resumes and d.exists() else ""))
             write_json(pending, {"key": key, "stage": st.name})
             t0 = time.perf_counter()

@@ -507,6 +507,10 @@ def finetune(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise PreselError(f"--out {out} already exists and is not empty; remove it, choose another path or pass --overwrite")
+    if overwrite and out.is_dir():
+        from presel.io.owned import check_deletable
+
+        check_deletable(out)  # refuse now, not after training, to replace a folder presel did not write
     dist = _dist_env()
     device = _resolve_device(cfg, dist)
     train_dtype = _resolve_dtype(cfg, device)
@@ -547,6 +551,11 @@ def finetune(
     if dist.main:
         work.mkdir(parents=True, exist_ok=True)
         fp_path = work / "fingerprint.json"
+        if not fp_path.exists():
+            from presel.io.owned import check_deletable
+
+            check_deletable(work, only=("fingerprint.json",), what="work folder",
+                            fix="move it away or choose another --out")  # it is deleted when training ends
         if fp_path.exists():
             old = json.loads(fp_path.read_text(encoding="utf-8"))
             if old != json.loads(json.dumps(fingerprint)):

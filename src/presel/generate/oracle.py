@@ -96,6 +96,10 @@ def oracle_to_dir(selection_path: str | os.PathLike, annotations_path: str | os.
             failures.append({"id": row.id, "image": row.image, "task": row.task, "kind": "no_annotation",
                              "error": why or ("; ".join(problems) or "annotations invalid")})
     n_sel = sum(t["items"] for t in per_task.values())
+    if (n_sel and not results) or not train:  # success on nothing is no success
+        ex = f" (e.g. id {failures[0]['id']}: {failures[0]['error']})" if failures else ""
+        raise PreselError(f"{annotations_path}: none of the {n_sel} selected image(s) of {selection_path} matches an "
+                          f"annotation with match={match}{ex}; pass the annotation file of this pool, or another --match")
     summary = {
         "mode": "oracle", "complete": True, "match": "image (every record of a picked image)" if official else match,
         "protocol": protocol, "annotations": str(annotations_path),

@@ -19,6 +19,7 @@ GPU cluster) over the same batches.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -73,6 +74,7 @@ class ScoreConfig:
     prefetch: bool = True
     chat_format: str | None = None  # llava-v1, or None: the model's own chat template
     protocol: str = "paper"  # official: chat_format defaults to llava-v1 (the authors' scoring)
+    ray_progress_timeout: float = 600.0
 
     def __post_init__(self) -> None:
         from presel.protocol import check_protocol
@@ -81,6 +83,10 @@ class ScoreConfig:
 
         check_protocol(self.protocol)
         check_chat_format(self.chat_format)
+
+        t = self.ray_progress_timeout
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+            raise PreselError(f"ray_progress_timeout={t!r} must be a number of seconds > 0")
 
         if not isinstance(self.model, (str, os.PathLike)) or not str(self.model):
             raise PreselError(f"model={self.model!r} must be a model directory, hub id or offline name (llava-small)")
@@ -172,6 +178,8 @@ class Scorer:
             problem = conversation_problem(turns)
             if problem is None:
                 try:
+                    if it.get("refused"):
+                        raise ImageRejected(it["refused"])
                     todo.append((i, load_rgb(it["path"]), turns))
                 except ImageRejected as e:
                     problem = f"unreadable image: {e.reason}"
@@ -334,9 +342,14 @@ def _ray_stream(batches: list[list[dict[str, Any]]], config: ScoreConfig, model:
         ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
         started = True
     try:
-        gpu = config.device.startswith("cuda") or (config.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
-        n_gpus = int(ray.cluster_resources().get("GPU", 0))
+        from presel.executors.ray_guard import check_resources, with_progress_timeout
+
+        resources = ray.cluster_resources()
+        gpu = config.device.startswith("cuda") or (config.device == "auto" and resources.get("GPU", 0) > 0)
+        n_gpus = int(resources.get("GPU", 0))
         actors = config.workers or (max(1, n_gpus) if gpu else 1)
+        check_resources(resources, actors=actors, actor_cpus=0 if gpu else 1, actor_gpus=1 if gpu else 0,
+                        decode_cpus=0, actors_flag="--workers")
         cfg = {"model": model, "dtype": config.dtype, "device": "cuda" if gpu else "cpu",
                "max_length": config.max_length, "seed": config.seed, "chat_format": config.effective_chat_format}
         rows = [{"batch": i, "items": json.dumps(b)} for i, b in enumerate(batches)]
@@ -344,7 +357,7 @@ def _ray_stream(batches: list[list[dict[str, Any]]], config: ScoreConfig, model:
         ds = ds.map_batches(_RayScorer, fn_constructor_kwargs={"cfg": cfg}, batch_size=1, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpu else 0,
                             num_cpus=0 if gpu else 1)
-        for row in ds.iter_rows():
+        for row in with_progress_timeout(ds.iter_rows(), config.ray_progress_timeout, "score"):
             yield json.loads(row["results"])
     finally:
         if started:
@@ -381,6 +394,16 @@ def _model_identity(model: str) -> str:
     return model
 
 
+def _checked_path(pool: Any, rec: Any) -> dict[str, Any]:
+    """``{"path": ...}``, or ``{"path": None, "refused": reason}`` for an image path outside the image root."""
+    from presel.io.paths import ImagePathRefused
+
+    try:
+        return {"path": str(pool.image_path(rec))}
+    except ImagePathRefused as e:
+        return {"path": None, "refused": e.reason}
+
+
 def read_shards(shard_dir: Path) -> dict[str, dict[str, Any]]:
     """Finished results by id from the shard files (a torn last line of a crashed run is ignored)."""
     done: dict[str, dict[str, Any]] = {}
@@ -407,16 +430,16 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
     same; other settings are an error unless ``overwrite``. ``on_batch(n_done)`` is called after each
     written batch. Returns the summary.
     """
-    import shutil
-
     from presel.cache import resolve_model
     from presel.config import resolved_config
     from presel.io.atomic import write_json, write_parquet
     from presel.io.manifest import read_pool
+    from presel.io.owned import remove_owned
 
     config = config or ScoreConfig()
     data_path, out = Path(data_path), Path(out)
-    pool = read_pool(data_path, image_root=config.image_root, default_task=config.default_task,
+    pool = read_pool(data_path, image_root=config.image_root, default_task=config.default_task, flag="--data",
+                     task_fix="give each record a task field (or name it with --task-field), or pass --default-task",
                      id_field=config.id_field, task_field=config.task_field)
     model = resolve_model(config.model)
     if out.exists() and not out.is_dir():
@@ -438,14 +461,11 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
                         if old is not None else "already exists and is not a presel score output")
                 raise PreselError(f"--out {out} {what}; rerun with the same settings to resume, choose another "
                                   "--out, or pass --overwrite to start over")
-            shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(state_path, fingerprint)
+            remove_owned(out, only=(STATE_FILE, "config.json"))
     shard_dir = out / SHARDS
-    shard_dir.mkdir(exist_ok=True)
     done = read_shards(shard_dir)
     todo = [r for r in pool.records if r.id not in done]
-    items = [{"id": r.id, "task": r.task, "path": str(pool.image_path(r)),
+    items = [{"id": r.id, "task": r.task, **_checked_path(pool, r),
               "turns": [[t.role, t.text] for t in r.conversations] if r.conversations else []} for r in todo]
     batches = plan_batches(items, config.batch_size)
 
@@ -460,12 +480,17 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
             if workers is None:
                 workers = 0 if scorer.device.type == "cpu" else min(4, max(1, (os.cpu_count() or 2) // 2))
             stream = score_stream(scorer, batches, prefetch=config.prefetch, render_workers=workers)
-        n_files = len(list(shard_dir.glob("*.jsonl")))
+        n_files = len(list(shard_dir.glob("*.jsonl"))) if shard_dir.is_dir() else 0
         shard = shard_dir / f"part-{n_files:05d}.jsonl"
         n_done = len(done)
         warned = False
-        with open(shard, "a", encoding="utf-8") as f:
+        with contextlib.ExitStack() as stack:
+            f = None
             for results in stream:
+                if f is None:  # nothing is recorded before the first result exists (a failed start leaves no state)
+                    shard_dir.mkdir(parents=True, exist_ok=True)
+                    write_json(state_path, fingerprint)
+                    f = stack.enter_context(open(shard, "a", encoding="utf-8"))
                 for r in results:
                     if r.get("no_end_of_turn") and not warned:
                         warned = True
@@ -485,6 +510,8 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
         if progress:
             print(file=sys.stderr)
     seconds = time.perf_counter() - t0
+    if not state_path.is_file():
+        write_json(state_path, fingerprint)
 
     scored = [done[r.id] for r in pool.records if "irs" in done[r.id]]
     line = {r.id: r.line for r in pool.records}
