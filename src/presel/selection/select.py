@@ -44,8 +44,9 @@ import numpy as np
 from presel.errors import PreselError
 from presel.records import Pool, image_key
 from presel.selection.budget import allocate
+from presel.selection.methods import WITHIN_CLUSTER_METHODS
 
-METHODS = ("presel", "random", "random-cluster", "typiclust")
+METHODS = ("presel", "random", "random-cluster", "typiclust", *WITHIN_CLUSTER_METHODS)
 TASK_WEIGHT_MODES = ("irs", "uniform", "size")
 KMEANS_BACKENDS = ("faiss", "sklearn")
 
@@ -312,7 +313,7 @@ def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
     avail = ~t.ref
     score = np.full(n, np.nan)
     seed = _task_seed(cfg.seed, t.name)
-    if cfg.method in ("presel", "random-cluster"):
+    if cfg.method in ("presel", "random-cluster", *WITHIN_CLUSTER_METHODS):
         km = kmeans(x, n_clusters_for(n, cfg.images_per_cluster), backend=cfg.kmeans_backend, seed=seed,
                     niter=cfg.kmeans_niter)
         labels, t.objective = km.labels, km.objective
@@ -321,7 +322,14 @@ def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
     else:  # typiclust
         labels, t.objective = typiclust_clusters(x, avail, t.quota, backend=cfg.kmeans_backend, seed=seed,
                                                  niter=cfg.kmeans_niter)
-    if cfg.method in ("presel", "typiclust"):
+    if cfg.method in WITHIN_CLUSTER_METHODS:  # PreSel's clusters, another order inside (selection/methods.py)
+        from presel.selection.methods import within_cluster_ranks
+
+        score, pos = within_cluster_ranks(cfg.method, x, labels, avail, cfg.k)
+
+        def key(mem):
+            return (pos[mem],)
+    elif cfg.method in ("presel", "typiclust"):
         if cfg.method == "presel":
             _per_cluster(labels, avail, lambda mem: neighbour_centrality(x[mem], cfg.k), score)
         else:
