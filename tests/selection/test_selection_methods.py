@@ -48,7 +48,7 @@ def test_facility_first_pick_is_most_representative():
     x = _unit([[1, 0], [0.9, 0.1], [0.8, 0.2], [0.0, 1.0]])
     order = cluster_order("presel-cover", x, np.zeros((0, 2), np.float32), neighbour_centrality(x, 2))
     sims = np.maximum(x @ x.T, 0).sum(axis=1)
-    assert order[0] == int(np.argmax(sims)) == 1
+    assert order[0] == int(np.argmax(sims)) == 2
     assert order[1] == 3  # the uncovered image, not a neighbour of the first pick
 
 

@@ -1,9 +1,9 @@
 """Within-cluster orders beyond the paper, and the k-center greedy (coreset) baseline.
 
 PreSel ranks a cluster's images by neighbour centrality alone, so near-copies of one central image
-rank first together and a cluster's quota can go to a row of near-identical images. The methods
-here keep PreSel's task weights, clusters and per-cluster quotas (the engine in
-:mod:`presel.selection.select` is unchanged) and only change the order inside a cluster:
+rank first together and a cluster's quota can go to a row of near-identical images. The method
+here keeps PreSel's task weights, clusters and per-cluster quotas (the engine in
+:mod:`presel.selection.select` is unchanged) and only changes the order inside a cluster:
 
 - ``presel-cover`` (facility location): greedily pick the image that most increases
   ``sum_j max(0, max_{p in picked} cos(x_j, x_p))`` over the cluster's images ``j``; reference
@@ -11,10 +11,12 @@ here keep PreSel's task weights, clusters and per-cluster quotas (the engine in
   summed similarity to its cluster (the most representative); each later pick is the image that
   best represents what the picks so far cover worst, so a near-copy of a pick gains almost nothing.
   This is the classic greedy for the monotone submodular facility-location objective.
-- ``presel-mmr`` (maximal marginal relevance): greedily pick
-  ``centrality - MMR_LAMBDA * max_{p in picked} cos(x, x_p)``.
-- ``presel-dedup``: centrality order, but an image whose cosine similarity to an earlier pick is
-  above ``DEDUP_THRESHOLD`` is moved behind all images that are not (in centrality order).
+
+Two other orders were measured on the within-task benchmark (``benchmarks/quality.py``, MNIST,
+5 seeds) and dropped: greedy maximal marginal relevance (``centrality - 0.5 * max cos to picks``)
+gained over PreSel but stayed below random at 5-15%; centrality order with near-duplicates
+(cos > 0.9 to a pick) pushed to the end was no better than PreSel. Facility location with a
+sharper similarity (``exp((cos - 1) / 0.1)`` or ``cos^4``) scored the same as plain cosine.
 
 The greedy is exact for the first ``GREEDY_STEPS`` picks of a cluster (``O(m^2)`` memory and
 ``O(m^2)`` time per pick for a cluster of ``m`` images); any picks beyond follow centrality. With
@@ -28,10 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
-WITHIN_CLUSTER_METHODS = ("presel-cover", "presel-mmr", "presel-dedup")
+WITHIN_CLUSTER_METHODS = ("presel-cover",)
 GREEDY_STEPS = 512
-MMR_LAMBDA = 0.5
-DEDUP_THRESHOLD = 0.9
 
 
 def _facility_order(s: np.ndarray, cur: np.ndarray, steps: int) -> list[int]:
@@ -48,32 +48,6 @@ def _facility_order(s: np.ndarray, cur: np.ndarray, steps: int) -> list[int]:
     return order
 
 
-def _mmr_order(s: np.ndarray, cur: np.ndarray, cent: np.ndarray, steps: int, lam: float) -> list[int]:
-    m = s.shape[0]
-    picked = np.zeros(m, dtype=bool)
-    order: list[int] = []
-    for _ in range(min(steps, m)):
-        val = cent - lam * cur
-        val[picked] = -np.inf
-        i = int(np.argmax(val))
-        order.append(i)
-        picked[i] = True
-        cur = np.maximum(cur, s[i])
-    return order
-
-
-def _dedup_order(s: np.ndarray, cur: np.ndarray, cent: np.ndarray, thr: float) -> list[int]:
-    first: list[int] = []
-    later: list[int] = []
-    for i in np.lexsort((np.arange(len(cent)), -cent)):
-        if cur[i] > thr:
-            later.append(int(i))
-        else:
-            first.append(int(i))
-            cur = np.maximum(cur, s[i])
-    return first + later
-
-
 def cluster_order(method: str, x: np.ndarray, ref: np.ndarray, centrality: np.ndarray) -> np.ndarray:
     """Order (indices into the available rows) of one cluster's available images, best first.
 
@@ -88,14 +62,9 @@ def cluster_order(method: str, x: np.ndarray, ref: np.ndarray, centrality: np.nd
     cur = np.zeros(m)
     if len(ref):
         cur = np.maximum((np.asarray(ref, dtype=np.float32) @ x.T).max(axis=0), 0.0).astype(np.float64)
-    if method == "presel-cover":
-        order = _facility_order(s, cur, GREEDY_STEPS)
-    elif method == "presel-mmr":
-        order = _mmr_order(s, cur, centrality, GREEDY_STEPS, MMR_LAMBDA)
-    elif method == "presel-dedup":
-        order = _dedup_order(s, cur, centrality, DEDUP_THRESHOLD)
-    else:
+    if method != "presel-cover":
         raise ValueError(f"unknown within-cluster method {method!r}")
+    order = _facility_order(s, cur, GREEDY_STEPS)
     if len(order) < m:  # beyond GREEDY_STEPS: centrality order
         done = np.zeros(m, dtype=bool)
         done[order] = True

@@ -28,6 +28,8 @@ Methods (same flow, different clusters/ranking inside step 3):
   ``1 / (mean Euclidean distance to the min(20, m // 2) nearest items of the cluster + 1e-5)``
   (TypiClust, Hacohen et al. 2022; TypiClust's code uses faiss squared L2 distances, we use
   Euclidean as the paper writes).
+- ``presel-cover``: PreSel's clusters and quotas, order inside a cluster by greedy facility location
+  (:mod:`presel.selection.methods`).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class SelectConfig:
     budget_count: absolute number of images (reference set included). Exactly one is set.
     images_per_cluster: ``C = max(1, round(|T_i| / images_per_cluster))`` k-means clusters per task.
     k: neighbours for neighbour centrality.
-    method: presel | random | random-cluster | typiclust.
+    method: presel | presel-cover | random | random-cluster | typiclust.
     task_weights: irs (from a weights file) | uniform | size (proportional to task item count).
     kmeans_backend: faiss (seeded) | sklearn.
     kmeans_niter: faiss iterations (default 25); for sklearn a cap on max_iter (default: its own 300).
