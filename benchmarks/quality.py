@@ -9,7 +9,7 @@ regression probe and a 1-NN classifier trained on the selected images' DINOv2-S 
 the task's held-out images; mean and 95% t-interval. Prints the tables and writes quality.json
 (meta, summary, per-seed rows), quality.csv (summary), quality.png (probe) and quality_nn1.png.
 
-Features are embedded once (about 10-20 minutes on 2 cores at 112 px) and cached in
+Features are embedded once (about 10 minutes on 2 idle cores) and cached in
 $PRESEL_CACHE/bench; with the cache, the whole benchmark takes a few minutes.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     from presel.bench import quality
-    from presel.bench.data import TASKS, load_task
+    from presel.bench.data import IMAGE_SIZE, TASKS, load_task
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     g = p.add_mutually_exclusive_group()
@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=",".join(quality.METHODS), help="comma-separated selection methods")
     p.add_argument("--budgets", default=",".join(str(b) for b in quality.BUDGETS), help="fractions of each task's pool")
     p.add_argument("--seeds", type=int, default=quality.SEEDS)
-    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="embedding input size for every task (default: per task, 112 px; rendered tasks 56 px)")
     p.add_argument("--images-per-cluster", type=int, default=100)
     p.add_argument("--threads", type=int, default=None, help="torch threads for embedding (default: torch's)")
     p.add_argument("--cache", default=None, help="feature cache directory (default: $PRESEL_CACHE/bench)")
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = quality.summarise(rows)
     wall = time.perf_counter() - t0
     meta = {"tasks": {t.name: {"pool": len(t.y_pool), "heldout": len(t.y_held)} for t in tasks},
-            "methods": methods, "budgets": budgets, "seeds": a.seeds, "image_size": a.image_size,
+            "methods": methods, "budgets": budgets, "seeds": a.seeds,
+            "image_size": {n: a.image_size or IMAGE_SIZE[n] for n in names},
             "images_per_cluster": a.images_per_cluster, "model": "dinov2-small (offline)", "probe_c": quality.PROBE_C,
             "features_seconds": round(t_feat, 1), "seconds": round(wall, 1), "cpu_count": os.cpu_count(),
             "python": platform.python_version(),

