@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also fine-tune on PreSel 15%% (IRS and size task weights), random 15%% (each over "
                         "--compare-seeds seeds) and 100%%; print held-out exact match and answer loss, mean +- CI "
                         "(slow: hours on 2 cores)")
-    p.add_argument("--compare-seeds", type=int, default=3, help="seeds per 15%% arm of --compare (default 3)")
+    p.add_argument("--compare-seeds", type=int, default=3, help="seeds per 15%% arm of --compare")
 
 
 def run(args: argparse.Namespace) -> int:
