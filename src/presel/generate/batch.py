@@ -7,11 +7,13 @@ the same thing, so online and batch results can even be mixed in one folder):
     config.json                 settings + run key (model, templates, sampling)
     batch_items.jsonl           the selection rows (id, image, task, source): collect needs no --selection
     templates_resolved.json     the template of every task, as used for the requests (collect parses with it)
-    requests-00000.jsonl ...    OpenAI batch format: {"custom_id": id, "method": "POST",
-                                "url": "/v1/chat/completions", "body": {...}}, split by --max-lines/--max-bytes
+    requests-00000.jsonl ...    the provider's batch input lines (presel.generate.providers; OpenAI / vLLM:
+                                {"custom_id": id, "method": "POST", "url": "/v1/chat/completions", "body": {...}}),
+                                split by --max-lines/--max-bytes (and --max-enqueued-tokens in batch-api mode)
     requests_manifest.json      request files: name, lines, bytes, first/last id
     estimate.json               cost estimate (online vs batch prices) of the requests written
-    batch_api_state.json        batch-api mode: file ids, batch ids, statuses (resume polls the same batches)
+    batch_api_state.json        batch-api mode: provider, file ids, batch ids, statuses, token estimates (resume
+                                polls the same batches; see presel.generate.batch_api)
     batch_output-*.jsonl        batch-api mode: downloaded output / error files
     results.jsonl failures.jsonl summary.json train.json   as in online mode
 
@@ -28,9 +30,7 @@ import hashlib
 import json
 import math
 import os
-import random
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -527,168 +527,9 @@ def collect_to_dir(out: str | os.PathLike, result_files: Iterable[str | os.PathL
 # --------------------------------------------------------------------------- batch API
 
 
-class BatchAPI:
-    """``/v1/files`` and ``/v1/batches`` of an OpenAI-compatible server, every call retried on transient errors."""
-
-    def __init__(self, client: Any, policy: Any, seed: int = 0):
-        self.client = client
-        self.policy = policy
-        self.rng = random.Random(seed)
-
-    def _call(self, fn: Callable[[], Any]) -> Any:
-        from presel.generate.client import call_with_retries
-
-        return call_with_retries(fn, self.policy, rng=self.rng)
-
-    def _json(self, r: Any, what: str) -> dict[str, Any]:
-        from presel.generate.client import TransientError
-
-        try:
-            data = r.json()
-        except ValueError:
-            raise TransientError(f"unreadable answer to {what}") from None
-        if not isinstance(data, dict) or "id" not in data:
-            raise TransientError(f"answer to {what} has no id")
-        return data
-
-    def upload(self, path: Path) -> str:
-        def go() -> str:
-            with open(path, "rb") as f:
-                r = self.client.request("POST", "files", files={"file": (path.name, f, "application/jsonl")},
-                                        data={"purpose": "batch"})
-            return str(self._json(r, f"upload of {path.name}")["id"])
-        return self._call(go)
-
-    def create(self, file_id: str, window: str, metadata: dict[str, str]) -> dict[str, Any]:
-        body = {"input_file_id": file_id, "endpoint": REQUEST_URL, "completion_window": window, "metadata": metadata}
-        return self._call(lambda: self._json(self.client.request("POST", "batches", json=body), "batch creation"))
-
-    def get(self, batch_id: str) -> dict[str, Any]:
-        return self._call(lambda: self._json(self.client.request("GET", f"batches/{batch_id}"), f"batch {batch_id}"))
-
-    def download(self, file_id: str, dest: Path) -> None:
-        from presel.io.atomic import atomic_file
-
-        def go() -> None:
-            r = self.client.request("GET", f"files/{file_id}/content")
-            with atomic_file(dest, "wb") as f:
-                f.write(r.content)
-        self._call(go)
-
-
-def _save_state(out: Path, state: dict[str, Any]) -> None:
-    from presel.io.atomic import write_json
-
-    write_json(out / "batch_api_state.json", state)
-
-
 def batch_api_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, config: Any,
-                     batch: BatchConfig | None = None, *, reference_annotations: str | os.PathLike | None = None,
-                     image_root: str | os.PathLike | None = None, pool: str | os.PathLike | None = None,
-                     overwrite: bool = False, allow_partial: bool = False, client: Any = None,
-                     sleep: Callable[[float], None] = time.sleep, log: Callable[[str], None] | None = None
-                     ) -> dict[str, Any]:
-    """``--mode batch-api``: write request files, upload them, create batches, poll with backoff, download
-    outputs and error files, collect. Every step is saved in ``batch_api_state.json`` before the next one,
-    so an interrupted run resumes polling the same batches (nothing is submitted twice). Items of failed or
-    expired batches without a result are recorded failures (``--retry-failed`` submits them again)."""
-    from presel.generate.client import ChatClient, ClientError, RetryPolicy
+                     batch: BatchConfig | None = None, **kw: Any) -> dict[str, Any]:
+    """``--mode batch-api``: see :func:`presel.generate.batch_api.batch_api_to_dir`."""
+    from presel.generate.batch_api import batch_api_to_dir as run
 
-    batch = batch or BatchConfig()
-    config.require_online()
-    say = log or (lambda m: print(f"presel generate: {m}", flush=True))
-    ctx = prepare(selection_path, out, config, reference_annotations=reference_annotations, image_root=image_root,
-                  pool=pool, overwrite=overwrite, mode="batch-api")
-    sp = ctx.out / "batch_api_state.json"
-    state: dict[str, Any] = json.loads(sp.read_text()) if sp.exists() else {"batches": []}
-    entries: list[dict[str, Any]] = state["batches"]
-    in_flight = {i for e in entries if not e.get("done") for i in request_ids(ctx.out / e["file"])}
-    rows = _pending_ids(ctx, retry_failed=config.retry_failed, exclude=in_flight)
-    if rows:
-        est = estimate_cost(ctx, batch, rows)
-        from presel.io.atomic import write_json
-
-        write_json(ctx.out / "estimate.json", est)
-        say(f"estimate for {est['items']} item(s): ~{est['tokens_in']} tokens in, ~{est['tokens_out']} out; "
-            f"online {est['online_cost']:.4f}, batch {est['batch_cost']:.4f} (saving {est['saving']:.4f})")
-        for f in write_request_files(ctx, batch, rows):
-            entries.append({"file": f["name"], "lines": f["lines"], "input_file_id": None, "batch_id": None,
-                            "status": None, "done": False})
-        _save_state(ctx.out, state)
-    owns = client is None
-    if client is None:
-        client = ChatClient(config.base_url, api_key=config.api_key(), timeout=config.timeout, max_connections=4)
-    api = BatchAPI(client, RetryPolicy(config.max_retries, config.backoff_base, config.backoff_max), config.seed)
-    started = time.monotonic()
-    try:
-        for e in entries:
-            if e["done"]:
-                continue
-            if not e["input_file_id"]:
-                e["input_file_id"] = api.upload(ctx.out / e["file"])
-                _save_state(ctx.out, state)
-            if not e["batch_id"]:
-                b = api.create(e["input_file_id"], batch.completion_window, {"presel_file": e["file"]})
-                e["batch_id"], e["status"] = b["id"], b.get("status")
-                _save_state(ctx.out, state)
-                say(f"submitted {e['file']} ({e['lines']} requests) as batch {e['batch_id']}")
-        wait = batch.poll_interval
-        while True:
-            open_entries = [e for e in entries if not e["done"]]
-            for e in open_entries:
-                b = api.get(e["batch_id"])
-                if b.get("status") != e["status"]:
-                    e["status"] = b.get("status")
-                    _save_state(ctx.out, state)
-                if e["status"] in TERMINAL:
-                    _finish_batch(ctx, api, e, b, say)
-                    _save_state(ctx.out, state)
-            if all(e["done"] for e in entries):
-                break
-            if batch.max_wait is not None and time.monotonic() - started + wait > batch.max_wait:
-                pend = [e["batch_id"] for e in entries if not e["done"]]
-                raise PreselError(f"{len(pend)} batch(es) still running after {batch.max_wait:.0f} s "
-                                  f"({', '.join(pend[:3])}); rerun the same command to resume polling them "
-                                  f"(state in {sp}); nothing is submitted twice")
-            sleep(wait)
-            wait = min(batch.poll_max, wait * 1.5)
-    except ClientError as e:
-        raise PreselError(f"batch API at {config.base_url}: {e}; finished steps are kept in {sp}: fix the cause and "
-                          "rerun the same command to resume") from None
-    finally:
-        if owns:
-            client.close()
-    return _finalize(ctx, mode="batch-api", allow_partial=allow_partial,
-                     extra={"batches": [{k: e.get(k) for k in ("file", "batch_id", "status", "lines")} for e in entries]})
-
-
-def _finish_batch(ctx: _Context, api: BatchAPI, e: dict[str, Any], b: dict[str, Any], say: Callable[[str], None]) -> None:
-    """Download and collect a finished batch; its requests without any result become recorded failures."""
-    from presel.generate.store import ResultsStore, state_of
-
-    stem = e["file"].replace("requests-", "").replace(".jsonl", "")
-    got = []
-    for key, prefix in (("output_file_id", "batch_output"), ("error_file_id", "batch_errors")):
-        fid = b.get(key)
-        if fid:
-            dest = ctx.out / f"{prefix}-{stem}.jsonl"
-            api.download(fid, dest)
-            got.append(dest)
-            e[key] = fid
-    stats = collect_into(ctx, got) if got else {}
-    done, failed = state_of(*ResultsStore(ctx.out).load())
-    missing = [i for i in request_ids(ctx.out / e["file"]) if i not in done and i not in failed]
-    if missing:
-        errs = b.get("errors") or {}
-        detail = "; ".join(str(x.get("message")) for x in (errs.get("data") or [])[:3]) if isinstance(errs, dict) else ""
-        row_of = {r.id: r for r in ctx.rows}
-        store = ResultsStore(ctx.out)
-        store.append(failures=[{"id": i, "image": row_of[i].image, "task": row_of[i].task, "kind": f"batch_{e['status']}",
-                                "error": f"batch {e['batch_id']} ended '{e['status']}' without a result for this request"
-                                         + (f" ({detail})" if detail else "") + "; rerun with --retry-failed to resubmit",
-                                "usage": {"requests": 0, "tokens_in": 0, "tokens_out": 0}} for i in missing])
-        store.close()
-    e["done"] = True
-    e["collected"] = stats
-    say(f"batch {e['batch_id']} {e['status']}: {stats.get('ok', 0)} ok, {stats.get('failed', 0)} failed, "
-        f"{len(missing)} without result")
+    return run(selection_path, out, config, batch, **kw)
