@@ -415,3 +415,18 @@ def test_image_token_rules_per_model():
     assert rule_for_model("o3") == ("o-series", 1.0)
     with pytest.raises(PreselError, match="image_detail"):
         image_tokens(1, 1, detail="ultra")
+
+
+def test_generate_writes_hf_dataset_beside_train_json(tmp_path, server, fast_cfg):
+    datasets = pytest.importorskip("datasets")
+    from gen_fake_server import FAKE_MAGIC
+
+    from presel.generate.online import generate_to_dir
+
+    sel = make_selection(tmp_path, {"a": "vqa", "b": "vqa"})
+    s = generate_to_dir(sel, tmp_path / "on", fast_cfg(server.base_url, format="hf-datasets"), progress=False)
+    assert s["outputs"] == ["train.json", "train_hf"]
+    ds = datasets.load_from_disk(str(tmp_path / "on" / "train_hf"))
+    assert ds["id"] == ["a", "b"] and ds["messages"][0][0]["content"][0] == {"type": "image", "text": None}
+    stored = ds.data.column("images").to_pylist()  # (the fake images are not decodable pictures)
+    assert stored[1][0]["bytes"] == FAKE_MAGIC + b"b"  # embedded, not a path

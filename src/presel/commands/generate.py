@@ -85,8 +85,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("accounting and output")
     g.add_argument("--price-in", type=float, default=None, help="online price per 1M input tokens (default 0)")
     g.add_argument("--price-out", type=float, default=None, help="online price per 1M output tokens (default 0)")
-    g.add_argument("--format", default="llava", choices=["llava", "sharegpt"],
-                   help="train.json is always LLaVA; sharegpt also writes train_sharegpt.json (messages/images)")
+    g.add_argument("--format", default="llava", choices=["llava", "sharegpt", "hf-datasets"],
+                   help="train.json is always LLaVA; sharegpt also writes train_sharegpt.json (messages/images), hf-datasets a datasets folder train_hf/ (save_to_disk, images embedded)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="output directory (resumable: rerun the same command to continue)")
     p.add_argument("--overwrite", action="store_true", help="discard what --out holds and start over")

@@ -36,7 +36,7 @@ from typing import Any
 
 from presel.errors import PreselError
 
-FORMATS = ("llava", "sharegpt")
+FORMATS = ("llava", "sharegpt", "hf-datasets")
 
 
 @dataclass
@@ -56,7 +56,7 @@ class GenerateConfig:
     stop_after_failures: int = 20        # consecutive failed items that stop the run (0: never)
     price_in: float = 0.0
     price_out: float = 0.0
-    format: str = "llava"                # train.json always; "sharegpt" adds train_sharegpt.json
+    format: str = "llava"                # train.json always; "sharegpt" adds train_sharegpt.json, "hf-datasets" train_hf/
     max_tokens: int | None = None        # override the templates' max_tokens
     max_tokens_field: str = "max_tokens"  # "max_completion_tokens" for OpenAI models that refuse max_tokens
     temperature: float | str | None = None  # override the templates' temperature; "none": send no temperature
@@ -458,12 +458,17 @@ def finalize(out: Path, rows: list[Any], cfg: GenerateConfig, *, ref: Any, templ
             if r.source == "selected" and r.id in done:
                 train.append({"id": r.id, "image": r.image, "task": r.task, "conversations": done[r.id]["conversations"]})
         summary["train_records"] = len(train)
-        summary["outputs"] = write_train(out, train, cfg.format)
+        summary["outputs"] = write_train(out, train, cfg.format, root=root)
         if not complete:
             summary["note"] = f"{pending} selected item(s) not finished and not in train.json (allow_partial)"
     else:
         for name in ("train.json", "train_sharegpt.json"):  # never leave a stale, incomplete training file
             (out / name).unlink(missing_ok=True)
+        hf = out / "train_hf"
+        if (hf / "dataset_info.json").is_file() and (hf / "state.json").is_file():  # a dataset presel wrote there
+            import shutil
+
+            shutil.rmtree(hf)
         summary["train_records"] = None
         summary["note"] = f"{pending} selected item(s) not finished: rerun the same command to continue"
     write_json(out / "summary.json", summary)
