@@ -321,13 +321,13 @@ def test_openai_create_lost_then_crash_resumes_without_duplicate(tmp_path):
 
 
 def test_anthropic_batch_api(tmp_path, monkeypatch):
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")  # the default key variable for anthropic
     sel = selection(tmp_path)
     srv = FakeAnthropic(batch_script=["end:2", "expire:1"], drop_creates={0}, script={"s03": ["400"]})
     srv.base_url = srv.start()
     try:
         out = tmp_path / "gen"
-        s = batch_api_to_dir(sel, out, cfg(base_url=srv.base_url, api_key_env="ANTHROPIC_API_KEY"),
+        s = batch_api_to_dir(sel, out, cfg(base_url=srv.base_url),
                              BatchConfig(provider="anthropic", max_lines=3, poll_interval=0.01, poll_max=0.01),
                              sleep=lambda s: None, log=lambda m: None)
         assert srv.created == 2  # the dropped create was found by its time and request count, not made twice

@@ -388,12 +388,18 @@ def _line_key(out: Any, raw: str) -> str:
 def parse_result_line(obj: dict[str, Any], tpl: Any, seed: int, provider: str | None = None) -> dict[str, Any]:
     """One result line of any provider -> ``{"status": ok|failed, ...}`` (same parsing as online answers).
     Raises ``ValueError`` on a line of no known result shape."""
-    from presel.generate.parse import ParseError, build_conversation
     from presel.generate.providers import parse_result
 
     o = parse_result(obj, provider)
     if o is None:
         raise ValueError("not a result line")
+    return outcome_line(o, tpl, seed)
+
+
+def outcome_line(o: Any, tpl: Any, seed: int) -> dict[str, Any]:
+    """A parsed :class:`presel.generate.providers.Outcome` -> ``{"status": ok|failed, ...}``."""
+    from presel.generate.parse import ParseError, build_conversation
+
     usage = {"requests": int(o.billed), "tokens_in": o.tokens_in, "tokens_out": o.tokens_out}
     if o.text is None:
         return {"status": "failed", "kind": o.kind, "error": o.error or "no answer", "usage": usage}
@@ -475,7 +481,7 @@ def collect_into(ctx: _Context, result_files: Iterable[str | os.PathLike], provi
             continue
         seen_keys.add(key)
         tpl = ctx.tpl_of[row.task]
-        res = parse_result_line(json.loads(raw), tpl, ctx.cfg.seed, provider)
+        res = outcome_line(out, tpl, ctx.cfg.seed)
         status = res.pop("status")
         line = {"id": row.id, "image": row.image, "task": row.task, "template": tpl.name, "batch_line": key,
                 "source": f"{path.name} line {n}", **res}

@@ -44,6 +44,7 @@ TERMINAL = ("completed", "failed", "expired", "cancelled", "ended")
 DEFAULT_BASE = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com/v1",
                 "gemini": "https://generativelanguage.googleapis.com/v1beta", "vllm": None}
 MAX_REQUEUES = 3
+KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY"}
 
 
 def _now() -> float:
@@ -291,7 +292,13 @@ def make_client(provider: str, config: Any) -> Any:
     from presel.generate.client import ChatClient
     from presel.generate.providers import ANTHROPIC_VERSION
 
-    key = config.api_key()
+    env = config.api_key_env
+    if env == "OPENAI_API_KEY" and provider in KEY_ENV:  # the default name: take the provider's usual one
+        env = KEY_ENV[provider]
+    key = os.environ.get(env) or None
+    if provider in KEY_ENV and not key:
+        raise PreselError(f"no API key for {provider}: set the environment variable {env} (or name another one with "
+                          "--api-key-env)")
     base = config.base_url or DEFAULT_BASE.get(provider)
     if not base:
         raise PreselError("no --base-url: name the server of the batch API, e.g. --base-url http://127.0.0.1:8000/v1")
