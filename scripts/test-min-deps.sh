@@ -48,7 +48,7 @@ for r in reqs:
 open(sys.argv[1], "w").write("".join(f"{k}=={v}\n" for k, v in sorted(pins.items())))
 print("floors:", ", ".join(f"{k}=={v}" for k, v in sorted(pins.items())))
 PY
-"$VENV/bin/python" -m pip install -q -c "$constraints" -e ".[${EXTRAS}]"
+"$VENV/bin/python" -m pip install -c "$constraints" -e ".[${EXTRAS}]"  # not -q: a conflict between floors is shown
 "$VENV/bin/python" -m pip list 2>/dev/null | grep -iE '^(torch|transformers|ray|numpy|pyarrow|datasets|peft|accelerate) '
 
 # models are rebuilt by these versions in a cache of their own (one built by newer versions may not load)
