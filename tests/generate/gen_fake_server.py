@@ -241,15 +241,18 @@ class FakeBatchAPI(FakeOpenAI):
     ``token_cap``: a batch that would take the enqueued tokens (``tokens_per_request`` per request of every
     unfinished batch) over it fails at once with ``token_limit_exceeded``, as OpenAI's do; ``max_enqueued``
     records the most ever enqueued. ``drop_creates``: the k-th create makes its batch, then the connection
-    drops before the answer (a create that times out after the batch was made)."""
+    drops before the answer; ``hang_creates``: {k: seconds} the k-th create makes its batch, then answers only
+    after that long (a create that times out client-side after the batch was made)."""
 
     def __init__(self, *, batch_script: list[str] | None = None, token_cap: int | None = None,
-                 tokens_per_request: int = 100, drop_creates: set[int] | None = None, **kw: Any):
+                 tokens_per_request: int = 100, drop_creates: set[int] | None = None,
+                 hang_creates: dict[int, float] | None = None, **kw: Any):
         super().__init__(**kw)
         self.batch_script = list(batch_script or [])
         self.token_cap = token_cap
         self.tokens_per_request = tokens_per_request
         self.drop_creates = set(drop_creates or ())
+        self.hang_creates = dict(hang_creates or {})
         self.max_enqueued = 0
         self.files: dict[str, tuple[str, bytes]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
@@ -348,6 +351,8 @@ class FakeBatchAPI(FakeOpenAI):
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)
             return
+        if k in self.hang_creates:
+            time.sleep(self.hang_creates[k])
         self.send_json(h, 200, {k2: v for k2, v in self.batches[bid].items() if k2 not in ("plan", "n")})
 
     def _get(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:

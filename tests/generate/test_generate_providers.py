@@ -320,6 +320,21 @@ def test_openai_create_lost_then_crash_resumes_without_duplicate(tmp_path):
         srv.stop()
 
 
+def test_openai_create_that_times_out_after_the_batch_was_made(tmp_path):
+    ids = ["a", "b"]
+    sel = selection(tmp_path, ids)
+    srv = FakeBatchAPI(hang_creates={0: 1.5})
+    srv.base_url = srv.start()
+    try:
+        s = batch_api_to_dir(sel, tmp_path / "gen", cfg(base_url=srv.base_url, timeout=0.5),
+                             BatchConfig(poll_interval=0.01, poll_max=0.01), sleep=lambda s: None, log=lambda m: None)
+        assert s["complete"] and srv.created == 1  # the timed-out create was found by its marker, not repeated
+        assert s["batches"][0]["batch_id"] == "batch_0000"
+        assert_lossless(tmp_path / "gen", ids)
+    finally:
+        srv.stop()
+
+
 def test_anthropic_batch_api(tmp_path, monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")  # the default key variable for anthropic
     sel = selection(tmp_path)
