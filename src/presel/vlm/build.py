@@ -77,14 +77,11 @@ def _tiny_tokenizer(vocab_size: int = 384) -> Any:
 
 
 def _image_processor(size: int, mean: list[float], std: list[float]) -> Any:
-    try:  # transformers 5: the PIL backend has its own class (the default one needs torchvision)
-        from transformers import CLIPImageProcessorPil as Processor
-    except ImportError:  # transformers 4.x: CLIPImageProcessor is the PIL/numpy one
-        from transformers import CLIPImageProcessor as Processor
+    from transformers import CLIPImageProcessorPil
 
-    return Processor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                     do_center_crop=True, do_resize=True, do_normalize=True, do_convert_rgb=True,
-                     image_mean=mean, image_std=std)
+    return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                 do_center_crop=True, do_resize=True, do_normalize=True, do_convert_rgb=True,
+                                 image_mean=mean, image_std=std)
 
 
 @contextlib.contextmanager
