@@ -428,6 +428,9 @@ def test_image_token_rules_per_model():
     assert image_tokens(1024, 1024, model="Qwen/Qwen2-VL-7B-Instruct") == 35 * 35
     assert image_tokens(336, 336, rule="qwen2vl") == 12 * 12
     assert rule_for_model("o3") == ("o-series", 1.0)
+    assert image_tokens(1000, 1000, model="claude-sonnet-4-5") == 1334  # 1000 x 1000 / 750
+    assert image_tokens(300, 200, model="gemini-2.5-flash") == 258
+    assert image_tokens(1024, 768, model="gemini-2.5-flash") == 258 * 2 * 2  # 512-px tiles
     with pytest.raises(PreselError, match="image_detail"):
         image_tokens(1, 1, detail="ultra")
 

@@ -59,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-price-out", type=float, default=None, help="batch price per 1M output tokens")
     g.add_argument("--image-tokens", type=int, default=None, help="tokens per image for the estimate (default: from the image size)")
     g.add_argument("--image-token-rule", default="auto",
-                   choices=["auto", "gpt-4o", "gpt-4o-mini", "o-series", "patch32", "qwen2vl", "openai"],
+                   choices=["auto", "gpt-4o", "gpt-4o-mini", "o-series", "patch32", "claude", "gemini", "qwen2vl",
+                            "openai"],
                    help="how the estimate turns an image size into tokens (auto: from --model; openai = gpt-4o)")
     g.add_argument("--output-fraction", type=float, default=0.5, help="expected share of max_tokens an answer uses (estimate)")
     g = p.add_argument_group("server")

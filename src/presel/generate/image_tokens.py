@@ -9,6 +9,10 @@ The rules are the ones the providers document:
 * OpenAI patch models (gpt-4.1-mini, gpt-4.1-nano, o4-mini, gpt-5-mini, gpt-5-nano): one token per
   32x32 patch, at most 1536 patches (larger images are scaled down to fit), times a per-model multiplier
   (1.62, 2.46, 1.72, 1.62, 2.46).
+* Claude: about ``width x height / 750`` tokens after the image is scaled to at most 1568 px on its long
+  side and about 1.15 megapixels.
+* Gemini 2.x: 258 tokens when both sides are <= 384 px; larger images are cut into square tiles (side
+  ``min(w, h) / 1.5``, kept within 256..768 px) of 258 tokens each.
 * Qwen2-VL / Qwen2.5-VL (vLLM and other local servers): one token per 28x28 patch after the processor's
   resize (dimensions rounded to multiples of 28, pixels kept between ``min_pixels`` 56x56 and
   ``max_pixels`` 1280x28x28, the setting vLLM examples use).
@@ -23,7 +27,7 @@ import re
 
 from presel.errors import PreselError
 
-RULES = ("auto", "gpt-4o", "gpt-4o-mini", "o-series", "patch32", "qwen2vl", "openai")
+RULES = ("auto", "gpt-4o", "gpt-4o-mini", "o-series", "patch32", "claude", "gemini", "qwen2vl", "openai")
 DETAILS = ("auto", "low", "high")
 
 _TILE = {"gpt-4o": (85, 170), "gpt-4o-mini": (2833, 5667), "o-series": (75, 150)}
@@ -46,6 +50,10 @@ def rule_for_model(model: str | None) -> tuple[str, float]:
         return "gpt-4o", 1.0
     if "qwen" in m:
         return "qwen2vl", 1.0
+    if m.startswith("claude"):
+        return "claude", 1.0
+    if m.startswith("gemini"):
+        return "gemini", 1.0
     return "gpt-4o", 1.0
 
 
@@ -80,6 +88,18 @@ def qwen2vl_tokens(w: int, h: int, min_pixels: int = 56 * 56, max_pixels: int = 
     return (hb // f) * (wb // f)
 
 
+def claude_tokens(w: int, h: int) -> int:
+    s = min(1.0, 1568 / max(w, h), math.sqrt(1_150_000 / (w * h)))
+    return math.ceil(round(w * s) * round(h * s) / 750)
+
+
+def gemini_tokens(w: int, h: int) -> int:
+    if w <= 384 and h <= 384:
+        return 258
+    unit = min(768, max(256, min(w, h) / 1.5))
+    return 258 * math.ceil(w / unit) * math.ceil(h / unit)
+
+
 def image_tokens(w: int, h: int, *, rule: str = "auto", model: str | None = None, detail: str = "auto") -> int:
     """Tokens of a ``w`` x ``h`` image under ``rule`` (``auto``: from ``model``)."""
     if rule not in RULES:
@@ -95,6 +115,10 @@ def image_tokens(w: int, h: int, *, rule: str = "auto", model: str | None = None
         rule = "gpt-4o"
     if rule == "qwen2vl":
         return qwen2vl_tokens(w, h)
+    if rule == "claude":
+        return claude_tokens(w, h)
+    if rule == "gemini":
+        return gemini_tokens(w, h)
     if rule == "patch32":
         return patch32_tokens(w, h, mult)
     base, tile = _TILE[rule]
