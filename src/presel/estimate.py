@@ -22,6 +22,19 @@ ASSUMED: dict[str, float] = {
     "generate_samples_per_s": 8.0,
 }
 TOKENS = {"prompt": 900, "response": 250}  # per generated instruction (image tokens + template; answer)
+TEMPLATE_TOKENS = 150          # system + user prompt text of a template, roughly
+TYPICAL_IMAGE = (640, 480)     # a COCO-sized image, the bulk of LLaVA-665K
+
+
+def prompt_tokens(gen: dict) -> int:
+    """Input tokens of one generation request: the template plus a typical image by the model's own rule
+    (:mod:`presel.generate.image_tokens`, with the section's ``image_detail``)."""
+    from presel.generate.image_tokens import image_tokens
+
+    if not gen.get("model"):
+        return TOKENS["prompt"]
+    return TEMPLATE_TOKENS + image_tokens(*TYPICAL_IMAGE, model=str(gen["model"]),
+                                          detail=str(gen.get("image_detail", "auto")))
 
 
 def _hours(n: float, per_s: float) -> float:
@@ -124,8 +137,9 @@ def dry_run(cfg: RunConfig, throughputs: dict[str, float] | None = None) -> str:
             add("generate", f"oracle: {n_new:,} instructions taken from {g['from_annotations']} (no cost)", 0.0)
         else:
             pin, pout = float(g.get("price_in", 0.0)), float(g.get("price_out", 0.0))
-            cost = n_new * (TOKENS["prompt"] * pin + TOKENS["response"] * pout) / 1e6
-            add("generate", f"{n_new:,} instructions with {g.get('model')} (~{TOKENS['prompt']} in / {TOKENS['response']} "
+            tin = prompt_tokens(g)
+            cost = n_new * (tin * pin + TOKENS["response"] * pout) / 1e6
+            add("generate", f"{n_new:,} instructions with {g.get('model')} (~{tin} in / {TOKENS['response']} "
                 f"out tokens each): ${cost:,.2f} at ${pin}/{pout} per 1M tokens", _hours(n_new, est["generate_samples_per_s"]))
     if "final_model" in S:
         ep = int((S["final_model"] or {}).get("epochs", 1))

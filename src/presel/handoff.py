@@ -10,6 +10,13 @@
   against ``media_dir`` (which defaults to ``dataset_dir``): train with ``dataset_dir: OUT``,
   ``dataset: <name>``.
 
+* ``to="hf-datasets"`` - a Hugging Face ``datasets`` folder (``save_to_disk``; load with
+  ``datasets.load_from_disk(OUT/<name>)``): ``id``, ``images`` (embedded ``Image()`` list), ``messages``
+  (typed content, as trl's vision SFT reads) and ``task`` (:func:`presel.io.export.write_hf_dataset`).
+
+LLaVA's ``train.py`` knows only the ``human`` and ``gpt`` roles: system turns are merged into the first
+human turn (``system_turns="merge"``) or dropped (``"drop"``) in LLaVA exports; the other targets keep them.
+
 ``image_mode="none"`` writes no image folder: LLaVA uses ``--image_folder IMAGE_ROOT``; LLaMA-Factory gets
 absolute image paths. Every image record must hold exactly one ``<image>`` token (it is added at the
 start of the first user turn when missing, as both trainers need it). Record conversion is
@@ -27,7 +34,7 @@ from typing import Any
 
 from presel.errors import PreselError
 
-TARGETS = ("llava", "llama-factory")
+TARGETS = ("llava", "llama-factory", "hf-datasets")
 IMAGE_MODES = ("symlink", "copy", "none")
 IMAGE_DIR = "images"
 IMAGE_TOKEN = "<image>"
@@ -45,7 +52,8 @@ class ExportConfig:
     image_root: the folder the ``image`` paths are relative to.
     to: ``llava`` or ``llama-factory``.
     image_mode: ``symlink`` (default), ``copy`` or ``none`` (no image folder; see the module doc).
-    name: the dataset name (LLaMA-Factory's ``dataset:`` key and file name).
+    name: the dataset name (LLaMA-Factory's ``dataset:`` key and file name; the hf-datasets folder name).
+    system_turns: LLaVA target: ``merge`` system turns into the first human turn, or ``drop`` them.
     """
 
     train: str
@@ -53,6 +61,7 @@ class ExportConfig:
     to: str = "llava"
     image_mode: str = "symlink"
     name: str = "presel_train"
+    system_turns: str = "merge"
 
     def __post_init__(self) -> None:
         self.train, self.image_root = str(self.train), str(self.image_root)
@@ -60,6 +69,10 @@ class ExportConfig:
             raise PreselError(f"to={self.to!r} must be one of {', '.join(TARGETS)}")
         if self.image_mode not in IMAGE_MODES:
             raise PreselError(f"image_mode={self.image_mode!r} must be one of {', '.join(IMAGE_MODES)}")
+        from presel.io.export import SYSTEM_TURNS
+
+        if self.system_turns not in SYSTEM_TURNS:
+            raise PreselError(f"system_turns={self.system_turns!r} must be one of {', '.join(SYSTEM_TURNS)}")
         if not self.name or any(c in self.name for c in "/\\ ") or self.name.startswith("."):
             raise PreselError(f"name={self.name!r} must be a plain dataset name such as presel_train")
 
@@ -149,16 +162,16 @@ def _place_images(images: list[str], root: Path, dest: Path, mode: str) -> None:
 
 def export_training_set(train: str | os.PathLike, image_root: str | os.PathLike, out: str | os.PathLike, *,
                         to: str = "llava", image_mode: str = "symlink", name: str = "presel_train",
-                        overwrite: bool = False) -> dict[str, Any]:
+                        overwrite: bool = False, system_turns: str = "merge") -> dict[str, Any]:
     """Export ``train`` for the LLaVA repository or LLaMA-Factory into ``out``; return ``handoff.json``'s content.
 
     Every referenced image must exist under ``image_root`` (checked before anything is written).
     """
     from presel.config import resolved_config
     from presel.io.atomic import atomic_dir, write_json
-    from presel.io.export import write_llava_json, write_sharegpt_json
+    from presel.io.export import write_hf_dataset, write_llava_json, write_sharegpt_json
 
-    cfg = ExportConfig(str(train), str(image_root), to, image_mode, name)
+    cfg = ExportConfig(str(train), str(image_root), to, image_mode, name, system_turns)
     root = Path(cfg.image_root)
     if not root.is_dir():
         raise PreselError(f"--image-root {root}: not a directory; give the folder the training set's image paths "
@@ -180,15 +193,21 @@ def export_training_set(train: str | os.PathLike, image_root: str | os.PathLike,
     out = Path(out)
     out_abs = Path(os.path.abspath(out))
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        if cfg.image_mode != "none":
+        if cfg.image_mode != "none" and cfg.to != "hf-datasets":
             _place_images(images, root, tmp / IMAGE_DIR, cfg.image_mode)
             image_folder = out_abs / IMAGE_DIR
         else:
             image_folder = Path(os.path.abspath(root))
         info: dict[str, Any] = {"format": cfg.to, "records": len(rows), "images": len(images),
                                 "text_only": sum(1 for r in rows if "image" not in r), "image_mode": cfg.image_mode}
-        if cfg.to == "llava":
-            write_llava_json(tmp / "train.json", rows)
+        if cfg.to == "hf-datasets":
+            info["image_mode"] = "embedded"
+            write_hf_dataset(tmp / cfg.name, rows, root)
+            info.update(dataset_path=str(out_abs / cfg.name),
+                        trainer_args=f"datasets.load_from_disk('{out_abs / cfg.name}')")
+        elif cfg.to == "llava":
+            write_llava_json(tmp / "train.json", rows, system=cfg.system_turns)
+            info["system_turns"] = cfg.system_turns
             info.update(data_path=str(out_abs / "train.json"), image_folder=str(image_folder),
                         trainer_args=f"--data_path {out_abs / 'train.json'} --image_folder {image_folder}")
         else:

@@ -186,9 +186,14 @@ class FakeOpenAI:
             self.send_json(h, 200, self.completion(item, "Sorry, I can only describe this image in prose.", body))
         elif action == "badjson":
             self.send_json(h, 200, self.completion(item, '{"conversations": [{"question": "Wha', body))
+        elif action.startswith("429ms:"):  # retry-after-ms (milliseconds), as OpenAI sends
+            self.send_json(h, 429, {"error": {"message": "rate limited"}}, {"retry-after-ms": action.split(":", 1)[1]})
         elif action.startswith("429"):
             ra = action.split(":", 1)[1] if ":" in action else "0"
             self.send_json(h, 429, {"error": {"message": "rate limited"}}, {"Retry-After": ra})
+        elif action.startswith("should:"):  # should:false:500 -> 500 with x-should-retry: false
+            _, flag, code = action.split(":")
+            self.send_json(h, int(code), {"error": {"message": f"scripted {code}"}}, {"x-should-retry": flag})
         elif re.fullmatch(r"[45]\d\d", action):
             self.send_json(h, int(action), {"error": {"message": f"scripted {action}"}})
         elif action == "close":
@@ -232,20 +237,61 @@ def make_selection(root: Path, selected: dict[str, str], reference: dict[str, st
 
 
 class FakeBatchAPI(FakeOpenAI):
-    """Adds ``/v1/files`` and ``/v1/batches``. ``batch_script[k]`` decides the k-th created batch:
-    ``complete:N`` completes after N polls, ``expire:N`` expires after N polls with the first half of its
-    requests answered, ``fail:N`` fails validation after N polls (no output). Requests inside a batch follow
-    the same per-item ``script`` as chat requests. Output lines come in reverse request order."""
+    """Adds ``/v1/files`` and ``/v1/batches`` (with their list pages). ``batch_script[k]`` decides the k-th
+    created batch: ``complete:N`` completes after N polls, ``expire:N`` expires after N polls with the first
+    half of its requests answered, ``fail:N`` fails validation after N polls (no output). Requests inside a
+    batch follow the same per-item ``script`` as chat requests. Output lines come in reverse request order.
 
-    def __init__(self, *, batch_script: list[str] | None = None, **kw: Any):
+    ``token_cap``: a batch that would take the enqueued tokens (``tokens_per_request`` per request of every
+    unfinished batch) over it fails at once with ``token_limit_exceeded``, as OpenAI's do; ``max_enqueued``
+    records the most ever enqueued. ``drop_creates``: the k-th create makes its batch, then the connection
+    drops before the answer; ``hang_creates``: {k: seconds} the k-th create makes its batch, then answers only
+    after that long (a create that times out client-side after the batch was made)."""
+
+    def __init__(self, *, batch_script: list[str] | None = None, token_cap: int | None = None,
+                 tokens_per_request: int = 100, drop_creates: set[int] | None = None,
+                 hang_creates: dict[int, float] | None = None, **kw: Any):
         super().__init__(**kw)
         self.batch_script = list(batch_script or [])
+        self.token_cap = token_cap
+        self.tokens_per_request = tokens_per_request
+        self.drop_creates = set(drop_creates or ())
+        self.hang_creates = dict(hang_creates or {})
+        self.max_enqueued = 0
         self.files: dict[str, tuple[str, bytes]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.polls: Counter = Counter()
         self.created = 0
         self.extra_routes = {("POST", "/v1/files"): self._upload, ("GET", "/v1/files/"): self._content,
-                             ("POST", "/v1/batches"): self._create, ("GET", "/v1/batches/"): self._get}
+                             ("GET", "/v1/files?"): self._list_files, ("POST", "/v1/batches"): self._create,
+                             ("GET", "/v1/batches/"): self._get, ("GET", "/v1/batches?"): self._list_batches}
+
+    def enqueued(self) -> int:
+        return sum(b["n"] * self.tokens_per_request for b in self.batches.values()
+                   if b["status"] in ("validating", "in_progress", "finalizing"))
+
+    @staticmethod
+    def _query(h: BaseHTTPRequestHandler) -> dict[str, str]:
+        from urllib.parse import parse_qsl, urlsplit
+
+        return dict(parse_qsl(urlsplit(h.path).query))
+
+    def _page(self, h: BaseHTTPRequestHandler, items: list[dict[str, Any]]) -> None:
+        q = self._query(h)
+        limit = int(q.get("limit", 20))
+        if "after" in q:
+            ids = [x["id"] for x in items]
+            items = items[ids.index(q["after"]) + 1:] if q["after"] in ids else []
+        page = items[:limit]
+        self.send_json(h, 200, {"object": "list", "data": page, "has_more": len(items) > limit,
+                                "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None})
+
+    def _list_files(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:
+        self._page(h, [{"id": fid, "object": "file", "filename": n, "bytes": len(d), "purpose": "batch"}
+                       for fid, (n, d) in reversed(list(self.files.items()))])
+
+    def _list_batches(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:
+        self._page(h, [{k: v for k, v in b.items() if k not in ("plan", "n")} for b in reversed(list(self.batches.values()))])
 
     def _new_file(self, name: str, data: bytes) -> str:
         with self.lock:
@@ -291,15 +337,27 @@ class FakeBatchAPI(FakeOpenAI):
         if body.get("input_file_id") not in self.files or body.get("endpoint") != "/v1/chat/completions":
             self.send_json(h, 400, {"error": {"message": "bad input_file_id or endpoint"}})
             return
+        n = sum(1 for x in self.files[body["input_file_id"]][1].splitlines() if x.strip())
         with self.lock:
             k = self.created
             self.created += 1
             plan = self.batch_script[k] if k < len(self.batch_script) else "complete:1"
             bid = f"batch_{k:04d}"
-            self.batches[bid] = {"id": bid, "object": "batch", "status": "validating", "plan": plan,
-                                 "input_file_id": body["input_file_id"], "output_file_id": None, "error_file_id": None,
-                                 "completion_window": body.get("completion_window"), "errors": None}
-        self.send_json(h, 200, {k2: v for k2, v in self.batches[bid].items() if k2 != "plan"})
+            over = self.token_cap is not None and self.enqueued() + n * self.tokens_per_request > self.token_cap
+            self.batches[bid] = {"id": bid, "object": "batch", "status": "failed" if over else "validating",
+                                 "plan": plan, "n": n, "input_file_id": body["input_file_id"], "output_file_id": None,
+                                 "error_file_id": None, "completion_window": body.get("completion_window"),
+                                 "metadata": body.get("metadata"), "created_at": int(time.time()),
+                                 "errors": {"object": "list", "data": [{"code": "token_limit_exceeded", "message":
+                                            "Enqueued token limit reached for fake-vlm."}]} if over else None}
+            self.max_enqueued = max(self.max_enqueued, self.enqueued())
+        if k in self.drop_creates:
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if k in self.hang_creates:
+            time.sleep(self.hang_creates[k])
+        self.send_json(h, 200, {k2: v for k2, v in self.batches[bid].items() if k2 not in ("plan", "n")})
 
     def _get(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:
         bid = h.path.rsplit("/", 1)[-1]
@@ -315,7 +373,7 @@ class FakeBatchAPI(FakeOpenAI):
             self._run(b, kind)
         elif b["status"] == "validating":
             b["status"] = "in_progress"
-        self.send_json(h, 200, {k: v for k, v in b.items() if k != "plan"})
+        self.send_json(h, 200, {k: v for k, v in b.items() if k not in ("plan", "n")})
 
     def _run(self, b: dict[str, Any], kind: str) -> None:
         if kind == "fail":

@@ -156,7 +156,7 @@ def test_batch_api_slow_expired_failed_resume_and_retry(tmp_path):
         assert waits == [1.0, 1.5, 2.0]  # backoff between polls (x1.5), capped by poll_max
         assert s["complete"] and [b["status"] for b in s["batches"]] == ["completed", "expired", "failed"]
         kinds = s["failures_by_kind"]
-        assert kinds == {"malformed": 1, "batch_error": 2, "batch_failed": 4}
+        assert kinds == {"malformed": 1, "batch_expired": 2, "batch_failed": 4}
         assert s["generated"] == 12 - 7
         # retry the failures: new request files (7 requests, 4 per file) and batches for them only
         srv.batch_script.append("complete:1")

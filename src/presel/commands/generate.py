@@ -42,6 +42,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--allow-partial", action="store_true",
                    help="write train.json even when some selected items have neither a result nor a recorded failure")
     g = p.add_argument_group("batch files and batch API")
+    g.add_argument("--provider", default=None, choices=["openai", "anthropic", "gemini", "vllm"],
+                   help="request and result shapes and batch API of this provider (default openai; with --collect: "
+                        "any known result shape)")
+    g.add_argument("--max-enqueued-tokens", type=int, default=None,
+                   help="batch-api: submit request files only while the estimated input tokens of unfinished batches "
+                        "stay under this (the provider's enqueued-token limit); waits for batches to finish")
     g.add_argument("--image-transport", default="base64", choices=["base64", "path", "url"],
                    help="images in request files: base64 data URLs, file:// paths (a local server), or URLs")
     g.add_argument("--image-url-prefix", default=None, help="for --image-transport url: URL the image paths are relative to")
@@ -55,8 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-price-in", type=float, default=None, help="batch price per 1M input tokens (instead of the discount)")
     g.add_argument("--batch-price-out", type=float, default=None, help="batch price per 1M output tokens")
     g.add_argument("--image-tokens", type=int, default=None, help="tokens per image for the estimate (default: from the image size)")
-    g.add_argument("--image-token-rule", default="openai", choices=["openai", "qwen2vl"],
-                   help="how the estimate turns an image size into tokens")
+    g.add_argument("--image-token-rule", default="auto",
+                   choices=["auto", "gpt-4o", "gpt-4o-mini", "o-series", "patch32", "claude", "gemini", "qwen2vl",
+                            "openai"],
+                   help="how the estimate turns an image size into tokens (auto: from --model; openai = gpt-4o)")
     g.add_argument("--output-fraction", type=float, default=0.5, help="expected share of max_tokens an answer uses (estimate)")
     g = p.add_argument_group("server")
     g.add_argument("--base-url", default=None, help="OpenAI-compatible API base, e.g. http://127.0.0.1:8000/v1")
@@ -72,14 +80,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-tokens", type=int, default=None, help="override the templates' max_tokens")
     g.add_argument("--max-tokens-field", default="max_tokens", choices=["max_tokens", "max_completion_tokens"],
                    help="request field for the answer length (newer OpenAI models want max_completion_tokens)")
-    g.add_argument("--temperature", type=float, default=None, help="override the templates' temperature")
+    g.add_argument("--temperature", default=None,
+                   help="override the templates' temperature; 'none' sends no temperature (reasoning models)")
+    g.add_argument("--image-detail", default="auto", choices=["auto", "low", "high"],
+                   help="OpenAI image detail sent with each image (auto: not sent) and used by the estimate")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--retry-failed", action="store_true", help="retry the items recorded in failures.jsonl")
     g = p.add_argument_group("accounting and output")
     g.add_argument("--price-in", type=float, default=None, help="online price per 1M input tokens (default 0)")
     g.add_argument("--price-out", type=float, default=None, help="online price per 1M output tokens (default 0)")
-    g.add_argument("--format", default="llava", choices=["llava", "sharegpt"],
-                   help="train.json is always LLaVA; sharegpt also writes train_sharegpt.json (messages/images)")
+    g.add_argument("--format", default="llava", choices=["llava", "sharegpt", "hf-datasets"],
+                   help="train.json is always LLaVA; sharegpt also writes train_sharegpt.json (messages/images), hf-datasets a datasets folder train_hf/ (save_to_disk, images embedded)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="output directory (resumable: rerun the same command to continue)")
     p.add_argument("--overwrite", action="store_true", help="discard what --out holds and start over")
@@ -121,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
         from presel.generate.batch import collect_to_dir
 
         summary = collect_to_dir(args.out, _expand(args.collect), reference_annotations=args.reference_annotations,
-                                 allow_partial=args.allow_partial, price_in=args.price_in, price_out=args.price_out)
+                                 allow_partial=args.allow_partial, price_in=args.price_in, price_out=args.price_out,
+                                 provider=args.provider)
         c = summary.get("collect", {})
         print(f"collected {c.get('files', 0)} file(s): {c.get('ok', 0)} new result(s), {c.get('failed', 0)} new "
               f"failure(s), {c.get('repeated', 0)} repeated line(s), {c.get('unknown_ids', 0)} unknown id(s), "
@@ -151,10 +163,14 @@ def run(args: argparse.Namespace) -> int:
         backoff_base=args.backoff_base, backoff_max=args.backoff_max, parse_retries=args.parse_retries,
         stop_after_failures=args.stop_after, price_in=args.price_in or 0.0, price_out=args.price_out or 0.0,
         format=args.format, max_tokens=args.max_tokens, max_tokens_field=args.max_tokens_field,
-        temperature=args.temperature, seed=args.seed,
+        temperature=args.temperature, image_detail=args.image_detail, seed=args.seed,
         retry_failed=args.retry_failed)
     common = {"reference_annotations": args.reference_annotations, "image_root": args.image_root, "pool": args.pool,
               "overwrite": args.overwrite}
+    if args.mode == "online" and args.provider in ("anthropic", "gemini"):
+        raise PreselError(f"--provider {args.provider} is for --mode batch-file/batch-api and --collect; online mode "
+                          "speaks OpenAI chat completions, which both offer: --base-url https://api.anthropic.com/v1 or "
+                          "https://generativelanguage.googleapis.com/v1beta/openai, without --provider")
     if args.mode == "online":
         summary = generate_to_dir(args.selection, args.out, cfg, progress=not args.no_progress, **common)
     else:
@@ -165,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
             max_bytes=args.max_bytes, completion_window=args.completion_window, poll_interval=args.poll_interval,
             poll_max=args.poll_max, max_wait=args.max_wait, batch_discount=args.batch_discount,
             batch_price_in=args.batch_price_in, batch_price_out=args.batch_price_out, image_tokens=args.image_tokens,
-            image_token_rule=args.image_token_rule, output_fraction=args.output_fraction)
+            image_token_rule=args.image_token_rule, output_fraction=args.output_fraction,
+            provider=args.provider or "openai", max_enqueued_tokens=args.max_enqueued_tokens)
         if args.mode == "batch-file":
             r = batch_files_to_dir(args.selection, args.out, cfg, batch, **common)
             _print_estimate(r["estimate"])
@@ -174,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
             if not r["files"]:
                 print("nothing to request: every selected item has a result (or a recorded failure: --retry-failed)")
             print(f"wrote {len(r['files'])} request file(s) to {args.out}; run them (vllm run-batch -i FILE -o RESULT "
-                  f"--model {args.model}, or a provider's batch API), then: presel generate --collect RESULT... --out {args.out}")
+                  f"--model {args.model}, or the {batch.provider} batch API), then: presel generate --collect RESULT... "
+                  f"--out {args.out}")
             return 0
         summary = batch_api_to_dir(args.selection, args.out, cfg, batch, allow_partial=args.allow_partial, **common)
     _print_summary(summary)

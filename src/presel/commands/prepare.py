@@ -43,7 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--train", required=True, help="training set: LLaVA JSON/JSONL (id, image, conversations, task), "
                                                   "e.g. gen/train.json")
     e.add_argument("--image-root", required=True, help="folder the training set's image paths are relative to")
-    e.add_argument("--to", required=True, choices=("llava", "llama-factory"), help="target trainer")
+    e.add_argument("--to", required=True, choices=("llava", "llama-factory", "hf-datasets"),
+                   help="target trainer (hf-datasets: a datasets save_to_disk folder, images embedded)")
+    e.add_argument("--system-turns", default="merge", choices=("merge", "drop"),
+                   help="LLaVA target: merge system turns into the first human turn, or drop them (LLaVA's "
+                        "train.py knows only human/gpt)")
     e.add_argument("--image-mode", default="symlink", choices=("symlink", "copy", "none"),
                    help="how images/ is filled; none = no folder (LLaVA: --image_folder IMAGE_ROOT; "
                         "LLaMA-Factory: absolute paths)")
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         from presel.handoff import export_training_set
 
         info = export_training_set(args.train, args.image_root, args.out, to=args.to, image_mode=args.image_mode,
-                                   name=args.name, overwrite=args.overwrite)
+                                   name=args.name, overwrite=args.overwrite, system_turns=args.system_turns)
         print(f"exported {info['records']:,} records ({info['images']:,} images, {info['text_only']:,} text-only) "
               f"for {info['format']} to {args.out}")
         print("trainer settings:\n" + info["trainer_args"])

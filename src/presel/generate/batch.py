@@ -7,11 +7,13 @@ the same thing, so online and batch results can even be mixed in one folder):
     config.json                 settings + run key (model, templates, sampling)
     batch_items.jsonl           the selection rows (id, image, task, source): collect needs no --selection
     templates_resolved.json     the template of every task, as used for the requests (collect parses with it)
-    requests-00000.jsonl ...    OpenAI batch format: {"custom_id": id, "method": "POST",
-                                "url": "/v1/chat/completions", "body": {...}}, split by --max-lines/--max-bytes
+    requests-00000.jsonl ...    the provider's batch input lines (presel.generate.providers; OpenAI / vLLM:
+                                {"custom_id": id, "method": "POST", "url": "/v1/chat/completions", "body": {...}}),
+                                split by --max-lines/--max-bytes (and --max-enqueued-tokens in batch-api mode)
     requests_manifest.json      request files: name, lines, bytes, first/last id
     estimate.json               cost estimate (online vs batch prices) of the requests written
-    batch_api_state.json        batch-api mode: file ids, batch ids, statuses (resume polls the same batches)
+    batch_api_state.json        batch-api mode: provider, file ids, batch ids, statuses, token estimates (resume
+                                polls the same batches; see presel.generate.batch_api)
     batch_output-*.jsonl        batch-api mode: downloaded output / error files
     results.jsonl failures.jsonl summary.json train.json   as in online mode
 
@@ -28,9 +30,7 @@ import hashlib
 import json
 import math
 import os
-import random
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,8 +58,10 @@ class BatchConfig:
     batch_price_in: float | None = None
     batch_price_out: float | None = None
     image_tokens: int | None = None        # tokens per image for the estimate; None: from the image size
-    image_token_rule: str = "openai"       # openai (85 + 170 per 512-px tile) | qwen2vl (one per 28x28 patch)
+    image_token_rule: str = "auto"         # auto (from the model name) | gpt-4o | gpt-4o-mini | o-series | patch32 | qwen2vl
     output_fraction: float = 0.5           # expected share of max_tokens an answer uses (estimate)
+    provider: str = "openai"               # request/result shapes and batch API: openai | anthropic | gemini | vllm
+    max_enqueued_tokens: int | None = None  # batch-api: estimated input tokens in unfinished batches stay under this
 
     def __post_init__(self) -> None:
         if self.image_transport not in TRANSPORTS:
@@ -75,8 +77,17 @@ class BatchConfig:
             raise PreselError(f"poll_interval={self.poll_interval}, poll_max={self.poll_max}: need 0 < poll_interval <= poll_max")
         if not 0 < self.batch_discount <= 1:
             raise PreselError(f"batch_discount={self.batch_discount} must be in (0, 1]")
-        if self.image_token_rule not in ("openai", "qwen2vl"):
-            raise PreselError(f"image_token_rule={self.image_token_rule!r} must be openai or qwen2vl")
+        from presel.generate.image_tokens import RULES
+        from presel.generate.providers import check_provider
+
+        if self.image_token_rule not in RULES:
+            raise PreselError(f"image_token_rule={self.image_token_rule!r} must be one of {', '.join(RULES)}")
+        check_provider(self.provider)
+        if self.provider in ("anthropic", "gemini") and self.image_transport == "path":
+            raise PreselError(f"provider={self.provider} cannot read local file:// images (image_transport=path is for "
+                              "vllm); use --image-transport base64 or url")
+        if self.max_enqueued_tokens is not None and self.max_enqueued_tokens < 1:
+            raise PreselError(f"max_enqueued_tokens={self.max_enqueued_tokens} must be >= 1")
         if not 0 < self.output_fraction <= 1:
             raise PreselError(f"output_fraction={self.output_fraction} must be in (0, 1]")
 
@@ -187,11 +198,13 @@ def _image_ref(row: Any, root: Path, batch: BatchConfig) -> str:
 
 
 def request_line(ctx: _Context, row: Any, batch: BatchConfig) -> dict[str, Any]:
+    """One request line in the provider's batch input shape (:mod:`presel.generate.providers`)."""
     from presel.generate.online import request_body
+    from presel.generate.providers import request_line as provider_line
 
     tpl = ctx.tpl_of[row.task]
-    return {"custom_id": row.id, "method": "POST", "url": REQUEST_URL,
-            "body": request_body(ctx.cfg, tpl, row.task, _image_ref(row, ctx.root, batch), row.id)}
+    body = request_body(ctx.cfg, tpl, row.task, _image_ref(row, ctx.root, batch), row.id)
+    return provider_line(batch.provider, row.id, body)
 
 
 def _pending_ids(ctx: _Context, *, retry_failed: bool, exclude: set[str] = frozenset(), decode: bool = True) -> list[Any]:
@@ -208,8 +221,10 @@ def _next_index(out: Path) -> int:
     return max(idx) + 1 if idx else 0
 
 
-def write_request_files(ctx: _Context, batch: BatchConfig, rows: Sequence[Any]) -> list[dict[str, Any]]:
-    """Write ``rows`` as request files (continuing the numbering in ``out``), split by lines and bytes."""
+def write_request_files(ctx: _Context, batch: BatchConfig, rows: Sequence[Any],
+                        tokens_of: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """Write ``rows`` as request files (continuing the numbering in ``out``), split by lines and bytes, and by
+    estimated input tokens (``tokens_of``) at ``batch.max_enqueued_tokens`` so every file fits under the cap."""
     from presel.generate.store import check_images
     from presel.io.atomic import atomic_file
 
@@ -219,29 +234,37 @@ def write_request_files(ctx: _Context, batch: BatchConfig, rows: Sequence[Any]) 
     k = _next_index(ctx.out)
     cur: list[bytes] = []
     cur_ids: list[str] = []
-    size = 0
+    size = toks = 0
+    cap = batch.max_enqueued_tokens if tokens_of is not None else None
 
     def flush() -> None:
-        nonlocal k, cur, cur_ids, size
+        nonlocal k, cur, cur_ids, size, toks
         if not cur:
             return
         name = f"requests-{k:05d}.jsonl"
         with atomic_file(ctx.out / name, "wb") as f:
             f.writelines(cur)
-        files.append({"name": name, "lines": len(cur), "bytes": size, "first_id": cur_ids[0], "last_id": cur_ids[-1]})
+        files.append({"name": name, "lines": len(cur), "bytes": size, "first_id": cur_ids[0], "last_id": cur_ids[-1],
+                      "tokens": toks if tokens_of is not None else None, "provider": batch.provider})
         k += 1
-        cur, cur_ids, size = [], [], 0
+        cur, cur_ids, size, toks = [], [], 0, 0
 
     for row in rows:
         data = (json.dumps(request_line(ctx, row, batch), ensure_ascii=False, sort_keys=True) + "\n").encode()
         if len(data) > batch.max_bytes:
             raise PreselError(f"request of id {row.id} (image {row.image}) is {len(data)} bytes, over max_bytes="
                               f"{batch.max_bytes}; shrink the image, raise --max-bytes, or use --image-transport url/path")
-        if cur and (len(cur) >= batch.max_lines or size + len(data) > batch.max_bytes):
+        t = tokens_of[row.id] if tokens_of is not None else 0
+        if cap is not None and t > cap:
+            raise PreselError(f"request of id {row.id} alone is ~{t} input tokens, over max_enqueued_tokens={cap}; "
+                              "raise --max-enqueued-tokens")
+        if cur and (len(cur) >= batch.max_lines or size + len(data) > batch.max_bytes
+                    or (cap is not None and toks + t > cap)):
             flush()
         cur.append(data)
         cur_ids.append(row.id)
         size += len(data)
+        toks += t
     flush()
     _update_manifest(ctx.out, files)
     return files
@@ -256,20 +279,33 @@ def _update_manifest(out: Path, files: list[dict[str, Any]]) -> None:
     write_json(p, {"files": [f for f in old if f["name"] not in names] + files, "url": REQUEST_URL})
 
 
-def request_ids(path: Path) -> list[str]:
+def request_ids(path: Path, back: dict[str, str] | None = None) -> list[str]:
+    """Item ids of a request file (``back`` maps a provider's custom id back to the item id)."""
+    from presel.generate.providers import line_id
+
     out = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
-                out.append(json.loads(line)["custom_id"])
+                cid = line_id(json.loads(line))
+                out.append((back or {}).get(cid, cid))
     return out
+
+
+def _back_ids(ctx: _Context, provider: str) -> dict[str, str]:
+    from presel.generate.providers import custom_id
+
+    return {custom_id(provider, r.id): r.id for r in ctx.rows if r.source == "selected"}
 
 
 # --------------------------------------------------------------------------- cost estimate
 
 
-def _image_tokens(path: Path, batch: BatchConfig) -> tuple[int, bool]:
-    """Tokens of one image (estimate) and whether its size could be read."""
+def _image_tokens(path: Path, batch: BatchConfig, model: str | None = None, detail: str = "auto") -> tuple[int, bool]:
+    """Tokens of one image (estimate, per model: :mod:`presel.generate.image_tokens`) and whether its size
+    could be read (unreadable sizes count as 512x512)."""
+    from presel.generate.image_tokens import image_tokens
+
     if batch.image_tokens is not None:
         return batch.image_tokens, True
     try:
@@ -281,38 +317,44 @@ def _image_tokens(path: Path, batch: BatchConfig) -> tuple[int, bool]:
     except Exception:
         w = h = 512
         known = False
-    if batch.image_token_rule == "qwen2vl":
-        px = min(max(w * h, 56 * 56), 1280 * 28 * 28)
-        scale = math.sqrt(px / (w * h))
-        return max(4, math.ceil(w * scale / 28) * math.ceil(h * scale / 28)), known
-    s = min(1.0, 2048 / max(w, h))
-    w2, h2 = w * s, h * s
-    s = min(1.0, 768 / min(w2, h2))
-    w2, h2 = w2 * s, h2 * s
-    return 85 + 170 * math.ceil(w2 / 512) * math.ceil(h2 / 512), known
+    return image_tokens(w, h, rule=batch.image_token_rule, model=model, detail=detail), known
 
 
-def estimate_cost(ctx: _Context, batch: BatchConfig, rows: Sequence[Any]) -> dict[str, Any]:
-    """Tokens (text ~4 chars/token, images by size) and cost of ``rows`` online and as a batch."""
-    from presel.generate.accounting import cost
+def row_tokens(ctx: _Context, batch: BatchConfig, row: Any) -> tuple[int, int, bool]:
+    """Estimated (input tokens, output tokens, image size known) of one request."""
     from presel.generate.store import image_file
+
+    tpl = ctx.tpl_of[row.task]
+    text = tpl.render(tpl.system, row.task) + tpl.render(tpl.user, row.task)
+    it, known = _image_tokens(image_file(row, ctx.root), batch, ctx.cfg.model, ctx.cfg.image_detail)
+    tout = math.ceil((ctx.cfg.max_tokens or tpl.max_tokens) * batch.output_fraction)
+    return math.ceil(len(text) / 4) + it + 10, tout, known
+
+
+def estimate_cost(ctx: _Context, batch: BatchConfig, rows: Sequence[Any],
+                  per_row: dict[str, int] | None = None) -> dict[str, Any]:
+    """Tokens (text ~4 chars/token, images by size and model) and cost of ``rows`` online and as a batch.
+    ``per_row`` (if given) receives each row's estimated input tokens."""
+    from presel.generate.accounting import cost
+    from presel.generate.image_tokens import resolved_rule
 
     cfg = ctx.cfg
     tin = tout = 0
     unknown = 0
     for row in rows:
-        tpl = ctx.tpl_of[row.task]
-        text = tpl.render(tpl.system, row.task) + tpl.render(tpl.user, row.task)
-        it, known = _image_tokens(image_file(row, ctx.root), batch)
+        i, o, known = row_tokens(ctx, batch, row)
         unknown += not known
-        tin += math.ceil(len(text) / 4) + it + 10
-        tout += math.ceil((cfg.max_tokens or tpl.max_tokens) * batch.output_fraction)
+        tin += i
+        tout += o
+        if per_row is not None:
+            per_row[row.id] = i
     bp_in = batch.batch_price_in if batch.batch_price_in is not None else cfg.price_in * batch.batch_discount
     bp_out = batch.batch_price_out if batch.batch_price_out is not None else cfg.price_out * batch.batch_discount
     online = cost(tin, tout, cfg.price_in, cfg.price_out)
     batched = cost(tin, tout, bp_in, bp_out)
     return {"items": len(rows), "tokens_in": tin, "tokens_out": tout, "images_without_size": unknown,
-            "image_token_rule": "fixed" if batch.image_tokens is not None else batch.image_token_rule,
+            "image_token_rule": "fixed" if batch.image_tokens is not None else resolved_rule(batch.image_token_rule, cfg.model),
+            "image_detail": cfg.image_detail,
             "online_cost": round(online, 6), "batch_cost": round(batched, 6), "saving": round(online - batched, 6),
             "saving_fraction": round(1 - batched / online, 4) if online > 0 else None,
             "prices_per_1m": {"online_in": cfg.price_in, "online_out": cfg.price_out, "batch_in": bp_in,
@@ -340,67 +382,77 @@ def batch_files_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike
 # --------------------------------------------------------------------------- collect
 
 
-def _line_key(obj: dict[str, Any], raw: str) -> str:
-    rid = obj.get("id") or ((obj.get("response") or {}).get("request_id"))
-    return str(rid) if rid else "sha:" + hashlib.sha256(raw.encode()).hexdigest()[:24]
+def _line_key(out: Any, raw: str) -> str:
+    return str(out.line_key) if out.line_key else "sha:" + hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
-def parse_result_line(obj: dict[str, Any], tpl: Any, seed: int) -> dict[str, Any]:
-    """One batch output/error line -> ``{"status": ok|failed, ...}`` (same parsing as online answers)."""
-    from presel.generate.client import chat_result_from_body
+def parse_result_line(obj: dict[str, Any], tpl: Any, seed: int, provider: str | None = None) -> dict[str, Any]:
+    """One result line of any provider -> ``{"status": ok|failed, ...}`` (same parsing as online answers).
+    Raises ``ValueError`` on a line of no known result shape."""
+    from presel.generate.providers import parse_result
+
+    o = parse_result(obj, provider)
+    if o is None:
+        raise ValueError("not a result line")
+    return outcome_line(o, tpl, seed)
+
+
+def outcome_line(o: Any, tpl: Any, seed: int) -> dict[str, Any]:
+    """A parsed :class:`presel.generate.providers.Outcome` -> ``{"status": ok|failed, ...}``."""
     from presel.generate.parse import ParseError, build_conversation
 
-    usage = {"requests": 1, "tokens_in": 0, "tokens_out": 0}
-    err = obj.get("error")
-    resp = obj.get("response")
-    if err and not resp:
-        msg = err.get("message") if isinstance(err, dict) else str(err)
-        code = err.get("code") if isinstance(err, dict) else None
-        usage["requests"] = 0  # never executed (expired, cancelled, rejected): not billed
-        return {"status": "failed", "kind": "batch_error", "error": f"{code or 'error'}: {msg}", "usage": usage}
-    if not isinstance(resp, dict):
-        return {"status": "failed", "kind": "batch_error", "error": "result line has neither response nor error",
-                "usage": usage}
-    code = resp.get("status_code")
-    body = resp.get("body") or {}
-    if code != 200:
-        msg = body.get("error", {}).get("message") if isinstance(body.get("error"), dict) else str(body)[:300]
-        kind = "request" if isinstance(code, int) and 400 <= code < 500 and code not in (408, 429) else "transient"
-        return {"status": "failed", "kind": kind, "error": f"HTTP {code}: {msg}", "usage": usage}
+    usage = {"requests": int(o.billed), "tokens_in": o.tokens_in, "tokens_out": o.tokens_out}
+    if o.text is None:
+        return {"status": "failed", "kind": o.kind, "error": o.error or "no answer", "usage": usage}
     try:
-        choice = body["choices"][0]
-        res = chat_result_from_body(body, choice["message"]["content"], choice)
-    except (KeyError, IndexError, TypeError):
-        return {"status": "failed", "kind": "malformed", "error": "response body has no choices[0].message.content",
-                "usage": usage}
-    usage.update(tokens_in=res.tokens_in, tokens_out=res.tokens_out)
-    try:
-        conv = build_conversation(tpl, res.text, item_id=str(obj.get("custom_id")), seed=seed)
+        conv = build_conversation(tpl, o.text, item_id=o.request_id, seed=seed)
     except ParseError as e:
-        trunc = " (answer cut at max_tokens: raise max_tokens)" if res.finish_reason == "length" else ""
+        trunc = " (answer cut at max_tokens: raise max_tokens)" if o.finish_reason == "length" else ""
         return {"status": "failed", "kind": "malformed", "usage": usage,
-                "error": f"malformed answer: {e}{trunc}; answer began {res.text[:160]!r}"}
+                "error": f"malformed answer: {e}{trunc}; answer began {o.text[:160]!r}"}
     return {"status": "ok", "conversations": conv, "usage": usage}
 
 
-def _iter_result_files(paths: Iterable[str | os.PathLike]) -> Iterable[tuple[Path, int, str, dict[str, Any] | None]]:
+def _iter_result_files(paths: Iterable[str | os.PathLike], provider: str | None = None
+                       ) -> Iterable[tuple[Path, int, str, Any]]:
+    """(file, line number, raw line, Outcome or None for a torn last line) of every non-empty line. A line of
+    no known result shape is an error naming the file, the line and the shapes expected; only the last line
+    of a file may be torn (a partial download), and it is skipped."""
+    from presel.generate.providers import EXPECTED_SHAPES, PROVIDERS, parse_result, shape_of
+
     for p in sorted({Path(x) for x in paths}, key=lambda q: str(q)):
         if not p.is_file():
             raise PreselError(f"{p}: result file not found")
         with open(p, encoding="utf-8", errors="replace") as f:
-            for n, raw in enumerate(f, 1):
-                if not raw.strip():
+            lines = f.readlines()
+        for n, raw in enumerate(lines, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError:
+                if n == len(lines) and not raw.endswith("\n"):
+                    yield p, n, raw, None  # the torn last line of a partial download
                     continue
-                try:
-                    obj = json.loads(raw)
-                except json.JSONDecodeError:
-                    yield p, n, raw, None
-                    continue
-                yield p, n, raw, obj if isinstance(obj, dict) else None
+                raise PreselError(f"{p} line {n}: not JSON ({raw[:80]!r}); a result file holds one JSON result per "
+                                  f"line, one of: {EXPECTED_SHAPES}") from None
+            out = parse_result(obj, provider)
+            if out is None:
+                got = shape_of(obj)
+                keys = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+                hint = (f"it is a {got} result line, but --provider {provider} was given" if got
+                        else f"its keys are {keys}" + ("; this looks like a request file, not a result file"
+                                                       if isinstance(obj, dict) and ("body" in obj or "params" in obj
+                                                                                     or "request" in obj) else ""))
+                raise PreselError(f"{p} line {n}: not a batch result line ({hint}); expected one of: {EXPECTED_SHAPES}"
+                                  f" (providers: {', '.join(PROVIDERS)})")
+            yield p, n, raw, out
 
 
-def collect_into(ctx: _Context, result_files: Iterable[str | os.PathLike]) -> dict[str, Any]:
+def collect_into(ctx: _Context, result_files: Iterable[str | os.PathLike], provider: str | None = None
+                 ) -> dict[str, Any]:
     """Parse result files into ``results.jsonl`` / ``failures.jsonl``; returns counts of what happened."""
+    from presel.generate.providers import custom_id
     from presel.generate.store import ResultsStore, state_of
 
     store = ResultsStore(ctx.out)
@@ -408,28 +460,29 @@ def collect_into(ctx: _Context, result_files: Iterable[str | os.PathLike]) -> di
     done, _failed = state_of(results, failures)
     seen_keys = {str(x.get("batch_line")) for x in results + failures if x.get("batch_line")}
     by_id = {r.id: r for r in ctx.rows if r.source == "selected"}
+    by_hashed = {custom_id("anthropic", r.id): r for r in by_id.values()}
     stats = {"files": 0, "lines": 0, "ok": 0, "failed": 0, "repeated": 0, "unknown_ids": 0, "bad_lines": 0}
     new_ok: dict[str, dict[str, Any]] = {}
     new_fail: dict[str, dict[str, Any]] = {}
     files_seen = set()
-    for path, n, raw, obj in _iter_result_files(result_files):
+    for path, n, raw, out in _iter_result_files(result_files, provider):
         files_seen.add(path)
         stats["lines"] += 1
-        if obj is None or "custom_id" not in obj:
-            stats["bad_lines"] += 1  # a torn last line of a partial download, or not a result line
+        if out is None:
+            stats["bad_lines"] += 1  # the torn last line of a partial download
             continue
-        cid = str(obj["custom_id"])
-        row = by_id.get(cid)
+        row = (by_hashed if out.shape == "anthropic" else by_id).get(out.request_id) or by_id.get(out.request_id)
         if row is None:
             stats["unknown_ids"] += 1
             continue
-        key = _line_key(obj, raw)
+        cid = row.id
+        key = _line_key(out, raw)
         if cid in done or cid in new_ok or key in seen_keys:
             stats["repeated"] += 1
             continue
         seen_keys.add(key)
         tpl = ctx.tpl_of[row.task]
-        res = parse_result_line(obj, tpl, ctx.cfg.seed)
+        res = outcome_line(out, tpl, ctx.cfg.seed)
         status = res.pop("status")
         line = {"id": row.id, "image": row.image, "task": row.task, "template": tpl.name, "batch_line": key,
                 "source": f"{path.name} line {n}", **res}
@@ -466,182 +519,24 @@ def _finalize(ctx: _Context, *, mode: str, allow_partial: bool = False, extra: d
 
 def collect_to_dir(out: str | os.PathLike, result_files: Iterable[str | os.PathLike], *,
                    reference_annotations: str | os.PathLike | None = None, allow_partial: bool = False,
-                   price_in: float | None = None, price_out: float | None = None) -> dict[str, Any]:
+                   price_in: float | None = None, price_out: float | None = None,
+                   provider: str | None = None) -> dict[str, Any]:
     """``--collect``: add result files to ``out`` and rewrite summary.json (and train.json when complete,
     or with ``allow_partial``). Returns the summary, with ``collect`` counts."""
     files = list(result_files)
     if not files:
         raise PreselError("--collect got no result files; pass the output files of vllm run-batch or the batch API")
     ctx = load_context(out, reference_annotations=reference_annotations, price_in=price_in, price_out=price_out)
-    stats = collect_into(ctx, files)
+    stats = collect_into(ctx, files, provider)
     return _finalize(ctx, mode="batch", allow_partial=allow_partial, extra={"collect": stats})
 
 
 # --------------------------------------------------------------------------- batch API
 
 
-class BatchAPI:
-    """``/v1/files`` and ``/v1/batches`` of an OpenAI-compatible server, every call retried on transient errors."""
-
-    def __init__(self, client: Any, policy: Any, seed: int = 0):
-        self.client = client
-        self.policy = policy
-        self.rng = random.Random(seed)
-
-    def _call(self, fn: Callable[[], Any]) -> Any:
-        from presel.generate.client import call_with_retries
-
-        return call_with_retries(fn, self.policy, rng=self.rng)
-
-    def _json(self, r: Any, what: str) -> dict[str, Any]:
-        from presel.generate.client import TransientError
-
-        try:
-            data = r.json()
-        except ValueError:
-            raise TransientError(f"unreadable answer to {what}") from None
-        if not isinstance(data, dict) or "id" not in data:
-            raise TransientError(f"answer to {what} has no id")
-        return data
-
-    def upload(self, path: Path) -> str:
-        def go() -> str:
-            with open(path, "rb") as f:
-                r = self.client.request("POST", "files", files={"file": (path.name, f, "application/jsonl")},
-                                        data={"purpose": "batch"})
-            return str(self._json(r, f"upload of {path.name}")["id"])
-        return self._call(go)
-
-    def create(self, file_id: str, window: str, metadata: dict[str, str]) -> dict[str, Any]:
-        body = {"input_file_id": file_id, "endpoint": REQUEST_URL, "completion_window": window, "metadata": metadata}
-        return self._call(lambda: self._json(self.client.request("POST", "batches", json=body), "batch creation"))
-
-    def get(self, batch_id: str) -> dict[str, Any]:
-        return self._call(lambda: self._json(self.client.request("GET", f"batches/{batch_id}"), f"batch {batch_id}"))
-
-    def download(self, file_id: str, dest: Path) -> None:
-        from presel.io.atomic import atomic_file
-
-        def go() -> None:
-            r = self.client.request("GET", f"files/{file_id}/content")
-            with atomic_file(dest, "wb") as f:
-                f.write(r.content)
-        self._call(go)
-
-
-def _save_state(out: Path, state: dict[str, Any]) -> None:
-    from presel.io.atomic import write_json
-
-    write_json(out / "batch_api_state.json", state)
-
-
 def batch_api_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, config: Any,
-                     batch: BatchConfig | None = None, *, reference_annotations: str | os.PathLike | None = None,
-                     image_root: str | os.PathLike | None = None, pool: str | os.PathLike | None = None,
-                     overwrite: bool = False, allow_partial: bool = False, client: Any = None,
-                     sleep: Callable[[float], None] = time.sleep, log: Callable[[str], None] | None = None
-                     ) -> dict[str, Any]:
-    """``--mode batch-api``: write request files, upload them, create batches, poll with backoff, download
-    outputs and error files, collect. Every step is saved in ``batch_api_state.json`` before the next one,
-    so an interrupted run resumes polling the same batches (nothing is submitted twice). Items of failed or
-    expired batches without a result are recorded failures (``--retry-failed`` submits them again)."""
-    from presel.generate.client import ChatClient, ClientError, RetryPolicy
+                     batch: BatchConfig | None = None, **kw: Any) -> dict[str, Any]:
+    """``--mode batch-api``: see :func:`presel.generate.batch_api.batch_api_to_dir`."""
+    from presel.generate.batch_api import batch_api_to_dir as run
 
-    batch = batch or BatchConfig()
-    config.require_online()
-    say = log or (lambda m: print(f"presel generate: {m}", flush=True))
-    ctx = prepare(selection_path, out, config, reference_annotations=reference_annotations, image_root=image_root,
-                  pool=pool, overwrite=overwrite, mode="batch-api")
-    sp = ctx.out / "batch_api_state.json"
-    state: dict[str, Any] = json.loads(sp.read_text()) if sp.exists() else {"batches": []}
-    entries: list[dict[str, Any]] = state["batches"]
-    in_flight = {i for e in entries if not e.get("done") for i in request_ids(ctx.out / e["file"])}
-    rows = _pending_ids(ctx, retry_failed=config.retry_failed, exclude=in_flight, decode=batch.image_transport != "url")
-    if rows:
-        est = estimate_cost(ctx, batch, rows)
-        from presel.io.atomic import write_json
-
-        write_json(ctx.out / "estimate.json", est)
-        say(f"estimate for {est['items']} item(s): ~{est['tokens_in']} tokens in, ~{est['tokens_out']} out; "
-            f"online {est['online_cost']:.4f}, batch {est['batch_cost']:.4f} (saving {est['saving']:.4f})")
-        for f in write_request_files(ctx, batch, rows):
-            entries.append({"file": f["name"], "lines": f["lines"], "input_file_id": None, "batch_id": None,
-                            "status": None, "done": False})
-        _save_state(ctx.out, state)
-    owns = client is None
-    if client is None:
-        client = ChatClient(config.base_url, api_key=config.api_key(), timeout=config.timeout, max_connections=4)
-    api = BatchAPI(client, RetryPolicy(config.max_retries, config.backoff_base, config.backoff_max), config.seed)
-    started = time.monotonic()
-    try:
-        for e in entries:
-            if e["done"]:
-                continue
-            if not e["input_file_id"]:
-                e["input_file_id"] = api.upload(ctx.out / e["file"])
-                _save_state(ctx.out, state)
-            if not e["batch_id"]:
-                b = api.create(e["input_file_id"], batch.completion_window, {"presel_file": e["file"]})
-                e["batch_id"], e["status"] = b["id"], b.get("status")
-                _save_state(ctx.out, state)
-                say(f"submitted {e['file']} ({e['lines']} requests) as batch {e['batch_id']}")
-        wait = batch.poll_interval
-        while True:
-            open_entries = [e for e in entries if not e["done"]]
-            for e in open_entries:
-                b = api.get(e["batch_id"])
-                if b.get("status") != e["status"]:
-                    e["status"] = b.get("status")
-                    _save_state(ctx.out, state)
-                if e["status"] in TERMINAL:
-                    _finish_batch(ctx, api, e, b, say)
-                    _save_state(ctx.out, state)
-            if all(e["done"] for e in entries):
-                break
-            if batch.max_wait is not None and time.monotonic() - started + wait > batch.max_wait:
-                pend = [e["batch_id"] for e in entries if not e["done"]]
-                raise PreselError(f"{len(pend)} batch(es) still running after {batch.max_wait:.0f} s "
-                                  f"({', '.join(pend[:3])}); rerun the same command to resume polling them "
-                                  f"(state in {sp}); nothing is submitted twice")
-            sleep(wait)
-            wait = min(batch.poll_max, wait * 1.5)
-    except ClientError as e:
-        raise PreselError(f"batch API at {config.base_url}: {e}; finished steps are kept in {sp}: fix the cause and "
-                          "rerun the same command to resume") from None
-    finally:
-        if owns:
-            client.close()
-    return _finalize(ctx, mode="batch-api", allow_partial=allow_partial,
-                     extra={"batches": [{k: e.get(k) for k in ("file", "batch_id", "status", "lines")} for e in entries]})
-
-
-def _finish_batch(ctx: _Context, api: BatchAPI, e: dict[str, Any], b: dict[str, Any], say: Callable[[str], None]) -> None:
-    """Download and collect a finished batch; its requests without any result become recorded failures."""
-    from presel.generate.store import ResultsStore, state_of
-
-    stem = e["file"].replace("requests-", "").replace(".jsonl", "")
-    got = []
-    for key, prefix in (("output_file_id", "batch_output"), ("error_file_id", "batch_errors")):
-        fid = b.get(key)
-        if fid:
-            dest = ctx.out / f"{prefix}-{stem}.jsonl"
-            api.download(fid, dest)
-            got.append(dest)
-            e[key] = fid
-    stats = collect_into(ctx, got) if got else {}
-    done, failed = state_of(*ResultsStore(ctx.out).load())
-    missing = [i for i in request_ids(ctx.out / e["file"]) if i not in done and i not in failed]
-    if missing:
-        errs = b.get("errors") or {}
-        detail = "; ".join(str(x.get("message")) for x in (errs.get("data") or [])[:3]) if isinstance(errs, dict) else ""
-        row_of = {r.id: r for r in ctx.rows}
-        store = ResultsStore(ctx.out)
-        store.append(failures=[{"id": i, "image": row_of[i].image, "task": row_of[i].task, "kind": f"batch_{e['status']}",
-                                "error": f"batch {e['batch_id']} ended '{e['status']}' without a result for this request"
-                                         + (f" ({detail})" if detail else "") + "; rerun with --retry-failed to resubmit",
-                                "usage": {"requests": 0, "tokens_in": 0, "tokens_out": 0}} for i in missing])
-        store.close()
-    e["done"] = True
-    e["collected"] = stats
-    say(f"batch {e['batch_id']} {e['status']}: {stats.get('ok', 0)} ok, {stats.get('failed', 0)} failed, "
-        f"{len(missing)} without result")
+    return run(selection_path, out, config, batch, **kw)

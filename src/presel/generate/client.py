@@ -3,14 +3,15 @@
 httpx, one pooled connection set shared by all worker threads. Images travel as base64 data URLs.
 Errors are sorted into what a caller needs to decide:
 
-* :class:`TransientError`: 429, 5xx, timeouts, refused or dropped connections, unreadable bodies:
-  retried with exponential backoff and jitter, honouring ``Retry-After``;
+* :class:`TransientError`: 408, 409, 429, 5xx, timeouts, refused or dropped connections, unreadable bodies:
+  retried with exponential backoff and jitter, honouring ``retry-after-ms`` and ``Retry-After``; a server's
+  ``x-should-retry: true`` / ``false`` overrides the status (as the openai-python SDK does);
 * :class:`RequestError`: this request is bad (other 4xx, e.g. an image the server rejects): not retried,
   the item is recorded as failed;
 * :class:`FatalError`: every request will fail (401/403 bad key, 404 wrong URL or model): the run stops.
 
 The API key is read from an environment variable by the caller and only ever placed in the
-``Authorization`` header; no message, log or output of this module contains it.
+``Authorization`` header (or the provider's key header: ``x-api-key``, ``x-goog-api-key``); no message, log or output of this module contains it.
 """
 
 from __future__ import annotations
@@ -88,6 +89,17 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def retry_after_of(headers: Any) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` (milliseconds, preferred) or ``Retry-After``."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("retry-after"))
+
+
 def _snippet(text: str, n: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[:n] + "..."
@@ -122,7 +134,7 @@ class ChatClient:
         """One HTTP request with the error sorting above; returns the httpx.Response (2xx)."""
         import httpx
 
-        url = f"{self.base_url}/{path.lstrip('/')}"
+        url = path if path.startswith(("http://", "https://")) else f"{self.base_url}/{path.lstrip('/')}"
         try:
             r = self._http.request(method, path.lstrip("/"), **kw)
         except httpx.TimeoutException as e:
@@ -132,9 +144,11 @@ class ChatClient:
         if r.status_code < 300:
             return r
         body = _snippet(r.text)
-        if r.status_code == 429 or r.status_code >= 500 or r.status_code == 408:
+        should = (r.headers.get("x-should-retry") or "").strip().lower()
+        retryable = r.status_code in (408, 409, 429) or r.status_code >= 500
+        if should == "true" or (should != "false" and retryable):
             raise TransientError(f"HTTP {r.status_code} from {url}: {body}", status=r.status_code,
-                                 retry_after=parse_retry_after(r.headers.get("retry-after")))
+                                 retry_after=retry_after_of(r.headers))
         if r.status_code in (401, 403):
             raise FatalError(f"HTTP {r.status_code} from {url}: the server refused the API key ({body}); "
                              "set the key in the environment variable named by --api-key-env")

@@ -36,7 +36,7 @@ from typing import Any
 
 from presel.errors import PreselError
 
-FORMATS = ("llava", "sharegpt")
+FORMATS = ("llava", "sharegpt", "hf-datasets")
 
 
 @dataclass
@@ -56,10 +56,11 @@ class GenerateConfig:
     stop_after_failures: int = 20        # consecutive failed items that stop the run (0: never)
     price_in: float = 0.0
     price_out: float = 0.0
-    format: str = "llava"                # train.json always; "sharegpt" adds train_sharegpt.json
+    format: str = "llava"                # train.json always; "sharegpt" adds train_sharegpt.json, "hf-datasets" train_hf/
     max_tokens: int | None = None        # override the templates' max_tokens
     max_tokens_field: str = "max_tokens"  # "max_completion_tokens" for OpenAI models that refuse max_tokens
-    temperature: float | None = None     # override the templates' temperature
+    temperature: float | str | None = None  # override the templates' temperature; "none": send no temperature
+    image_detail: str = "auto"           # OpenAI image detail (low | high | auto); auto is not sent
     seed: int = 0                        # request seed and instruction choice (description/json kinds)
     retry_failed: bool = False
     extra_body: dict[str, Any] = field(default_factory=dict)  # more request fields (top_p, ...)
@@ -82,8 +83,19 @@ class GenerateConfig:
             raise PreselError(f"max_tokens_field={self.max_tokens_field!r} must be max_tokens or max_completion_tokens")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise PreselError(f"max_tokens={self.max_tokens} must be >= 1")
-        if self.temperature is not None and not 0 <= self.temperature <= 2:
+        if isinstance(self.temperature, str):
+            if self.temperature.strip().lower() != "none":
+                try:
+                    self.temperature = float(self.temperature)
+                except ValueError:
+                    raise PreselError(f"temperature={self.temperature!r} must be a number in [0, 2] or none "
+                                      "(send no temperature: reasoning models accept only their default)") from None
+            else:
+                self.temperature = "none"
+        if isinstance(self.temperature, (int, float)) and not 0 <= self.temperature <= 2:
             raise PreselError(f"temperature={self.temperature} must be in [0, 2]")
+        if self.image_detail not in ("auto", "low", "high"):
+            raise PreselError(f"image_detail={self.image_detail!r} must be low, high or auto")
         if self.base_url is not None and not re.match(r"^https?://", self.base_url):
             raise PreselError(f"base_url={self.base_url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env or ""):
@@ -113,6 +125,13 @@ def request_body(cfg: GenerateConfig, tpl: Any, task: str, image_url: str, item_
         "temperature": cfg.temperature if cfg.temperature is not None else tpl.temperature,
         "seed": cfg.seed,
     })
+    if cfg.temperature == "none":
+        del body["temperature"]
+    if cfg.image_detail != "auto":
+        for m in body["messages"]:
+            for part in m["content"] if isinstance(m["content"], list) else []:
+                if part.get("type") == "image_url":
+                    part["image_url"]["detail"] = cfg.image_detail
     if tpl.json_schema is not None:
         name = re.sub(r"[^A-Za-z0-9_-]", "_", tpl.name)[:64] or "answer"
         body["response_format"] = {"type": "json_schema",
@@ -123,6 +142,8 @@ def request_body(cfg: GenerateConfig, tpl: Any, task: str, image_url: str, item_
 def run_key(cfg: GenerateConfig, templates: Any, tasks: list[str]) -> str:
     """What makes results comparable across reruns: model, prompts and sampling of every task."""
     parts = [str(cfg.model), str(cfg.max_tokens), str(cfg.temperature), str(cfg.seed), repr(sorted(cfg.extra_body.items()))]
+    if cfg.image_detail != "auto":
+        parts.append(f"detail:{cfg.image_detail}")
     parts += [f"{t}:{templates.for_task(t).fingerprint()}" for t in sorted(tasks)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
@@ -451,12 +472,17 @@ def finalize(out: Path, rows: list[Any], cfg: GenerateConfig, *, ref: Any, templ
             if r.source == "selected" and r.id in done:
                 train.append({"id": r.id, "image": r.image, "task": r.task, "conversations": done[r.id]["conversations"]})
         summary["train_records"] = len(train)
-        summary["outputs"] = write_train(out, train, cfg.format)
+        summary["outputs"] = write_train(out, train, cfg.format, root=root)
         if not complete:
             summary["note"] = f"{pending} selected item(s) not finished and not in train.json (allow_partial)"
     else:
         for name in ("train.json", "train_sharegpt.json"):  # never leave a stale, incomplete training file
             (out / name).unlink(missing_ok=True)
+        hf = out / "train_hf"
+        if (hf / "dataset_info.json").is_file() and (hf / "state.json").is_file():  # a dataset presel wrote there
+            import shutil
+
+            shutil.rmtree(hf)
         summary["train_records"] = None
         summary["note"] = f"{pending} selected item(s) not finished: rerun the same command to continue"
     write_json(out / "summary.json", summary)

@@ -110,6 +110,9 @@ def oracle_to_dir(selection_path: str | os.PathLike, annotations_path: str | os.
                   "tokens_in": 0, "tokens_out": 0, "cost": 0.0},
         "train_records": len(train),
     }
+    if format == "hf-datasets":
+        raise PreselError("oracle mode writes llava or sharegpt; make the datasets copy with presel prepare export "
+                          "--to hf-datasets --train OUT/train.json --image-root IMAGE_ROOT")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         tmp = Path(tmp)
         summary["outputs"] = write_train(tmp, train, format)

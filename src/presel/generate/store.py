@@ -332,13 +332,21 @@ def reference_records(rows: list[SelectionRow], ref: Annotations | None, match: 
     return out, info
 
 
-def write_train(out: Path, records: list[dict[str, Any]], fmt: str = "llava") -> list[str]:
-    """``train.json`` (LLaVA) always; ``train_sharegpt.json`` too with ``fmt="sharegpt"``. Returns file names."""
-    from presel.io.export import write_llava_json, write_sharegpt_json
+def write_train(out: Path, records: list[dict[str, Any]], fmt: str = "llava", root: Path | None = None) -> list[str]:
+    """``train.json`` (LLaVA; system turns merged into the first human turn) always; ``train_sharegpt.json``
+    too with ``fmt="sharegpt"``, a Hugging Face dataset ``train_hf/`` (images from ``root``) with
+    ``fmt="hf-datasets"``. Returns the names written."""
+    from presel.io.export import write_hf_dataset, write_llava_json, write_sharegpt_json
 
     write_llava_json(out / "train.json", records)
     names = ["train.json"]
     if fmt == "sharegpt":
         write_sharegpt_json(out / "train_sharegpt.json", records)
         names.append("train_sharegpt.json")
+    if fmt == "hf-datasets":
+        if root is None:
+            raise PreselError("format=hf-datasets needs the image root; export with presel prepare export --to "
+                              "hf-datasets --train OUT/train.json --image-root IMAGE_ROOT")
+        write_hf_dataset(out / "train_hf", records, root)
+        names.append("train_hf")
     return names

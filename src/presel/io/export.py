@@ -13,6 +13,16 @@ Both formats are what the common trainers read as is:
     {"id": "a1", "messages": [{"role": "user", "content": "<image>\\nQ"}, {"role": "assistant", "content": "A"}],
      "images": ["coco/1.jpg"], "task": "vqa"}
 
+* Hugging Face ``datasets`` (:func:`write_hf_dataset`, ``save_to_disk``): columns ``id``, ``images`` (a list
+  of ``Image()``, the decoded pictures), ``messages`` in the typed-content form that trl's vision SFT and
+  the processors' chat templates read (``{"role", "content": [{"type": "image"}, {"type": "text", "text"}]}``)
+  and ``task``.
+
+LLaVA's ``train.py`` looks roles up in ``{"human": ..., "gpt": ...}`` only, so a ``system`` turn there is a
+``KeyError``: LLaVA records get system turns merged into the first human turn (``system="merge"``, the
+default) or dropped (``system="drop"``). ShareGPT and datasets records keep them (both trainers read a
+``system`` role).
+
 Image paths stay relative to the pool's image root. The ``<image>`` token stays in the text where it is.
 Input records may be :class:`presel.records.PoolRecord` objects or dicts in either format (LLaVA
 ``conversations`` with ``from``/``value``, or ``messages`` with ``role``/``content``).
@@ -30,6 +40,27 @@ from presel.records import PoolRecord, Turn
 
 _TO_ROLE = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 _TO_LLAVA = {"user": "human", "assistant": "gpt", "system": "system"}
+SYSTEM_TURNS = ("merge", "drop")
+IMAGE_TOKEN = "<image>"
+
+
+def fold_system(turns: Sequence[Turn], mode: str = "merge") -> list[Turn]:
+    """Turns without ``system`` ones: their text goes before the first user turn's (``merge``; an ``<image>``
+    token that opens the user turn stays first) or is dropped (``drop``)."""
+    if mode not in SYSTEM_TURNS:
+        raise PreselError(f"system_turns={mode!r} must be one of {', '.join(SYSTEM_TURNS)}")
+    system = [t.text for t in turns if t.role == "system" and t.text.strip()]
+    rest = [t for t in turns if t.role != "system"]
+    if mode == "drop" or not system or not rest:
+        return rest
+    k = next((i for i, t in enumerate(rest) if t.role == "user"), None)
+    if k is None:
+        return rest
+    text, head = rest[k].text, ""
+    if text.startswith(IMAGE_TOKEN):
+        head, text = IMAGE_TOKEN + "\n", text[len(IMAGE_TOKEN):].lstrip("\n")
+    rest[k] = Turn("user", head + "\n\n".join(system) + "\n\n" + text)
+    return rest
 
 
 def normalize_turns(conversations: Sequence[Any], *, where: str = "record") -> list[Turn]:
@@ -80,10 +111,12 @@ def _fields(record: PoolRecord | Mapping[str, Any]) -> tuple[str, str | None, li
 
 
 def to_llava_record(record: PoolRecord | Mapping[str, Any], *, include_task: bool = True,
-                    include_extra: bool = False) -> dict[str, Any]:
-    """One LLaVA training record: ``id``, ``image`` (if any), ``conversations`` (``from`` human/gpt/system,
-    ``value``) and ``task`` (unless ``include_task=False``). Other fields are kept with ``include_extra``."""
+                    include_extra: bool = False, system: str = "merge") -> dict[str, Any]:
+    """One LLaVA training record: ``id``, ``image`` (if any), ``conversations`` (``from`` human/gpt, ``value``)
+    and ``task`` (unless ``include_task=False``). System turns are merged into the first human turn or dropped
+    (``system``, see :func:`fold_system`). Other fields are kept with ``include_extra``."""
     rid, image, turns, task, extra = _fields(record)
+    turns = fold_system(turns, system)
     out: dict[str, Any] = dict(extra) if include_extra else {}
     out["id"] = rid
     if image is not None:
@@ -124,12 +157,68 @@ def _write(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
 
 
 def write_llava_json(path: str | os.PathLike, records: Iterable[PoolRecord | Mapping[str, Any]], *,
-                     include_task: bool = True) -> int:
+                     include_task: bool = True, system: str = "merge") -> int:
     """Write records as one LLaVA JSON list (atomically); returns the number written."""
-    return _write(path, (to_llava_record(r, include_task=include_task) for r in records))
+    return _write(path, (to_llava_record(r, include_task=include_task, system=system) for r in records))
 
 
 def write_sharegpt_json(path: str | os.PathLike, records: Iterable[PoolRecord | Mapping[str, Any]], *,
                         include_task: bool = True) -> int:
     """Write records as one ShareGPT (``messages``/``images``) JSON list (atomically); returns the number written."""
     return _write(path, (to_sharegpt_record(r, include_task=include_task) for r in records))
+
+
+def to_hf_messages(turns: Sequence[Turn]) -> list[dict[str, Any]]:
+    """Typed-content messages: each ``<image>`` token becomes an ``{"type": "image"}`` part in place."""
+    out = []
+    for t in turns:
+        pieces = t.text.split(IMAGE_TOKEN)
+        parts: list[dict[str, Any]] = []
+        for i, piece in enumerate(pieces):
+            if i:
+                parts.append({"type": "image", "text": None})
+                piece = piece.lstrip("\n")
+            if i < len(pieces) - 1:
+                piece = piece.rstrip("\n")
+            if piece:
+                parts.append({"type": "text", "text": piece})
+        out.append({"role": t.role, "content": parts})
+    return out
+
+
+def write_hf_dataset(path: str | os.PathLike, records: Iterable[PoolRecord | Mapping[str, Any]],
+                     image_root: str | os.PathLike) -> int:
+    """A Hugging Face dataset (``save_to_disk``, atomically) with the images embedded: columns ``id``,
+    ``images`` (list of ``Image()``), ``messages`` (typed content, see :func:`to_hf_messages`), ``task``.
+    A record with an image but no ``<image>`` token gets one at the start of its first user turn.
+    Needs ``datasets`` (``pip install 'presel[hf]'``)."""
+    from pathlib import Path
+
+    try:
+        import datasets
+    except ImportError:
+        raise PreselError("the hf-datasets export needs the datasets package: pip install 'presel[hf]'") from None
+    from presel.io.atomic import atomic_dir
+
+    root = Path(image_root)
+    rows: dict[str, list[Any]] = {"id": [], "images": [], "messages": [], "task": []}
+    for rec in records:
+        rid, image, turns, task, _ = _fields(rec)
+        if image is not None and not any(IMAGE_TOKEN in t.text for t in turns):
+            k = next((i for i, t in enumerate(turns) if t.role == "user"), 0)
+            turns = list(turns)
+            turns[k] = Turn(turns[k].role, f"{IMAGE_TOKEN}\n{turns[k].text}")
+        if image is not None and not (root / image).is_file():
+            raise PreselError(f"record '{rid}': image {image} not found under {root}; fix the image root")
+        rows["id"].append(rid)
+        rows["images"].append([{"path": str(root / image), "bytes": None}] if image is not None else [])
+        rows["messages"].append(to_hf_messages(turns))
+        rows["task"].append(task)
+    part = {"type": datasets.Value("string"), "text": datasets.Value("string")}
+    features = datasets.Features({
+        "id": datasets.Value("string"), "images": [datasets.Image()],
+        "messages": [{"role": datasets.Value("string"), "content": [part]}], "task": datasets.Value("string")})
+    ds = datasets.Dataset.from_dict(rows, features=features)
+    with atomic_dir(Path(path), overwrite=True) as tmp:
+        ds.save_to_disk(str(tmp))  # images are read and embedded as bytes here
+    return len(ds)
