@@ -24,7 +24,8 @@ ANTHROPIC_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 def _item_of_b64(data: str) -> str:
     raw = base64.b64decode(data)
-    return raw[len(FAKE_MAGIC):].split(b"\n", 1)[0].decode() if raw.startswith(FAKE_MAGIC) else "?"
+    # test images are a real PNG followed by FAKE_MAGIC and the item id (gen_fake_server.fake_image_bytes)
+    return raw.split(FAKE_MAGIC, 1)[1].split(b"\n", 1)[0].decode() if FAKE_MAGIC in raw else "?"
 
 
 class _Scripted(FakeOpenAI):

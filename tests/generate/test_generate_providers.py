@@ -437,7 +437,7 @@ def test_image_token_rules_per_model():
 
 def test_generate_writes_hf_dataset_beside_train_json(tmp_path, server, fast_cfg):
     datasets = pytest.importorskip("datasets")
-    from gen_fake_server import FAKE_MAGIC
+    from gen_fake_server import fake_image_bytes
 
     from presel.generate.online import generate_to_dir
 
@@ -446,5 +446,5 @@ def test_generate_writes_hf_dataset_beside_train_json(tmp_path, server, fast_cfg
     assert s["outputs"] == ["train.json", "train_hf"]
     ds = datasets.load_from_disk(str(tmp_path / "on" / "train_hf"))
     assert ds["id"] == ["a", "b"] and ds["messages"][0][0]["content"][0] == {"type": "image", "text": None}
-    stored = ds.data.column("images").to_pylist()  # (the fake images are not decodable pictures)
-    assert stored[1][0]["bytes"] == FAKE_MAGIC + b"b"  # embedded, not a path
+    stored = ds.data.column("images").to_pylist()  # the fake images: a real PNG, then the id
+    assert stored[1][0]["bytes"] == fake_image_bytes("b")  # embedded, not a path
