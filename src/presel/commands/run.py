@@ -8,12 +8,20 @@ HELP = "run every stage of a YAML config in order (cached per stage); --dry-run 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML run config (see presel.pipeline for its sections)")
+    p.add_argument("config", help="YAML run config (see docs/architecture.md and presel.pipeline for its sections)")
     p.add_argument("--out", default=None, help="run directory (overrides the config's 'out')")
     p.add_argument("--force", action="append", default=[], metavar="STAGE",
                    help="rerun this stage even if its output is up to date (repeatable)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the stages, sizes, estimated GPU-hours and instruction cost; run nothing")
+                   help="validate the config; print each stage as up to date / will run / will rerun (and why), "
+                        "sizes, estimated GPU-hours and instruction cost; run nothing")
+
+
+def status_lines(rows: list[tuple[str, str, list[str]]]) -> list[str]:
+    lines = ["stages:"]
+    for name, state, why in rows:
+        lines.append(f"  {name:12s} {state}" + (f": {'; '.join(why)}" if why else ""))
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,12 +32,19 @@ def run(args: argparse.Namespace) -> int:
     bad = [s for s in args.force if s not in STAGES]
     if bad:
         raise PreselError(f"--force {bad[0]}: unknown stage; stages are {', '.join(STAGES)}")
+    pipe = Pipeline(cfg, force=tuple(args.force))
     if args.dry_run:
         from presel.estimate import dry_run
 
+        rows = pipe.status()
+        print("\n".join(status_lines(rows)))
+        print()
         print(dry_run(cfg))
         return 0
-    timings = Pipeline(cfg, force=tuple(args.force)).run()
+    timings = pipe.run()
+    if pipe.waiting:
+        print(f"run paused at {pipe.waiting}")
+        return 0
     total = sum(timings.values())
     print(f"run finished: {cfg.out}  (stage time {total:.0f} s; timings in {cfg.out / 'timings.json'})")
     return 0

@@ -1,0 +1,123 @@
+"""The Stage abstraction of ``presel run``.
+
+A stage declares once: its ``name`` (the YAML section), its output folder ``dir``, its ``config``
+dataclass (built from the section, so its ``__post_init__`` validates it), the section keys outside
+that dataclass (``extra``), the keys naming files that must exist (``paths``), the upstream stages its
+key depends on (``needs``), its result-neutral settings (``neutral``: never part of the key), whether
+a partial output resumes (``resumable``), and ``run()``. ``wire()`` reads what earlier stages
+published in the :class:`Context` and publishes this stage's outputs for later ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from presel.errors import PreselError
+from presel.pipeline.config import RunConfig, require_path
+
+
+@dataclass
+class Waiting:
+    """What a stage returns when it cannot finish in this run (batch results still to come): the run stops there,
+    unmarked, and the next run resumes it."""
+
+    message: str
+
+
+@dataclass
+class StagePlan:
+    name: str
+    settings: dict[str, Any]
+    needs: tuple[str, ...]
+    files: dict[str, Path | None]
+    run: Callable[[], Any]
+    resumable: bool = False  # keep a partial output dir of the same key (the stage resumes)
+    legacy_settings: dict[str, Any] | None = None  # the whole section, as keys before result-neutral settings
+
+
+@dataclass
+class Context:
+    """What the stages of one run share: the config, the pool (read once) and the outputs published so far."""
+
+    cfg: RunConfig
+    pool: Callable[[], Any]
+    outputs: dict[str, Path | str | None] = field(default_factory=dict)
+    planned: list[str] = field(default_factory=list)
+
+
+class Stage:
+    name: ClassVar[str]
+    dir: ClassVar[str]
+    config: ClassVar[type | None] = None
+    extra: ClassVar[tuple[str, ...]] = ()
+    paths: ClassVar[tuple[str, ...]] = ()
+    needs: ClassVar[tuple[str, ...]] = ()
+    neutral: ClassVar[frozenset[str]] = frozenset()
+    resumable: ClassVar[bool] = False
+
+    def __init__(self, ctx: Context, section: dict[str, Any]):
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.section = dict(section)
+        self.files: dict[str, Path | None] = {}
+        self.conf: Any = None
+
+    # ---- declarations --------------------------------------------------------------------------
+    @property
+    def source(self) -> str:
+        return f"{self.cfg.source}: {self.name}"
+
+    @property
+    def out_dir(self) -> Path:
+        return self.cfg.out / self.dir
+
+    def known_keys(self) -> set[str]:
+        fields = {f.name for f in dataclasses.fields(self.config)} if self.config is not None else set()
+        return fields | set(self.extra)
+
+    def config_section(self) -> dict[str, Any]:
+        """The part of the section that is the config dataclass's."""
+        return {k: v for k, v in self.section.items() if k not in self.extra}
+
+    def settings(self) -> dict[str, Any]:
+        """The settings in the stage key: the section without its result-neutral settings."""
+        return {k: v for k, v in self.section.items() if k not in self.neutral}
+
+    def legacy_settings(self) -> dict[str, Any]:
+        return dict(self.section)
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Unknown keys, missing files and the config dataclass's own checks, before any stage runs."""
+        unknown = sorted(set(self.section) - self.known_keys())
+        if unknown:
+            raise PreselError(f"{self.cfg.source}: unknown setting(s) {', '.join(unknown)} in '{self.name}'; "
+                              f"known: {', '.join(sorted(self.known_keys()))}")
+        for key in self.paths:
+            require_path(self.cfg, self.name, key, self.section.get(key))
+        if self.config is not None:
+            from presel.config import from_dict
+
+            self.conf = from_dict(self.config, self.config_section(), source=self.source)
+
+    def wire(self) -> bool:
+        """Read upstream outputs from the context, publish this stage's; False: nothing to run."""
+        return True
+
+    def run(self) -> Any:
+        raise NotImplementedError
+
+    def plan(self) -> StagePlan:
+        return StagePlan(self.name, self.settings(), self.needs, dict(self.files), self.run, self.resumable,
+                         self.legacy_settings())
+
+    def need(self, output: str, fix: str) -> Any:
+        """An upstream output this stage cannot run without."""
+        value = self.ctx.outputs.get(output)
+        if value is None:
+            raise PreselError(f"{self.cfg.source}: '{self.name}' {fix}")
+        return value

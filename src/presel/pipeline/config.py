@@ -1,0 +1,104 @@
+"""The run config of ``presel run``: ``out``, ``pool``, one section per stage, ``estimate``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from presel.errors import PreselError
+
+POOL_KEYS = ("path", "image_root", "task_field", "task_map", "task_rules", "default_task", "id_field")
+POOL_PATHS = ("path", "image_root", "task_map")
+EXTRA_SECTIONS = ("out", "pool", "estimate")
+
+
+def norm_section(section: Any, name: str, source: str) -> dict[str, Any]:
+    """A section as a dict with ``_`` keys (``save-every-steps`` and ``save_every_steps`` are the same key)."""
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise PreselError(f"{source}: section '{name}' must be a mapping of settings, got {type(section).__name__}; "
+                          f"write it as `{name}: {{key: value}}` (or `{name}: {{}}` for the defaults)")
+    return {str(k).replace("-", "_"): v for k, v in section.items()}
+
+
+@dataclass
+class RunConfig:
+    """A whole run. Stage sections are plain dicts, validated by each stage's own config class."""
+
+    out: Path
+    pool: dict[str, Any]
+    sections: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    source: str = "config"
+    base_dir: Path = Path(".")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config", base_dir: Path | None = None,
+                  out: str | None = None) -> RunConfig:
+        from presel.pipeline.registry import STAGES
+
+        known = {*EXTRA_SECTIONS, *STAGES}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PreselError(f"{source}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        base = Path(base_dir) if base_dir is not None else Path(".")
+        out_v = out or data.get("out")
+        if not out_v:
+            raise PreselError(f"{source}: 'out' (the run directory) is missing; add `out: runs/NAME` or pass --out")
+        if not isinstance(out_v, (str, os.PathLike)):
+            raise PreselError(f"{source}: out={out_v!r} must be a folder path; write e.g. `out: runs/NAME`")
+        pool = norm_section(data.get("pool"), "pool", source)
+        if not pool.get("path"):
+            raise PreselError(f"{source}: 'pool.path' is missing; name the pool manifest (or image folder)")
+        sections = {s: (norm_section(data[s], s, source) if data.get(s) is not None else None)
+                    for s in (*STAGES, "estimate") if s in data}
+        return cls(Path(out_v) if Path(out_v).is_absolute() else base / out_v, pool, sections, source, base)
+
+    @classmethod
+    def load(cls, path: str | Path, *, out: str | None = None) -> RunConfig:
+        from presel.config import load_yaml
+
+        path = Path(path)
+        return cls.from_dict(load_yaml(path), source=str(path), base_dir=path.parent, out=out)
+
+    def path(self, value: str | os.PathLike | None) -> Path | None:
+        """A path from the config, relative to the config file's folder."""
+        if value in (None, ""):
+            return None
+        p = Path(value)
+        return p if p.is_absolute() else self.base_dir / p
+
+    def section(self, name: str) -> dict[str, Any] | None:
+        return self.sections.get(name)
+
+    def stage_dir(self, name: str) -> Path:
+        from presel.pipeline.registry import STAGE_DIRS
+
+        return self.out / STAGE_DIRS[name]
+
+    def check_pool(self) -> None:
+        """Unknown pool keys and missing pool files, before anything runs."""
+        unknown = sorted(set(self.pool) - set(POOL_KEYS))
+        if unknown:
+            raise PreselError(f"{self.source}: unknown pool setting(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(POOL_KEYS)}")
+        for key in POOL_PATHS:
+            require_path(self, "pool", key, self.pool.get(key))
+        rules = self.pool.get("task_rules")
+        if isinstance(rules, str):
+            require_path(self, "pool", "task_rules", rules)
+
+
+def require_path(cfg: RunConfig, section: str, key: str, value: Any) -> Path | None:
+    """A path setting that must exist (relative to the config's folder); None when unset."""
+    if value in (None, ""):
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise PreselError(f"{cfg.source}: {section}.{key}={value!r} must be a path (a string)")
+    p = cfg.path(value)
+    if not p.exists():
+        raise PreselError(f"{cfg.source}: {section}.{key}={value!r}: {p} does not exist; fix the path "
+                          f"(relative paths are relative to the config file's folder, {cfg.base_dir})")
+    return p
