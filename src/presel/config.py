@@ -7,13 +7,16 @@ with clear errors for unknown keys, and describe the environment saved with ever
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.metadata
 import os
 import platform
+import re
 import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -90,6 +93,8 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return isinstance(value, (str, os.PathLike))
     if origin in (tuple, list) or hint in (tuple, list):
         item = args[0] if args else Any
+        if item is str and isinstance(value, str):
+            return True  # "q_proj,v_proj": the dataclass splits it
         return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
     if origin is dict or hint is dict:
         return isinstance(value, dict)
@@ -132,6 +137,66 @@ def check_types(cls: type, data: dict[str, Any], *, source: str = "config") -> N
             got = "null" if value is None else f"{type(value).__name__}"
             raise PreselError(f"{source}: {name}={value!r} must be {_describe(hint)}, got {got}; "
                               f"{_fix(name, value, hint)}")
+
+
+# --------------------------------------------------------------------------- command-line flags from a config
+
+
+def _cli_type(base: type, name: str, zero_is_none: bool) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if text.strip().lower() in ("none", "null"):
+            return None
+        try:
+            value = base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {_describe(base)} (or none)") from None
+        if zero_is_none and value == 0:
+            print(f"presel: --{name.replace('_', '-')} 0 is deprecated, write --{name.replace('_', '-')} none",
+                  file=sys.stderr)
+            return None
+        return value
+
+    parse.__name__ = base.__name__
+    return parse
+
+
+def add_config_arguments(group: Any, cls: type, *, skip: tuple[str, ...] = (), helps: dict[str, str] | None = None,
+                         choices: dict[str, tuple[str, ...]] | None = None, zero_is_none: tuple[str, ...] = ()) -> None:
+    """One ``--field-name`` flag per field of the config dataclass ``cls`` (the YAML key with ``-``): default from the
+    dataclass, type from its annotation (``none`` for an optional value), help from ``helps`` or the field's
+    ``metadata['help']``; booleans get ``--x/--no-x``. ``zero_is_none``: fields where ``0`` still means none (old flags)."""
+    helps = dict(helps or {})
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        hint = hints.get(f.name, str)
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        base = args[0] if optional and len(args) == 1 else hint
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kw: dict[str, Any] = {"dest": f.name, "default": default,
+                              "help": helps.get(f.name, f.metadata.get("help", ""))}
+        if base is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(base) in (tuple, list):
+            kw["type"] = lambda t: None if t.lower() in ("none", "null") else tuple(x for x in re.split(r"[,\s]+", t) if x)
+        elif base in (int, float, str):
+            kw["type"] = _cli_type(base, f.name, f.name in zero_is_none) if (optional or base is not str) else str
+        if choices and f.name in choices:
+            kw["choices"] = choices[f.name]
+        group.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def add_deprecated_alias(group: Any, old: str, dest: str, **kw: Any) -> None:
+    """An old flag kept working, hidden from --help (``--save-every`` for ``--save-every-steps``)."""
+    group.add_argument(old, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kw)
+
+
+def config_from_args(cls: type[T], args: Any, *, skip: tuple[str, ...] = ()) -> T:
+    """The config dataclass from parsed flags of :func:`add_config_arguments` (same checks as a YAML section)."""
+    data = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in skip}  # type: ignore[arg-type]
+    return from_dict(cls, data, source="command line")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
