@@ -11,13 +11,16 @@ published in the :class:`Context` and publishes this stage's outputs for later o
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from presel.errors import PreselError
-from presel.pipeline.config import RunConfig, require_path
+
+if TYPE_CHECKING:
+    from presel.pipeline.config import RunConfig
 
 
 @dataclass
@@ -121,3 +124,16 @@ class Stage:
         if value is None:
             raise PreselError(f"{self.cfg.source}: '{self.name}' {fix}")
         return value
+
+
+def require_path(cfg: RunConfig, section: str, key: str, value: Any) -> Path | None:
+    """A path setting that must exist (relative to the config's folder); None when unset."""
+    if value in (None, ""):
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise PreselError(f"{cfg.source}: {section}.{key}={value!r} must be a path (a string)")
+    p = cfg.path(value)
+    if not p.exists():
+        raise PreselError(f"{cfg.source}: {section}.{key}={value!r}: {p} does not exist; fix the path "
+                          f"(relative paths are relative to the config file's folder, {cfg.base_dir})")
+    return p

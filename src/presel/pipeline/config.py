@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from presel.errors import PreselError
+from presel.pipeline.base import require_path
 
 POOL_KEYS = ("path", "image_root", "task_field", "task_map", "task_rules", "default_task", "id_field")
 POOL_PATHS = ("path", "image_root", "task_map")
@@ -89,16 +90,3 @@ class RunConfig:
         rules = self.pool.get("task_rules")
         if isinstance(rules, str):
             require_path(self, "pool", "task_rules", rules)
-
-
-def require_path(cfg: RunConfig, section: str, key: str, value: Any) -> Path | None:
-    """A path setting that must exist (relative to the config's folder); None when unset."""
-    if value in (None, ""):
-        return None
-    if not isinstance(value, (str, os.PathLike)):
-        raise PreselError(f"{cfg.source}: {section}.{key}={value!r} must be a path (a string)")
-    p = cfg.path(value)
-    if not p.exists():
-        raise PreselError(f"{cfg.source}: {section}.{key}={value!r}: {p} does not exist; fix the path "
-                          f"(relative paths are relative to the config file's folder, {cfg.base_dir})")
-    return p

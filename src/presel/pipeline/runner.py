@@ -171,10 +171,12 @@ def change_reasons(stage: Stage, marker: dict[str, Any], parts: KeyParts, reruns
     out = [f"{stage.name}: {k} {_fmt(old.get(k, _MISSING))} -> {_fmt(new.get(k, _MISSING))}"
            for k in sorted(set(old) | set(new)) if old.get(k, _MISSING) != new.get(k, _MISSING)]
     old_up = marker.get("upstream") or {}
+    rerun = [n for n in parts.upstream if n in reruns]
+    if rerun:
+        out.append(f"upstream stage {rerun[0]} reruns" if len(rerun) == 1 else
+                   f"upstream stages {', '.join(rerun)} rerun")
     for n, key in parts.upstream.items():
-        if n in reruns:
-            out.append(f"upstream stage {n} reruns")
-        elif n in old_up and old_up[n] != key:
+        if n not in reruns and n in old_up and old_up[n] != key:
             out.append(f"upstream {'pool' if n == 'pool' else 'stage ' + n} changed")
     old_fp = marker.get("fingerprints") or {}
     for k, fp in parts.prints.items():
