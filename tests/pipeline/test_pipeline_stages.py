@@ -253,3 +253,23 @@ def test_generate_online_mode_in_run(tmp_path, capsys):
         assert ran == set() and len(srv.bodies) == n
     gdir = tmp_path / "run" / "generate"
     assert (gdir / MARKER).exists() and json.loads((gdir / "train.json").read_text())
+
+
+def test_a_top_level_run_setting_reaches_every_stage_that_has_it(tmp_path, monkeypatch):
+    """How `protocol: official|paper` plugs in: one name in RUN_SETTINGS (here `seed`, which two stages have)."""
+    import presel.pipeline.config as pc
+
+    monkeypatch.setattr(pc, "RUN_SETTINGS", ("seed",))
+    _pool(tmp_path)
+    cfg = yaml.safe_load(_chain(tmp_path).read_text())
+    del cfg["reference"]["seed"], cfg["select"]["seed"]
+    cfg["seed"] = 4
+    path = _write(tmp_path, cfg)
+    stages = {s.name: s for s in Pipeline(RunConfig.load(path)).stages()}
+    assert stages["reference"].conf.seed == 4 and stages["select"].conf.seed == 4
+    assert stages["select"].settings()["seed"] == 4 and "seed" not in stages["annotate"].settings()
+    _run(path)
+    cfg["seed"] = 5
+    _write(tmp_path, cfg)
+    ran, _ = _run(path)
+    assert ran == set(CHEAP)  # reference reruns, so everything after it does

@@ -82,13 +82,18 @@ class Stage:
         fields = {f.name for f in dataclasses.fields(self.config)} if self.config is not None else set()
         return fields | set(self.extra)
 
+    def run_settings(self) -> dict[str, Any]:
+        """Top-level run settings (``RUN_SETTINGS``) that this stage's config has a field for and its section lacks."""
+        fields = {f.name for f in dataclasses.fields(self.config)} if self.config is not None else set()
+        return {k: v for k, v in self.cfg.settings.items() if k in fields and k not in self.section}
+
     def config_section(self) -> dict[str, Any]:
         """The part of the section that is the config dataclass's."""
-        return {k: v for k, v in self.section.items() if k not in self.extra}
+        return {**self.run_settings(), **{k: v for k, v in self.section.items() if k not in self.extra}}
 
     def settings(self) -> dict[str, Any]:
         """The settings in the stage key: the section without its result-neutral settings."""
-        return {k: v for k, v in self.section.items() if k not in self.neutral}
+        return {**self.run_settings(), **{k: v for k, v in self.section.items() if k not in self.neutral}}
 
     def legacy_settings(self) -> dict[str, Any]:
         return dict(self.section)

@@ -13,6 +13,9 @@ from presel.pipeline.base import require_path
 POOL_KEYS = ("path", "image_root", "task_field", "task_map", "task_rules", "default_task", "id_field")
 POOL_PATHS = ("path", "image_root", "task_map")
 EXTRA_SECTIONS = ("out", "pool", "estimate")
+# top-level settings handed to every stage whose config dataclass has a field of that name (unless its section
+# sets it), e.g. ``protocol``: add the name here, nothing else
+RUN_SETTINGS: tuple[str, ...] = ()
 
 
 def norm_section(section: Any, name: str, source: str) -> dict[str, Any]:
@@ -34,13 +37,14 @@ class RunConfig:
     sections: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     source: str = "config"
     base_dir: Path = Path(".")
+    settings: dict[str, Any] = field(default_factory=dict)  # RUN_SETTINGS given at the top level
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config", base_dir: Path | None = None,
                   out: str | None = None) -> RunConfig:
         from presel.pipeline.registry import STAGES
 
-        known = {*EXTRA_SECTIONS, *STAGES}
+        known = {*EXTRA_SECTIONS, *RUN_SETTINGS, *STAGES}
         unknown = sorted(set(data) - known)
         if unknown:
             raise PreselError(f"{source}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -55,7 +59,8 @@ class RunConfig:
             raise PreselError(f"{source}: 'pool.path' is missing; name the pool manifest (or image folder)")
         sections = {s: (norm_section(data[s], s, source) if data.get(s) is not None else None)
                     for s in (*STAGES, "estimate") if s in data}
-        return cls(Path(out_v) if Path(out_v).is_absolute() else base / out_v, pool, sections, source, base)
+        return cls(Path(out_v) if Path(out_v).is_absolute() else base / out_v, pool, sections, source, base,
+                   {k: data[k] for k in RUN_SETTINGS if k in data})
 
     @classmethod
     def load(cls, path: str | Path, *, out: str | None = None) -> RunConfig:

@@ -12,7 +12,6 @@ The keys are the ``GenerateConfig`` and ``BatchConfig`` fields (the ``presel gen
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from presel.errors import PreselError
 from presel.generate.batch import BatchConfig
@@ -43,9 +42,6 @@ class Generate(Stage):
 
     def known_keys(self) -> set[str]:
         return set(ORACLE_KEYS) if self.oracle else {f.name for f in dataclasses.fields(GenerateConfig)} | set(self.extra)
-
-    def config_section(self) -> dict[str, Any]:
-        return {k: v for k, v in self.section.items() if k not in self.extra}
 
     def validate(self) -> None:
         from presel.config import from_dict

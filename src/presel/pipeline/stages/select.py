@@ -18,11 +18,11 @@ class Select(Stage):
     paths = extra
     needs = ("reference", "weights", "embed")
 
-    def settings(self) -> dict[str, Any]:
-        return {k: v for k, v in self.section.items() if k not in self.extra}
+    def settings(self) -> dict[str, Any]:  # the input files are in the key as files
+        return {**self.run_settings(), **self.legacy_settings()}
 
     def legacy_settings(self) -> dict[str, Any]:
-        return self.settings()
+        return {k: v for k, v in self.section.items() if k not in self.extra}
 
     def wire(self) -> bool:
         out, sec = self.ctx.outputs, self.section
