@@ -99,7 +99,8 @@ def dry_run(cfg: RunConfig) -> str:
             _hours(budget * ep, est["finetune_samples_per_s"]))
     if "report" in S:
         add("report", "HTML report", 0.0)
-    from presel.pipeline.registry import STAGES  # the one list of stages: a stage without a row above still shows
+    # the one list of stages: a stage without a row above still shows
+    from presel.pipeline.registry import STAGES
 
     listed = {r[0] for r in rows}
     rows += [(s, "no estimate for this stage", 0.0) for s in STAGES if S.get(s) is not None and s not in listed]
