@@ -122,6 +122,9 @@ def test_dry_run_of_a_fresh_run_lists_every_stage_as_will_run(tmp_path, capsys):
     ({"final_model": {"model": "tiny-llava", "log_every": "5"}}, "final_model: log_every='5' must be an integer"),
     ({"final_model": {"model": "tiny-llava", "lrr": 1e-4}}, "unknown setting(s) lrr in 'final_model'"),
     ({"pool": {"task_map": "missing.json"}}, "pool.task_map='missing.json'"),
+    ({"estimate": {"embed_images_per_s": "fast"}}, "estimate.embed_images_per_s='fast' must be a number > 0"),
+    ({"estimate": {"embed_img_per_s": 10}}, "unknown setting(s) embed_img_per_s in 'estimate'"),
+    ({"final_model": {"model": "../no/such/model"}}, "final_model.model='../no/such/model': no such model directory"),
 ])
 def test_every_section_is_validated_before_any_stage_runs(tmp_path, capsys, over, needle):
     """A mistake in the last section stops the run before the first stage: exit 2, section, key, value and fix named."""
@@ -273,3 +276,34 @@ def test_a_top_level_run_setting_reaches_every_stage_that_has_it(tmp_path, monke
     _write(tmp_path, cfg)
     ran, _ = _run(path)
     assert ran == set(CHEAP)  # reference reruns, so everything after it does
+
+
+def test_model_paths_are_relative_to_the_config(tmp_path, monkeypatch):
+    _pool(tmp_path)
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    cfg = yaml.safe_load(_chain(tmp_path).read_text())
+    cfg["final_model"] = {"model": "models/base", "lr": 1e-4}
+    path = _write(tmp_path, cfg)
+    monkeypatch.chdir(tmp_path / "models")  # not the config's folder
+    stages = {s.name: s for s in Pipeline(RunConfig.load(path)).stages()}
+    assert stages["final_model"].model() == str(tmp_path / "models" / "base")
+
+
+@pytest.mark.parametrize("preset", ["llava665k.yaml", "vision_flan.yaml"])
+def test_shipped_presets_validate(tmp_path, preset):
+    """The paper presets pass the up-front validation once their files exist."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "configs" / preset).read_text()
+    cfg = yaml.safe_load(text)
+    root = tmp_path / "configs"
+    root.mkdir()
+    for p in (cfg["pool"]["path"], cfg["annotate"]["annotations"]):
+        (root / p).parent.mkdir(parents=True, exist_ok=True)
+        (root / p).write_text('{"id": "a", "image": "a.png", "task": "t"}\n' if p.endswith("l") else "[]")
+    cfg["pool"]["image_root"] = "."
+    for sec in ("ref_model", "final_model"):
+        (root / cfg[sec]["model"]).mkdir(parents=True, exist_ok=True)
+    path = _write(root, cfg, preset)
+    names = [s.name for s in Pipeline(RunConfig.load(path)).stages()]
+    assert names == list(STAGES)

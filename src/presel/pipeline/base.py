@@ -123,6 +123,24 @@ class Stage:
         return StagePlan(self.name, self.settings(), self.needs, dict(self.files), self.run, self.resumable,
                          self.legacy_settings())
 
+    def model(self, key: str = "model") -> str | None:
+        """A model setting: a path relative to the config's folder when one exists there, else as given (a hub id,
+        an offline name such as llava-small, or a path relative to the working directory)."""
+        value = self.section.get(key)
+        if value in (None, ""):
+            return None
+        if not isinstance(value, (str, os.PathLike)):
+            raise PreselError(f"{self.cfg.source}: {self.name}.{key}={value!r} must be a model directory, hub id or "
+                              "offline name (a string)")
+        p = self.cfg.path(value)
+        if os.path.exists(value) or not p.exists():  # as given when it works as given (what older presel did)
+            if str(value).startswith(("./", "../", "/")) and not os.path.exists(value):
+                raise PreselError(f"{self.cfg.source}: {self.name}.{key}={value!r}: no such model directory ({p}); "
+                                  "fix the path (relative paths are relative to the config file's folder, "
+                                  f"{self.cfg.base_dir})")
+            return str(value)
+        return str(p)
+
     def need(self, output: str, fix: str) -> Any:
         """An upstream output this stage cannot run without."""
         value = self.ctx.outputs.get(output)

@@ -95,3 +95,14 @@ class RunConfig:
         rules = self.pool.get("task_rules")
         if isinstance(rules, str):
             require_path(self, "pool", "task_rules", rules)
+
+    def check_estimate(self) -> None:
+        """The ``estimate`` section: measured throughputs, each a number > 0 under a known name."""
+        from presel.estimate import ASSUMED
+
+        for key, value in (self.sections.get("estimate") or {}).items():
+            if key not in ASSUMED:
+                raise PreselError(f"{self.source}: unknown setting(s) {key} in 'estimate'; known: {', '.join(ASSUMED)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise PreselError(f"{self.source}: estimate.{key}={value!r} must be a number > 0 (a measured "
+                                  "throughput per second)")

@@ -44,6 +44,7 @@ class Pipeline:
     def stages(self) -> list[Stage]:
         """Every stage the config asks for, wired to its inputs and validated: nothing runs before this passes."""
         self.cfg.check_pool()
+        self.cfg.check_estimate()
         ctx = Context(self.cfg, self.pool)
         out: list[Stage] = []
         for cls in REGISTRY:

@@ -17,10 +17,13 @@ class Embed(Stage):
 
     def wire(self) -> bool:
         self.files = {"pool": self.cfg.path(self.cfg.pool["path"])}
+        self.model()  # a model path that does not exist stops the run before it starts
         self.ctx.outputs["features"] = self.out_dir
         return True
 
     def run(self) -> None:
+        import dataclasses
+
         from presel.features.extract import embed_pool
 
-        embed_pool(self.ctx.pool(), self.out_dir, self.conf)
+        embed_pool(self.ctx.pool(), self.out_dir, dataclasses.replace(self.conf, model=self.model() or self.conf.model))

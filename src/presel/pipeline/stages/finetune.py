@@ -17,7 +17,7 @@ class _Finetune(Stage):
 
     def validate(self) -> None:
         super().validate()
-        if not self.section.get("model"):
+        if not self.model():
             raise PreselError(f"{self.cfg.source}: {self.name}.model (the base VLM: hub id, directory or llava-small) "
                               "is missing")
 
@@ -25,7 +25,7 @@ class _Finetune(Stage):
         from presel.finetune.train import finetune
 
         image_root = self.cfg.path(self.section.get("image_root")) or self.ctx.pool().image_root
-        finetune(self.ctx.outputs[self.data_output], self.section["model"], self.out_dir, self.conf,
+        finetune(self.ctx.outputs[self.data_output], self.model(), self.out_dir, self.conf,
                  image_root=image_root)
 
 

@@ -18,8 +18,8 @@ class Score(Stage):
 
     def wire(self) -> bool:
         data = self.need("annotated", "needs the annotated reference set: add an 'annotate' section")
-        self.model = self.section.get("model") or self.ctx.outputs.get("ref_model")
-        if self.model is None:
+        self.scorer = self.model() or self.ctx.outputs.get("ref_model")
+        if self.scorer is None:
             raise PreselError(f"{self.cfg.source}: score.model is missing and there is no 'ref_model' stage to score with")
         self.files = {"data": data}
         self.ctx.outputs["irs"] = self.out_dir
@@ -31,6 +31,6 @@ class Score(Stage):
         from presel.importance.scoring import score_to_dir
 
         s = dict(self.section)
-        s["model"] = resolve_model(str(s.get("model") or self.model))
+        s["model"] = resolve_model(str(self.scorer))
         s.setdefault("image_root", str(self.ctx.pool().image_root))
         score_to_dir(self.files["data"], self.out_dir, from_dict(ScoreConfig, s, source=self.source))
