@@ -2,6 +2,7 @@
 deletion safety and the generation modes, on a small pool with cheap stages (no model)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +67,10 @@ def test_registry_is_the_one_list_of_stages():
     assert STAGE_DIRS["embed"] == "features" and STAGE_DIRS["score"] == "irs"
     for cls in REGISTRY:
         assert cls.name and cls.dir and callable(cls.run)
+    from presel.pipeline.registry import output_paths
+
+    paths = output_paths(Path("run"))
+    assert paths["selection"] == Path("run/selection/selection.parquet") and paths["irs"] == Path("run/irs")
 
 
 def test_a_real_setting_reruns_exactly_the_downstream_stages(tmp_path):
@@ -237,7 +242,6 @@ def test_generate_batch_files_then_collect_in_run(tmp_path, capsys):
 def test_generate_online_mode_in_run(tmp_path, capsys):
     """The online mode maps its keys to GenerateConfig and sends one request per selected image."""
     import sys
-    from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "generate"))
     from gen_fake_server import FakeOpenAI
@@ -292,8 +296,6 @@ def test_model_paths_are_relative_to_the_config(tmp_path, monkeypatch):
 @pytest.mark.parametrize("preset", ["llava665k.yaml", "vision_flan.yaml"])
 def test_shipped_presets_validate(tmp_path, preset):
     """The paper presets pass the up-front validation once their files exist."""
-    from pathlib import Path
-
     text = (Path(__file__).parents[2] / "configs" / preset).read_text()
     cfg = yaml.safe_load(text)
     root = tmp_path / "configs"

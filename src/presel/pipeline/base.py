@@ -61,6 +61,7 @@ class Stage:
     needs: ClassVar[tuple[str, ...]] = ()
     neutral: ClassVar[frozenset[str]] = frozenset()
     resumable: ClassVar[bool] = False
+    outputs: ClassVar[dict[str, str]] = {}  # what it publishes for later stages: name -> path in its dir ("" = the dir)
 
     def __init__(self, ctx: Context, section: dict[str, Any]):
         self.ctx = ctx
@@ -113,8 +114,13 @@ class Stage:
             self.conf = from_dict(self.config, self.config_section(), source=self.source)
 
     def wire(self) -> bool:
-        """Read upstream outputs from the context, publish this stage's; False: nothing to run."""
+        """Read upstream outputs from the context (``self.need``), set ``self.files``; False: nothing to run."""
         return True
+
+    def publish(self) -> None:
+        """This stage's ``outputs`` into the context, for the stages after it."""
+        for name, rel in self.outputs.items():
+            self.ctx.outputs[name] = self.out_dir / rel if rel else self.out_dir
 
     def run(self) -> Any:
         raise NotImplementedError

@@ -6,6 +6,8 @@ subclass, and one line here.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from presel.pipeline.base import Stage
 from presel.pipeline.stages.annotate import Annotate
 from presel.pipeline.stages.embed import Embed
@@ -32,3 +34,9 @@ REGISTRY: tuple[type[Stage], ...] = (
 
 STAGES: tuple[str, ...] = tuple(s.name for s in REGISTRY)
 STAGE_DIRS: dict[str, str] = {s.name: s.dir for s in REGISTRY}
+
+
+def output_paths(run_dir: Path) -> dict[str, Path]:
+    """Where each stage's declared outputs lie in a run directory (for readers such as the report)."""
+    run_dir = Path(run_dir)
+    return {name: run_dir / s.dir / rel if rel else run_dir / s.dir for s in REGISTRY for name, rel in s.outputs.items()}

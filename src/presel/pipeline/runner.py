@@ -55,6 +55,7 @@ class Pipeline:
             planned = st.wire()
             st.validate()
             if planned:
+                st.publish()
                 ctx.planned.append(st.name)
                 out.append(st)
         return out

@@ -12,6 +12,7 @@ class Annotate(Stage):
     extra = ("annotations", "annotated", "match")
     paths = ("annotations", "annotated")
     needs = ("reference",)
+    outputs = {"annotated": "train.json"}
 
     def validate(self) -> None:
         super().validate()
@@ -31,7 +32,6 @@ class Annotate(Stage):
             raise PreselError(f"{self.cfg.source}: 'annotate' needs 'annotations' (a LLaVA file with the reference "
                               "set's instructions) or 'annotated' (your annotated reference file)")
         self.files = {"annotations": self.cfg.path(self.section["annotations"])}
-        self.ctx.outputs["annotated"] = self.out_dir / "train.json"
         return True
 
     def run(self) -> None:

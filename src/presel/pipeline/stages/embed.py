@@ -14,11 +14,11 @@ class Embed(Stage):
     neutral = frozenset({"batch_size", "workers", "shard_size", "executor", "ray_address", "ray_actors", "threads",
                          "progress"})
     resumable = True
+    outputs = {"features": ""}
 
     def wire(self) -> bool:
         self.files = {"pool": self.cfg.path(self.cfg.pool["path"])}
         self.model()  # a model path that does not exist stops the run before it starts
-        self.ctx.outputs["features"] = self.out_dir
         return True
 
     def run(self) -> None:

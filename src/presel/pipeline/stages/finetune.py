@@ -34,11 +34,11 @@ class RefModel(_Finetune):
     dir = "ref_model"
     needs = ("annotate",)
     data_output = "annotated"
+    outputs = {"ref_model": ""}
 
     def wire(self) -> bool:
         data = self.need("annotated", "fine-tunes on the annotated reference set: add an 'annotate' section")
         self.files = {"data": data}
-        self.ctx.outputs["ref_model"] = self.out_dir
         return True
 
 
@@ -47,8 +47,8 @@ class FinalModel(_Finetune):
     dir = "final_model"
     needs = ("generate",)
     data_output = "train_json"
+    outputs = {"final_model": ""}
 
     def wire(self) -> bool:
         self.need("train_json", "fine-tunes on the generated set: add a 'generate' section")
-        self.ctx.outputs["final_model"] = self.out_dir
         return True

@@ -35,6 +35,7 @@ class Generate(Stage):
     needs = ("select", "annotate")
     neutral = NEUTRAL
     resumable = True
+    outputs = {"train_json": "train.json"}
 
     @property
     def oracle(self) -> bool:
@@ -76,7 +77,6 @@ class Generate(Stage):
                       "reference_annotations": given}
         if self.section.get("templates"):
             self.files["templates"] = self.cfg.path(self.section["templates"])
-        self.ctx.outputs["train_json"] = self.out_dir / "train.json"
         return True
 
     def run(self) -> Waiting | None:

@@ -10,10 +10,10 @@ class Reference(Stage):
     name = "reference"
     dir = "reference"
     config = ReferenceConfig
+    outputs = {"reference": "reference.jsonl"}
 
     def wire(self) -> bool:
         self.files = {"pool": self.cfg.path(self.cfg.pool["path"])}
-        self.ctx.outputs["reference"] = self.out_dir / "reference.jsonl"
         return True
 
     def run(self) -> None:

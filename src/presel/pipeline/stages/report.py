@@ -8,10 +8,10 @@ from presel.pipeline.base import Stage
 class Report(Stage):
     name = "report"
     dir = "report"
+    outputs = {"report": "report.html"}
 
     def wire(self) -> bool:
         self.needs = tuple(self.ctx.planned)  # type: ignore[misc]  # every stage before it
-        self.ctx.outputs["report"] = self.out_dir / "report.html"
         return True
 
     def run(self) -> None:

@@ -15,6 +15,7 @@ class Score(Stage):
     # scoring's own resume state leaves these out: they change how fast, not what
     neutral = frozenset({"batch_size", "executor", "workers", "ray_address", "render_workers", "prefetch"})
     resumable = True
+    outputs = {"irs": ""}
 
     def wire(self) -> bool:
         data = self.need("annotated", "needs the annotated reference set: add an 'annotate' section")
@@ -22,7 +23,6 @@ class Score(Stage):
         if self.scorer is None:
             raise PreselError(f"{self.cfg.source}: score.model is missing and there is no 'ref_model' stage to score with")
         self.files = {"data": data}
-        self.ctx.outputs["irs"] = self.out_dir
         return True
 
     def run(self) -> None:

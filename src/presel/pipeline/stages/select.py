@@ -17,6 +17,7 @@ class Select(Stage):
     extra = ("features", "feature_ids", "weights", "reference")
     paths = extra
     needs = ("reference", "weights", "embed")
+    outputs = {"selection": "selection.parquet"}
 
     def settings(self) -> dict[str, Any]:  # the input files are in the key as files
         return {**self.run_settings(), **self.legacy_settings()}
@@ -38,7 +39,6 @@ class Select(Stage):
                        "reference": ref}
         self.files = {"weights": weights, "reference": ref, "features_ids": self.inputs["ids"],
                       **({} if "embed" in self.ctx.planned else {"features": features})}
-        out["selection"] = self.out_dir / "selection.parquet"
         return True
 
     def run(self) -> None:

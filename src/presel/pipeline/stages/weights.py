@@ -11,6 +11,7 @@ class Weights(Stage):
     dir = "weights"
     extra = ("tau",)
     needs = ("score",)
+    outputs = {"weights": "task_weights.json"}
 
     def validate(self) -> None:
         super().validate()
@@ -20,7 +21,6 @@ class Weights(Stage):
 
     def wire(self) -> bool:
         self.need("irs", "needs IRS scores: add a 'score' section")
-        self.ctx.outputs["weights"] = self.out_dir / "task_weights.json"
         return True
 
     def run(self) -> None:
