@@ -309,3 +309,23 @@ def test_shipped_presets_validate(tmp_path, preset):
     path = _write(root, cfg, preset)
     names = [s.name for s in Pipeline(RunConfig.load(path)).stages()]
     assert names == list(STAGES)
+
+
+def test_generate_batch_api_mode_in_run(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "generate"))
+    from gen_fake_server import FakeBatchAPI
+
+    _pool(tmp_path, images=True)
+    srv = FakeBatchAPI(batch_script=["complete:1"])
+    srv.base_url = srv.start()
+    try:
+        cfg = _chain(tmp_path, generate={"from_annotations": None, "mode": "batch-api", "base_url": srv.base_url,
+                                         "model": "fake-vlm", "poll_interval": 0.01, "poll_max": 0.02})
+        assert main(["run", str(cfg)]) == 0
+        assert srv.created == 1
+    finally:
+        srv.stop()
+    gdir = tmp_path / "run" / "generate"
+    assert (gdir / MARKER).exists() and json.loads((gdir / "train.json").read_text())

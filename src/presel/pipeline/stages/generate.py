@@ -56,6 +56,8 @@ class Generate(Stage):
                                      **{k: v for k, v in self.section.items() if k != "from_annotations"}},
                       source=self.source)
             return
+        if self.conf.templates:  # relative to the config, like every path in it
+            self.conf = dataclasses.replace(self.conf, templates=str(self.cfg.path(self.conf.templates)))
         mode = self.section.get("mode", "online")
         if mode not in MODES:
             raise PreselError(f"{self.cfg.source}: generate.mode={mode!r} must be one of {', '.join(MODES)}")
@@ -75,7 +77,7 @@ class Generate(Stage):
         self.files = {"annotations": self.cfg.path(self.section.get("from_annotations")),
                       # a user-given annotated reference file is an input too (the annotate stage's key covers its own)
                       "reference_annotations": given}
-        if self.section.get("templates"):
+        if self.section.get("templates"):  # relative to the config, like every path in it
             self.files["templates"] = self.cfg.path(self.section["templates"])
         return True
 
