@@ -329,3 +329,29 @@ def test_generate_batch_api_mode_in_run(tmp_path):
         srv.stop()
     gdir = tmp_path / "run" / "generate"
     assert (gdir / MARKER).exists() and json.loads((gdir / "train.json").read_text())
+
+
+def test_partial_output_of_an_older_presel_resumes(tmp_path):
+    """A pending record written with the old key (neutral settings counted) keeps its partial output."""
+    from presel.pipeline import StagePlan
+    from presel.pipeline.workdir import stage_key
+
+    _pool(tmp_path)
+    seen = []
+    d = tmp_path / "run" / "features"
+
+    class One(Pipeline):
+        def plan(self):
+            return [StagePlan("embed", {"model": "m"}, (), {}, lambda: seen.append(sorted(x.name for x in d.iterdir())),
+                              True, legacy_settings={"model": "m", "workers": 4})]
+
+    cfg = RunConfig.from_dict({"out": "run", "pool": {"path": "pool.jsonl"}, "embed": {}}, base_dir=tmp_path)
+    p = One(cfg)
+    p._pool_key()
+    d.mkdir(parents=True)
+    (d / "shard-0").write_text("done work")
+    (tmp_path / "run" / ".presel-pending").mkdir()
+    old = stage_key("embed", {"model": "m", "workers": 4}, {"pool": p.keys["pool"]}, {})
+    (tmp_path / "run" / ".presel-pending" / "embed.json").write_text(json.dumps({"key": old, "stage": "embed"}))
+    One(cfg).run()
+    assert seen == [["shard-0"]] and (d / MARKER).exists()

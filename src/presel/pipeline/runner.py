@@ -88,6 +88,12 @@ class Pipeline:
         # a marker of an older presel whose key counted result-neutral settings: still the same result
         return "version" not in marker and marker.get("key") == self.legacy[st.name]
 
+    def _same_pending(self, st: StagePlan, parts: KeyParts, pending: dict[str, Any] | None) -> bool:
+        """A partial output of the same key (or of the same key as an older presel computed it) resumes."""
+        if pending is None:
+            return False
+        return pending.get("key") == parts.key or ("version" not in pending and pending.get("key") == self.legacy[st.name])
+
     def _stage_dir(self, name: str) -> StageDir:
         return StageDir(self.cfg.out, name, self.cfg.stage_dir(name))
 
@@ -119,8 +125,7 @@ class Pipeline:
                 sd.finish(parts)  # migrate the old marker to this presel's key
             self.log(f"{tag} {st.name}: up to date ({sd.path}), skipped")
             return True
-        started = sd.pending()
-        resumes = st.resumable and marker is None and started is not None and started.get("key") == parts.key
+        resumes = st.resumable and marker is None and self._same_pending(st, parts, sd.pending())
         if not resumes:  # finished with other settings, a partial output of other settings, or one that cannot resume
             sd.clear()
         self.log(f"{tag} {st.name} -> {sd.path}" + (" (resuming)" if resumes and sd.path.exists() else ""))
@@ -153,8 +158,7 @@ class Pipeline:
                 continue
             reruns.add(st.name)
             if marker is None:
-                pending = sd.pending()
-                resumes = st.resumable and pending is not None and pending.get("key") == parts.key
+                resumes = st.resumable and self._same_pending(st, parts, sd.pending())
                 rows.append((st.name, "will resume" if resumes else "will run", []))
             else:
                 why = ["--force"] if st.name in self.force else change_reasons(stage, marker, parts, reruns)
