@@ -28,11 +28,38 @@ def _hours(n: float, per_s: float) -> float:
     return n / per_s / 3600.0
 
 
-def dry_run(cfg: RunConfig) -> str:
+def read_throughputs(path: str) -> dict[str, float]:
+    """Measured throughputs from a JSON file (``scripts/gpu-check.sh`` writes ``throughputs.json``): an
+    object whose keys are those of ``ASSUMED``; other keys are an error, so a typo is not silently ignored."""
+    import json
+
+    from presel.errors import PreselError
+
+    try:
+        data = json.loads(open(path, encoding="utf-8").read())
+    except OSError as e:
+        raise PreselError(f"--throughputs {path}: cannot read it ({e.strerror or e})") from None
+    except json.JSONDecodeError as e:
+        raise PreselError(f"--throughputs {path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise PreselError(f"--throughputs {path}: must be a JSON object of {{name: per-second figure}}")
+    out = {}
+    for k, v in data.items():
+        if k not in ASSUMED:
+            raise PreselError(f"--throughputs {path}: unknown key '{k}'; known: {', '.join(sorted(ASSUMED))}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise PreselError(f"--throughputs {path}: '{k}' must be a number > 0, got {v!r}")
+        out[k] = float(v)
+    return out
+
+
+def dry_run(cfg: RunConfig, throughputs: dict[str, float] | None = None) -> str:
+    """The plan of ``cfg``; ``throughputs`` (e.g. from :func:`read_throughputs`) override the config's
+    ``estimate`` section, which overrides ``ASSUMED``."""
     S = cfg.sections
     est = dict(ASSUMED)
     measured = set()
-    extra = cfg.sections.get("estimate") or {}
+    extra = {**(cfg.sections.get("estimate") or {}), **(throughputs or {})}
     for k, v in extra.items():
         if k in est:
             est[k] = float(v)

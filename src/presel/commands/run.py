@@ -15,6 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="validate the config; print each stage as up to date / will run / will rerun (and why), "
                         "sizes, estimated GPU-hours and instruction cost; run nothing")
+    p.add_argument("--throughputs", default=None, metavar="FILE",
+                   help="with --dry-run: measured throughputs (JSON, e.g. the throughputs.json of "
+                        "scripts/gpu-check.sh); they override the config's 'estimate' section")
 
 
 def status_lines(rows: list[tuple[str, str, list[str]]]) -> list[str]:
@@ -32,14 +35,17 @@ def run(args: argparse.Namespace) -> int:
     bad = [s for s in args.force if s not in STAGES]
     if bad:
         raise PreselError(f"--force {bad[0]}: unknown stage; stages are {', '.join(STAGES)}")
+    if args.throughputs and not args.dry_run:
+        raise PreselError("--throughputs is used by --dry-run only; add --dry-run")
     pipe = Pipeline(cfg, force=tuple(args.force))
     if args.dry_run:
-        from presel.estimate import dry_run
+        from presel.estimate import dry_run, read_throughputs
 
+        throughputs = read_throughputs(args.throughputs) if args.throughputs else None
         rows = pipe.status()
         print("\n".join(status_lines(rows)))
         print()
-        print(dry_run(cfg))
+        print(dry_run(cfg, throughputs))
         return 0
     timings = pipe.run()
     if pipe.waiting:

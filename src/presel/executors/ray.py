@@ -40,8 +40,12 @@ class EmbedActor:
     """Holds one model; embeds decoded batches (Ray Data ``map_batches`` with batch_size=1 row)."""
 
     def __init__(self, spec: Any):
+        import dataclasses
+
         from presel.features.backends import load_backend
 
+        if spec.device.startswith("cuda"):  # Ray gives each actor one GPU (CUDA_VISIBLE_DEVICES): it is cuda:0 here
+            spec = dataclasses.replace(spec, device="cuda")
         self.backend = load_backend(spec)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:

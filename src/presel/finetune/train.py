@@ -500,6 +500,7 @@ def finetune(
     gc_on = on_cuda if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
     if on_cuda:
         torch.cuda.set_device(device)
+        torch.cuda.reset_peak_memory_stats(device)  # the summary's peak is this run's, not an earlier stage's
     if dist.world_size > 1:
         import torch.distributed as tdist
 
