@@ -84,17 +84,22 @@ class Stage:
         return fields | set(self.extra)
 
     def run_settings(self) -> dict[str, Any]:
-        """Top-level run settings (``RUN_SETTINGS``) that this stage's config has a field for and its section lacks."""
-        fields = {f.name for f in dataclasses.fields(self.config)} if self.config is not None else set()
-        return {k: v for k, v in self.cfg.settings.items() if k in fields and k not in self.section}
+        """Top-level run settings (``RUN_SETTINGS``) this stage knows (a field of its config or one of its keys) and
+        its section does not set."""
+        known = self.known_keys()
+        return {k: v for k, v in self.cfg.settings.items() if k in known and k not in self.section}
+
+    def effective(self) -> dict[str, Any]:
+        """The section as if the run settings it takes were written in it."""
+        return {**self.run_settings(), **self.section}
 
     def config_section(self) -> dict[str, Any]:
         """The part of the section that is the config dataclass's."""
-        return {**self.run_settings(), **{k: v for k, v in self.section.items() if k not in self.extra}}
+        return {k: v for k, v in self.effective().items() if k not in self.extra}
 
     def settings(self) -> dict[str, Any]:
         """The settings in the stage key: the section without its result-neutral settings."""
-        return {**self.run_settings(), **{k: v for k, v in self.section.items() if k not in self.neutral}}
+        return {k: v for k, v in self.effective().items() if k not in self.neutral}
 
     def legacy_settings(self) -> dict[str, Any]:
         return dict(self.section)

@@ -53,7 +53,7 @@ class Generate(Stage):
             from presel.generate.oracle import OracleConfig
 
             from_dict(OracleConfig, {"annotations": str(self.section["from_annotations"]),
-                                     **{k: v for k, v in self.section.items() if k != "from_annotations"}},
+                                     **{k: v for k, v in self.effective().items() if k != "from_annotations"}},
                       source=self.source)
             return
         if self.conf.templates:  # relative to the config, like every path in it
@@ -111,7 +111,7 @@ class Generate(Stage):
     def _oracle(self) -> None:
         from presel.generate.oracle import oracle_to_dir
 
-        s = {k: v for k, v in self.section.items() if k != "from_annotations"}
+        s = {k: v for k, v in self.effective().items() if k != "from_annotations"}
         oracle_to_dir(self.ctx.outputs["selection"], self.files["annotations"], self.out_dir,
                       reference_annotations=self.ctx.outputs.get("annotated"), overwrite=True, **s)
 

@@ -30,7 +30,7 @@ class Score(Stage):
         from presel.config import from_dict
         from presel.importance.scoring import score_to_dir
 
-        s = dict(self.section)
+        s = self.config_section()
         s["model"] = resolve_model(str(self.scorer))
         s.setdefault("image_root", str(self.ctx.pool().image_root))
         score_to_dir(self.files["data"], self.out_dir, from_dict(ScoreConfig, s, source=self.source))
