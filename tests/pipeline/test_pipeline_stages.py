@@ -158,14 +158,14 @@ def test_foreign_folders_in_stage_places_survive_and_stop_the_run(tmp_path, caps
                             "select": {"budget": 0.3, "task_weights": "uniform"}, "report": {}})
     assert main(["run", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert "features exists but was not written by presel" in err and "Move your files out of" in err
+    assert f"stage folder {tmp_path / 'features'} was not written by presel" in err and "move it away" in err
     assert (tmp_path / "features" / "my_own_features.npy").exists()
     assert (tmp_path / "report" / "notes.txt").read_text() == "mine"
     assert not (tmp_path / ".presel-pending").exists()
     # the report folder alone is refused too
     cfg = _write(tmp_path, {"out": ".", "pool": {"path": "pool.jsonl"}, "report": {}})
     assert main(["run", str(cfg)]) == 2
-    assert "report exists but was not written by presel" in capsys.readouterr().err
+    assert f"stage folder {tmp_path / 'report'} was not written by presel" in capsys.readouterr().err
     assert (tmp_path / "report" / "notes.txt").read_text() == "mine"
 
 
@@ -174,8 +174,14 @@ def test_an_empty_folder_or_presel_output_is_replaced(tmp_path):
     (tmp_path / "run" / "selection").mkdir(parents=True)  # empty: nothing to lose
     ran, _ = _run(_chain(tmp_path))
     assert "select" in ran and (tmp_path / "run" / "selection" / MARKER).exists()
+    (tmp_path / "run" / "selection" / "stale.txt").write_text("x")  # inside presel's own folder: replaced with it
+    (tmp_path / "run" / ".selection.tmp-abc").mkdir()  # presel's leftover name
+    (tmp_path / "run" / ".selection.mine").write_text("user")  # not a presel leftover name
     ran, _ = _run(_chain(tmp_path, select={"seed": 2}))  # presel's own output of other settings: replaced
     assert json.loads((tmp_path / "run" / "selection" / MARKER).read_text())["settings"]["seed"] == 2
+    assert not (tmp_path / "run" / "selection" / "stale.txt").exists()
+    assert not (tmp_path / "run" / ".selection.tmp-abc").exists()
+    assert (tmp_path / "run" / ".selection.mine").read_text() == "user"
 
 
 def test_old_markers_stay_valid(tmp_path):

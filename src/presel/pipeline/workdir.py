@@ -22,6 +22,9 @@ from presel.io.atomic import dumps_json, write_json
 
 MARKER = ".presel-stage.json"
 PENDING = ".presel-pending"
+# what presel's writers leave beside an output folder: atomic_dir's temporary and replaced folders, fine-tuning's
+# checkpoints; anything else named like ``.<dir>.*`` is not presel's and stays
+LEFTOVERS = (".tmp-*", ".old-*", ".finetune-work")
 VERSION = 2  # markers of version 1 (no version field) hold the whole section as settings
 
 
@@ -124,15 +127,17 @@ class StageDir:
             return
         if p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
             return  # an empty folder holds nothing to lose
-        raise PreselError(f"{p} exists but was not written by presel (no {MARKER} in it, no record in "
-                          f"{self.pending_path.parent}); stage '{self.stage}' writes there and would replace it. "
-                          f"Move your files out of {p}, or set `out:` to another folder")
+        raise PreselError(f"stage folder {p} was not written by presel (no {MARKER} in it, no record in "
+                          f"{self.pending_path.parent}) and stage '{self.stage}' would replace it: move it away, or "
+                          "choose another `out` for the run; nothing was changed")
 
     def clear(self) -> None:
-        """Remove this stage's output and its work leftovers beside it (``.<name>.tmp-*``, ``.<name>.finetune-work``)."""
+        """Remove this stage's output and the work leftovers that presel names beside it (``LEFTOVERS``)."""
         self.check_owned()
         proven = self.proven()
-        victims = [self.path, *self.path.parent.glob(f".{self.path.name}.*")] if proven else [self.path]
+        victims = [self.path]
+        if proven:
+            victims += [p for pat in LEFTOVERS for p in self.path.parent.glob(f".{self.path.name}{pat}")]
         for p in victims:
             if p.is_dir() and not p.is_symlink():
                 if p == self.path and not proven:
