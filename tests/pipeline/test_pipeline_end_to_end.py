@@ -83,6 +83,7 @@ def _rerun_with(run, **changes):
 def test_neutral_settings_keep_every_stage_and_a_real_one_reruns_downstream(run_dir):
     """Issue evidence: `ref_model.log_every` used to delete the reference model and rerun everything after it."""
     run, _ = run_dir
+    original = (run / "config.yaml").read_text()
     model = (run / "ref_model" / "model.safetensors")
     weights = sorted((run / "ref_model").glob("*.safetensors"))
     before = {p.name: p.stat().st_mtime_ns for p in weights}
@@ -91,3 +92,5 @@ def test_neutral_settings_keep_every_stage_and_a_real_one_reruns_downstream(run_
     assert {p.name: p.stat().st_mtime_ns for p in weights} == before and (model.exists() or weights)
     assert _rerun_with(run, weights={"tau": 0.5}) == {"weights", "select", "generate", "final_model", "report"}
     assert _rerun_with(run) == set()
+    (run / "config.yaml").write_text(original)  # leave the run as the other tests expect it
+    assert _rerun_with(run) == {"weights", "select", "generate", "final_model", "report"}
