@@ -15,6 +15,15 @@ at N=100K (a and b) and N=665K (a only). Also prints which BLAS ran (threadpoolc
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/select_bench.py                 # 100K (a, b) + 665K (a)
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/select_bench.py --n 20000 --official-max 20000
     .venv/bin/python benchmarks/select_bench.py --niter-sweep --n 15000           # faiss niter vs sklearn objective
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/select_bench.py --skewed --n 60000 --dim 384
+        # 20 equal tasks vs one task holding 95% of the images, same N: the load case of issue 17
+
+Measured (2 shared cores, OMP_NUM_THREADS=2, --skewed --dim 384): N=60K balanced 18.9 s / skewed 31.9 s
+(1.7x), N=120K balanced 35.9 s / skewed 103.4 s (2.9x), peak RSS 412 vs 737 MB at 120K. The ratio grows
+with N because a task's k-means costs n_t * C_t * d with C_t = n_t / images_per_cluster, i.e. the square
+of the task size (Lloyd iterations and the k-means++ seeding alike); one task with 95% of the pool does
+about 0.95^2 / (20 * 0.05^2) = 18x the k-means work of 20 equal tasks. Profile (cProfile, 60K skewed):
+faiss Lloyd 54%, k-means++ seeding 26%, final assignment 11%, per-cluster centrality 5%.
 """
 
 from __future__ import annotations
@@ -39,7 +48,23 @@ TASKS = {
 D = 768
 
 
+def shaped_sizes(n: int, shape: str, n_tasks: int = 20) -> dict[str, int]:
+    """``balanced``: ``n_tasks`` equal tasks; ``skewed``: one task with 95% of ``n``, the rest split equally."""
+    if shape == "balanced":
+        sizes = [n // n_tasks] * n_tasks
+    else:
+        big = int(round(0.95 * n))
+        sizes = [big] + [(n - big) // (n_tasks - 1)] * (n_tasks - 1)
+    sizes[-1] += n - sum(sizes)
+    return {f"task{i:02d}": m for i, m in enumerate(sizes)}
+
+
+SHAPE = os.environ.get("PRESEL_BENCH_SHAPE", "mix")  # mix (LLaVA-1.5 tasks), balanced or skewed
+
+
 def task_sizes(n: int) -> dict[str, int]:
+    if SHAPE != "mix":
+        return shaped_sizes(n, SHAPE)
     total = sum(TASKS.values())
     from presel.selection.budget import allocate
 
@@ -49,8 +74,8 @@ def task_sizes(n: int) -> dict[str, int]:
 
 
 def generate(n: int, workdir: Path, seed: int = 0) -> Path:
-    """Write ``feats_{n}.npy`` (float16, N x 768) chunk by chunk; returns its path (reused if present)."""
-    path = workdir / f"feats_{n}.npy"
+    """Write ``feats_{n}.npy`` (float16, N x D) chunk by chunk; returns its path (reused if present)."""
+    path = workdir / (f"feats_{n}.npy" if SHAPE == "mix" and D == 768 else f"feats_{SHAPE}_{n}x{D}.npy")
     if path.exists():
         return path
     workdir.mkdir(parents=True, exist_ok=True)
@@ -118,10 +143,11 @@ def run_engine(npy: Path, n: int, backend: str) -> dict:
     arr = np.load(npy, mmap_mode="r")
     fm = FeatureMatrix([([str(i) for i in range(n)], arr)], source=str(npy))
     rng = np.random.default_rng(7)
-    scores = rng.uniform(0.6, 1.0, len(TASKS))
-    tau = 1 / np.sqrt(len(TASKS))
+    names = list(task_sizes(n))
+    scores = rng.uniform(0.6, 1.0, len(names))
+    tau = 1 / np.sqrt(len(names))
     w = np.exp(-scores / tau)
-    weights = {t: float(x / w.sum()) for t, x in zip(TASKS, w)}
+    weights = {t: float(x / w.sum()) for t, x in zip(names, w)}
     t1 = time.perf_counter()
     res = select(pool, fm, weights=weights, reference=ref,
                  config=SelectConfig(budget=0.15, kmeans_backend=backend, seed=0))
@@ -184,10 +210,30 @@ def niter_sweep(npy: Path, n: int) -> None:
                   f"({(r.objective / ref.objective - 1) * 100:+.2f}% vs sklearn) {time.perf_counter() - t:.2f} s", flush=True)
 
 
+def skew_compare(sizes: list[int], work: Path, coretype: str | None, timeout: float) -> None:
+    """Balanced vs skewed task sizes at the same N: select time, peak RSS and the ratio."""
+    global SHAPE
+    print(f"{'N':>7}  {'dim':>4}  {'shape':9}  {'largest task':>12}  {'clusters':>8}  {'select s':>9}  {'peak RSS MB':>11}  "
+          f"{'vs balanced':>11}")
+    for n in sizes:
+        base = None
+        for shape in ("balanced", "skewed"):
+            SHAPE = shape
+            r = _spawn("faiss", generate(n, work), n, coretype, timeout)
+            if "error" in r:
+                print(f"{n:>7}  {D:>4}  {shape:9}  ERROR {r['error']}", flush=True)
+                continue
+            base = r if shape == "balanced" else base
+            rel = f"{r['select_s'] / base['select_s']:.1f}x" if base is not None else ""
+            print(f"{n:>7}  {D:>4}  {shape:9}  {max(shaped_sizes(n, shape).values()):>12}  {r['clusters']:>8}  "
+                  f"{r['select_s']:9.1f}  {r['peak_rss_mb']:11.0f}  {rel:>11}", flush=True)
+
+
 def _child(args) -> None:
     t0 = time.perf_counter()
     out = run_official(args.npy, args.n) if args.child == "official" else run_engine(args.npy, args.n, args.child)
     out["wall_s"] = time.perf_counter() - t0
+    out["shape"] = SHAPE
     ru = resource.getrusage(resource.RUSAGE_SELF)
     out["peak_rss_mb"] = ru.ru_maxrss / 1024
     out["cpu_s"] = ru.ru_utime + ru.ru_stime
@@ -200,7 +246,8 @@ def _spawn(kind: str, npy: Path, n: int, coretype: str | None, timeout: float) -
         env.pop("OPENBLAS_CORETYPE", None)
     else:
         env["OPENBLAS_CORETYPE"] = coretype
-    cmd = [sys.executable, __file__, "--child", kind, "--npy", str(npy), "--n", str(n)]
+    cmd = [sys.executable, __file__, "--child", kind, "--npy", str(npy), "--n", str(n), "--dim", str(D)]
+    env["PRESEL_BENCH_SHAPE"] = SHAPE
     try:
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -218,9 +265,14 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/presel-select-bench", help="where the synthetic features go")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--niter-sweep", action="store_true", help="print faiss niter vs sklearn objective and exit")
+    ap.add_argument("--skewed", action="store_true",
+                    help="compare 20 equal tasks with one task holding 95%% of the images (same N), engine only")
+    ap.add_argument("--dim", type=int, default=768, help="feature dimension of the synthetic pool")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--npy", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global D
+    D = args.dim
     if args.child:
         args.n = int(args.n)
         _child(args)
@@ -232,6 +284,9 @@ def main() -> None:
           f"OPENBLAS_CORETYPE as given: {given!r}", flush=True)
     if args.niter_sweep:
         niter_sweep(generate(sizes[0], work), sizes[0])
+        return
+    if args.skewed:
+        skew_compare(sizes, work, given, args.timeout)
         return
     rows = []
     for n in sizes:

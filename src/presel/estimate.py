@@ -85,6 +85,13 @@ def dry_run(cfg: RunConfig, throughputs: dict[str, float] | None = None) -> str:
     sel = {k: v for k, v in (S.get("select") or {}).items() if k not in ("features", "feature_ids", "weights", "reference")}
     budget = _budget(from_dict(SelectConfig, sel, source=f"{cfg.source}: select"), n_img) if "select" in S else 0
     n_new = max(0, budget - n_ref)
+    unit = "images"
+    if "select" in S and sel.get("protocol") == "official":  # the authors' code counts records
+        from presel.selection.official import new_picks_official
+
+        scfg = from_dict(SelectConfig, sel, source=f"{cfg.source}: select")
+        n_new = max(0, new_picks_official(len(pool.records), scfg.budget, scfg.budget_count, n_ref))
+        budget, unit = n_ref + n_new, "records"
     lines = [f"run: {cfg.out}", f"pool: {cfg.path(cfg.pool['path'])}"]
     lines.append(f"  {len(pool.records):,} image records, {n_img:,} distinct images, {len(tasks)} tasks, "
                  f"{pool.text_only:,} text-only records left out")
@@ -109,7 +116,7 @@ def dry_run(cfg: RunConfig, throughputs: dict[str, float] | None = None) -> str:
         add("embed", f"{(S['embed'] or {}).get('model', 'facebook/dinov2-base')} on {n_img:,} distinct images",
             _hours(n_img, est["embed_images_per_s"]))
     if "select" in S:
-        add("select", f"budget {budget:,} images = {n_ref:,} reference + {n_new:,} new (CPU, minutes)", 0.0)
+        add("select", f"budget {budget:,} {unit} = {n_ref:,} reference + {n_new:,} new (CPU, minutes)", 0.0)
     cost = 0.0
     if "generate" in S:
         g = S["generate"] or {}

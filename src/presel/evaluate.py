@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from presel.errors import PreselError
+from presel.io.paths import ImagePathRefused
 
 _PUNCT = re.compile(r"^[\s\"'`.,:;!?()\[\]]+|[\s\"'`.,:;!?()\[\]]+$")
 
@@ -46,7 +47,7 @@ def load_questions(data: str | Path, limit_per_task: int | None = None) -> tuple
     """(question records, image root) from a held-out LLaVA file; records need a task."""
     from presel.io.manifest import read_pool
 
-    pool = read_pool(data, default_task=None)
+    pool = read_pool(data, default_task=None, flag="--data", task_fix="give each record a 'task' field")
     per_task: dict[str, int] = defaultdict(int)
     out = []
     for r in pool.records:
@@ -58,7 +59,11 @@ def load_questions(data: str | Path, limit_per_task: int | None = None) -> tuple
         if limit_per_task is not None and per_task[r.task] >= limit_per_task:
             continue
         per_task[r.task] += 1
-        out.append({"id": r.id, "task": r.task, "image": pool.image_path(r), "question": q.replace("<image>", "").strip(),
+        try:
+            image = pool.image_path(r)
+        except ImagePathRefused as e:
+            raise PreselError(f"{data} record {r.line}: id '{r.id}': {e}") from None
+        out.append({"id": r.id, "task": r.task, "image": image, "question": q.replace("<image>", "").strip(),
                     "answer": a})
     return out, pool.image_root
 

@@ -135,10 +135,12 @@ def _load(cfg: ExportConfig) -> list[dict[str, Any]]:
 
 
 def _place_images(images: list[str], root: Path, dest: Path, mode: str) -> None:
+    from presel.io.paths import resolve_image
+
     for rel in images:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        src = root / rel
+        src = resolve_image(root, rel)  # checked before anything was written; resolved again here
         if mode == "symlink":
             os.symlink(os.path.abspath(src), target)
         else:
@@ -163,6 +165,14 @@ def export_training_set(train: str | os.PathLike, image_root: str | os.PathLike,
                           "are relative to")
     rows = _load(cfg)
     images = sorted({r["image"] for r in rows if "image" in r})
+    from presel.io.paths import ImagePathRefused, resolve_image
+
+    for im in images:  # never copy or link a file outside the image root (a '..' path or a symlink out of it)
+        try:
+            resolve_image(root, im)
+        except ImagePathRefused as e:
+            rid = next(r["id"] for r in rows if r.get("image") == im)
+            raise PreselError(f"{cfg.train}: record '{rid}': {e}") from None
     missing = [im for im in images if not (root / im).is_file()]
     if missing:
         raise PreselError(f"{len(missing)} of {len(images)} images of {cfg.train} are missing under {root} "

@@ -69,5 +69,8 @@ class Pool:
         return list(dict.fromkeys(r.image_key for r in self.records))
 
     def image_path(self, record: PoolRecord) -> Path:
-        p = Path(record.image)
-        return p if p.is_absolute() else self.image_root / p
+        """The record's image file, resolved inside the image root (:func:`presel.io.paths.resolve_image`);
+        raises :class:`presel.io.paths.ImagePathRefused` for a path that leaves it."""
+        from presel.io.paths import resolve_image
+
+        return resolve_image(self.image_root, record.image)

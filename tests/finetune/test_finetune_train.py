@@ -292,3 +292,26 @@ def test_merge_adapter_rebuilds_the_merged_model(trained, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     with pytest.raises(PreselError, match="no adapter_config.json"):
         merge_adapter(out, tmp_path / "x")
+    merge_adapter(out / "adapter", tmp_path / "merged", overwrite=True)  # its own output: replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(PreselError, match="was not written by presel"):
+        merge_adapter(out / "adapter", tmp_path / "mine", overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_refuses_a_folder_presel_did_not_write_before_training(tiny_llava, train_set, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    work = tmp_path / ".mine.finetune-work"
+    with pytest.raises(PreselError, match=f"--out {out} exists and was not written by presel"):
+        finetune(train_set, str(tiny_llava), out, _cfg(), overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and not work.exists()
+    # a work folder of the user's (no presel fingerprint) is not used, and so never deleted at the end
+    work = tmp_path / ".new.finetune-work"
+    work.mkdir()
+    (work / "keep.txt").write_text("mine")
+    with pytest.raises(PreselError, match=f"work folder {work} exists and was not written by presel"):
+        finetune(train_set, str(tiny_llava), tmp_path / "new", _cfg())
+    assert (work / "keep.txt").read_text() == "mine"

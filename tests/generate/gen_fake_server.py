@@ -25,12 +25,16 @@ from pathlib import Path
 from typing import Any
 
 FAKE_MAGIC = b"\x89PNG fake "
+# a real 2x2 PNG, so the bytes decode as an image (presel refuses to send a file that does not); the item's
+# name follows its IEND chunk, where decoders stop reading
+PNG_2X2 = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000002000000020802000000fdd49a730000001649444154789c633c"
+                        "c1c5c5c0c0c0c4c0c0c0c0c000000b3800e011f4d5d60000000049454e44ae426082")
 
 
 def fake_image_bytes(item_id: str, pad: int = 0) -> bytes:
     """Bytes that name their item (a newline, then ``pad`` filler bytes to mimic a real image's size)."""
     tail = b"\n" + (bytes(range(256)) * (pad // 256 + 1))[:pad] if pad else b""
-    return FAKE_MAGIC + item_id.encode() + tail
+    return PNG_2X2 + FAKE_MAGIC + item_id.encode() + tail
 
 
 def ok_answer(item_id: str) -> str:
@@ -120,8 +124,8 @@ class FakeOpenAI:
                         url = part["image_url"]["url"]
                         if url.startswith("data:"):
                             raw = base64.b64decode(url.split(",", 1)[1])
-                            if raw.startswith(FAKE_MAGIC):
-                                return raw[len(FAKE_MAGIC):].split(b"\n", 1)[0].decode()
+                            if FAKE_MAGIC in raw:
+                                return raw.split(FAKE_MAGIC, 1)[1].split(b"\n", 1)[0].decode()
                         return url.rsplit("/", 1)[-1]
         return "?"
 

@@ -1,5 +1,6 @@
 """Batch files, collect, batch API (local files + batches server), structured output."""
 
+import io
 import json
 import random
 
@@ -61,9 +62,9 @@ def test_request_files_format_split_transport_and_estimate(tmp_path):
         assert (tmp_path / "gen" / f["name"]).stat().st_size == f["bytes"]
     assert ids == [f"s{i:02d}" for i in range(10)]  # selected only, selection order, each once
     est = r["estimate"]
-    assert est["items"] == 10 and est["saving_fraction"] == 0.5 and est["images_without_size"] == 9
+    assert est["items"] == 10 and est["saving_fraction"] == 0.5 and est["images_without_size"] == 0
     assert est["batch_cost"] == pytest.approx(est["online_cost"] / 2)
-    # 1024x1024 -> 768x768 -> 4 tiles of 512 -> 85 + 4 * 170 tokens; the fake images count as 512x512 (1 tile)
+    # 1024x1024 -> 768x768 -> 4 tiles of 512 -> 85 + 4 * 170 tokens; the fake 2x2 images are 1 tile
     manifest = json.loads((tmp_path / "gen" / "requests_manifest.json").read_text())
     assert [f["name"] for f in manifest["files"]] == [f["name"] for f in r["files"]]
 
@@ -239,7 +240,12 @@ def test_cli_batch_file_then_collect_glob(tmp_path, capsys):
 
 
 def test_fake_image_bytes_name_their_item():
-    assert fake_image_bytes("x", pad=10).split(b"\n")[0].endswith(b"x")
+    from PIL import Image
+
+    data = fake_image_bytes("x", pad=10)
+    assert data.split(b"fake ", 1)[1].split(b"\n")[0] == b"x"
+    with Image.open(io.BytesIO(data)) as im:
+        im.verify()  # a real image: presel sends only files that decode
 
 
 def test_batch_api_unknown_route_is_a_clear_error_and_state_is_kept(tmp_path, server):

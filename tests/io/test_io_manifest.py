@@ -117,6 +117,10 @@ def test_atomic_dir_leaves_nothing_on_error(tmp_path):
     assert (out / "f").read_text() == "x"
     with pytest.raises(PreselError, match="not empty"), atomic_dir(out):
         pass
+    with pytest.raises(PreselError, match="not written by presel"), atomic_dir(out, overwrite=True):
+        pass  # a folder without presel's config.json is the user's: never replaced
+    assert (out / "f").read_text() == "x"
+    (out / "config.json").write_text('{"stage": "select", "environment": {}}')
     with atomic_dir(out, overwrite=True) as d:
         (d / "g").write_text("y")
     assert sorted(p.name for p in out.iterdir()) == ["g"]

@@ -150,3 +150,48 @@ def test_partial_stage_resumes_only_with_the_same_settings(tmp_path):
     calls.append("second")  # make the next run succeed
     Once(cfg(3)).run()  # other settings: the partial output of settings 2 is removed first
     assert calls[-1] is None
+
+
+def test_run_never_deletes_folders_it_did_not_write(tmp_path, capsys):
+    """out: . beside the user's own features/ and report/ folders: the run stops, both files survive."""
+    _pool(tmp_path)
+    (tmp_path / "features").mkdir()
+    np.save(tmp_path / "features" / "my_own_features.npy", np.zeros((2, 2), dtype=np.float32))
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "notes.txt").write_text("mine")
+    (tmp_path / ".report.tmp-notes").write_text("also mine")
+    cfg = {"out": ".", "pool": {"path": "pool.jsonl"}, "embed": {"model": "dinov2-small"},
+           "select": {"budget": 0.2, "seed": 0, "task_weights": "uniform", "reference": "ref.txt"}, "report": {}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(tmp_path / "config.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"stage folder {tmp_path / 'features'}" in err and "move it away" in err
+    assert (tmp_path / "features" / "my_own_features.npy").is_file()
+    assert (tmp_path / "report" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "selection").exists()  # refused before any stage ran
+
+    # without the embed stage, the report folder is named, still before selection runs
+    cfg = {"out": ".", "pool": {"path": "pool.jsonl"},
+           "select": {"budget": 0.2, "seed": 0, "task_weights": "uniform", "reference": "ref.txt",
+                      "features": "feats.npy", "feature_ids": "ids.txt"}, "report": {}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(tmp_path / "config.yaml")]) == 2
+    assert f"stage folder {tmp_path / 'report'}" in capsys.readouterr().err
+    assert (tmp_path / "report" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / ".report.tmp-notes").read_text() == "also mine"
+    assert not (tmp_path / "selection").exists()
+
+
+def test_run_replaces_its_own_stage_folder_and_leftovers(tmp_path):
+    _pool(tmp_path)
+    cfg_path = _config(tmp_path)
+    Pipeline(RunConfig.load(cfg_path), log=lambda s: None).run()
+    sel = tmp_path / "run" / "selection"
+    (sel / "stale.txt").write_text("x")  # inside presel's own stage folder: replaced with it
+    (tmp_path / "run" / ".selection.tmp-abc").mkdir()
+    (tmp_path / "run" / ".selection.mine").write_text("user")  # not a presel leftover name
+    _config(tmp_path, seed=1)
+    Pipeline(RunConfig.load(cfg_path), log=lambda s: None).run()
+    assert not (sel / "stale.txt").exists() and (sel / MARKER).is_file()
+    assert not (tmp_path / "run" / ".selection.tmp-abc").exists()
+    assert (tmp_path / "run" / ".selection.mine").read_text() == "user"

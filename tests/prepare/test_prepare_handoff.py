@@ -113,3 +113,25 @@ def test_export_bad_inputs(train, tmp_path, capsys):
         export_training_set(bad, root, tmp_path / "o", to="llava")
     with pytest.raises(PreselError, match="image_mode='hardlink'"):
         export_training_set(path, root, tmp_path / "o", to="llava", image_mode="hardlink")
+
+
+@pytest.mark.parametrize("how", ["symlink", "dotdot"])
+def test_export_never_copies_or_links_files_outside_the_image_root(train, tmp_path, capsys, how):
+    path, root, recs = train
+    secret = tmp_path / "secret.txt"
+    secret.write_text("API_KEY=topsecret")
+    if how == "symlink":  # a symlink inside the image root that points out of it
+        (root / "gqa/images/2327515.jpg").unlink()
+        (root / "gqa/images/2327515.jpg").symlink_to(secret)
+    else:
+        recs = [dict(r, image="../secret.txt") if r["id"] == "11" else r for r in recs]
+        path.write_text(json.dumps(recs))
+    out = tmp_path / "export"
+    for mode in ("copy", "symlink"):
+        rc = main(["prepare", "export", "--train", str(path), "--image-root", str(root), "--out", str(out), "--to", "llava",
+                   "--image-mode", mode])
+        assert rc == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and "'11'" in err
+        assert ("outside the image root" in err) if how == "symlink" else ("without '..'" in err)
+        assert not out.exists()

@@ -60,13 +60,20 @@ def test_preset_runs_end_to_end(tmp_path, models, dataset, capsys):
     run = tmp_path / "run"
     summary = json.loads((run / "selection" / "summary.json").read_text())
     n_img = summary["totals"]["distinct_images"]
-    assert summary["totals"]["total"] == int(0.15 * n_img)  # 15%, the reference set included
+    sel = pq.read_table(run / "selection" / "selection.parquet").to_pylist()
+    if cfg.get("protocol") == "official":  # the authors' code: records, 5% per task + two rounds of 5%
+        n_rec = summary["totals"]["records"]
+        assert summary["protocol"] == "official" and summary["totals"]["new_budget"] == 2 * int(n_rec * 5 / 100)
+        assert summary["totals"]["selected"] == summary["totals"]["new_budget"]
+        assert len({r["id"] for r in sel}) == len(sel)  # no record twice
+        assert json.loads((run / "irs" / "summary.json").read_text())["chat_format"] == "llava-v1"
+    else:
+        assert summary["totals"]["total"] == int(0.15 * n_img)  # 15%, the reference set included
+        assert len({r["image"] for r in sel}) == len(sel)  # no image twice
     pool_tasks = json.loads((tmp_path / "pool" / "tasks.json").read_text())["tasks"]
     assert set(summary["tasks"]) == set(pool_tasks)
     weights = json.loads((run / "weights" / "task_weights.json").read_text())
     assert set(weights) == set(pool_tasks)
-    sel = pq.read_table(run / "selection" / "selection.parquet").to_pylist()
-    assert len({r["image"] for r in sel}) == len(sel)  # no image twice
     train = json.loads((run / "generate" / "train.json").read_text())
     assert {r["id"] for r in sel} <= {r["id"].split("#")[0] for r in train}
     assert (run / "final_model" / "config.json").exists() and (run / "report" / "report.html").exists()

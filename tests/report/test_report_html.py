@@ -1,154 +1,28 @@
-"""The HTML report: built from a synthetic run directory, self-contained, tolerant, and rendered by Chromium."""
+"""The HTML report, built from what the stages really write: a real tiny `presel run` (every stage, tiny
+models) and selections written by `select_to_dir`. Self-contained, tolerant, and rendered by Chromium."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
 import subprocess
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from report_run import DOLLAR_TASK
 
-from presel.report.html import SECTIONS, build_report
+from presel.errors import PreselError
+from presel.report.html import MAX_TASK_PANELS, SECTIONS, build_report
 from presel.report.plots import pca_2d
 
-TASKS = {"alpha": 60, "beta": 40, "gamma": 25}
-SECTION_IDS = [s for s, _ in SECTIONS]
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj), encoding="utf-8")
-
-
-def make_run(root: Path) -> dict:
-    """A complete synthetic run directory in the layout the pipeline writes; returns what it holds."""
-    rng = np.random.default_rng(0)
-    pool_dir = root / "pool"
-    records, feats, truth = [], {}, {}
-    base = {"alpha": (200, 60, 60), "beta": (60, 160, 80), "gamma": (60, 90, 210)}
-    for task, n in TASKS.items():
-        centers = rng.normal(size=(3, 16))
-        for i in range(n):
-            rid = f"{task}-{i:03d}"
-            img = f"images/{task}/{rid}.png"
-            p = pool_dir / img
-            p.parent.mkdir(parents=True, exist_ok=True)
-            arr = np.clip(np.asarray(base[task]) + rng.normal(0, 40, size=(24, 24, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(p)
-            c = i % 3
-            v = centers[c] + 0.35 * rng.normal(size=16)
-            feats[img] = v / np.linalg.norm(v)
-            truth[rid] = (task, c)
-            records.append({"id": rid, "image": img, "task": task,
-                            "conversations": [{"from": "human", "value": "<image>\nWhat is it?"},
-                                              {"from": "gpt", "value": task}]})
-    # one broken image: rejected by feature extraction, so it has no vector and no assignment
-    bad = {"id": "gamma-bad", "image": "images/gamma/bad.png", "task": "gamma", "conversations": records[-1]["conversations"]}
-    (pool_dir / bad["image"]).write_bytes(b"not a png")
-    records.append(bad)
-    _write_jsonl(pool_dir / "pool.jsonl", records)
-    # feature store, written with the store's own API
-    from presel.features.store import FORMAT, VERSION, FeatureStore
-
-    keys = sorted(feats)
-    store = FeatureStore.open(root / "features", {"model": "synthetic", "store_dtype": "float32"})
-    store.write_shard(0, keys, [f"h{i}" for i in range(len(keys))], np.stack([feats[k] for k in keys]), [])
-    store.write_index([(k, f"h{i}", 0, i) for i, k in enumerate(keys)])
-    _write_json(root / "features" / "manifest.json", {"format": FORMAT, "version": VERSION, "dim": 16,
-                                                      "dtype": "float32", "shards": [{"index": 0, "rows": len(keys)}]})
-    _write_jsonl(root / "features" / "rejects.jsonl", [{"id": bad["id"], "image": bad["image"],
-                                                          "reason": "cannot decode image: not a PNG"}])
-    # reference set: 2 per task
-    ref_ids = {t: [f"{t}-{i:03d}" for i in (0, 1)] for t in TASKS}
-    ref_rows = [{"id": i, "image": f"images/{t}/{i}.png", "task": t} for t, ids in ref_ids.items() for i in ids]
-    _write_jsonl(root / "reference" / "reference.jsonl", ref_rows)
-    # IRS on the reference set; alpha's question matters most
-    irs_mean = {"alpha": 0.55, "beta": 0.8, "gamma": 0.95}
-    rows = {"id": [], "task": [], "loss_q": [], "loss_noq": [], "irs": [], "n_response_tokens": []}
-    for t, ids in ref_ids.items():
-        for k, i in enumerate(ids):
-            noq = 2.0 + k
-            irs = irs_mean[t] + (0.05 if k else -0.05)
-            for col, v in zip(rows, (i, t, irs * noq, noq, irs, 3), strict=True):
-                rows[col].append(v)
-    (root / "irs").mkdir()
-    pq.write_table(pa.table(rows), root / "irs" / "irs.parquet")
-    _write_jsonl(root / "irs" / "rejected.jsonl", [{"id": "beta-007", "reason": "no response tokens"}])
-    tau = 1 / math.sqrt(len(TASKS))
-    z = {t: math.exp(-s / tau) for t, s in irs_mean.items()}
-    weights = {t: {"score": irs_mean[t], "weight": z[t] / sum(z.values()), "n": 2} for t in TASKS}
-    _write_json(root / "task_weights.json", weights)
-    # selection: clusters, neighbour centrality, the most central per cluster
-    asg = {"id": [], "task": [], "cluster": [], "nc_score": [], "selected": [], "reference": []}
-    sel = {"id": [], "image": [], "task": [], "cluster": [], "nc_score": [], "rank": [], "source": []}
-    quota = {"alpha": 9, "beta": 5, "gamma": 2}
-    summary = {"tasks": {}, "totals": {}}
-    for t, n in TASKS.items():
-        ids = [f"{t}-{i:03d}" for i in range(n)]
-        scores = {}
-        for c in range(3):
-            members = [i for i in ids if truth[i][1] == c and i not in ref_ids[t]]
-            x = np.stack([feats[f"images/{t}/{i}.png"] for i in members])
-            sim = x @ x.T
-            np.fill_diagonal(sim, -np.inf)
-            top = np.sort(sim, axis=1)[:, ::-1][:, :5]
-            scores.update(zip(members, top.mean(axis=1).tolist(), strict=True))
-        chosen = set(sorted(scores, key=lambda i: -scores[i])[:quota[t]])
-        for i in ids:
-            is_ref = i in ref_ids[t]
-            for col, v in zip(asg, (i, t, truth[i][1], None if is_ref else scores[i], i in chosen, is_ref), strict=True):
-                asg[col].append(v)
-            if is_ref or i in chosen:
-                for col, v in zip(sel, (i, f"images/{t}/{i}.png", t, truth[i][1], None if is_ref else scores[i],
-                                        len(sel["id"]), "reference" if is_ref else "selected"), strict=True):
-                    sel[col].append(v)
-        summary["tasks"][t] = {"pool": n + (t == "gamma"), "reference": 2, "clusters": 3, "weight": weights[t]["weight"],
-                               "quota": quota[t], "selected": quota[t]}
-    summary["totals"] = {"pool": 126, "reference": 6, "selected": 16, "budget": 22}
-    (root / "selection").mkdir()
-    pq.write_table(pa.table(asg), root / "selection" / "assignments.parquet")
-    pq.write_table(pa.table(sel), root / "selection" / "selection.parquet")
-    _write_json(root / "selection" / "summary.json", summary)
-    # fine-tuning logs, generation, timings, evaluation
-    for d in ("ref_model", "final_models/presel", "final_models/random"):
-        steps = np.arange(1, 61)
-        loss = 3.0 * np.exp(-steps / 25) + 0.4 + 0.05 * rng.normal(size=60)
-        _write_jsonl(root / d / "train_log.jsonl", [{"step": int(s), "epoch": float(s / 60), "loss": float(v), "lr": 2e-4}
-                                                    for s, v in zip(steps, loss, strict=True)])
-    _write_json(root / "generate" / "summary.json", {"requested": 22, "generated": 22, "failed": 0, "mode": "oracle"})
-    _write_json(root / "timings.json", {"reference": 0.4, "ref_model": 95.2, "score": 30.1, "weights": 0.1,
-                                        "embed": 61.0, "select": 2.3, "generate": 0.2, "final_model": 140.0})
-    _write_json(root / "evaluation.json", {
-        n: {"per_task": {t: {"n": 10, "accuracy": a * (0.8 + 0.1 * k)} for k, t in enumerate(TASKS)},
-            "mean_accuracy": a} for n, a in (("presel", 0.6), ("random", 0.5), ("full", 0.65))})
-    return {"quota": quota, "ref": ref_ids, "selected": sum(quota.values())}
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("run")
-    make_run(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def report(run) -> tuple[Path, str]:
-    path = build_report(run)
-    return path, path.read_text(encoding="utf-8")
+SECTION_IDS = [s for s, _, _ in SECTIONS]
+PLOTTED = ("budget", "irs", "clusters", "centrality", "maps", "timings", "training")
 
 
 class _Collect(HTMLParser):
@@ -178,35 +52,72 @@ def _parse(text: str) -> _Collect:
     return p
 
 
-def test_every_section_renders_from_a_full_run(run, report):
+def _section(text: str, sid: str) -> str:
+    return re.search(rf'<section id="{sid}".*?</section>', text, re.S).group(0)
+
+
+def _row(text: str, task: str) -> list[str]:
+    row = next(r for r in re.findall(r"<tr>(.*?)</tr>", _section(text, "tasks"), re.S) if escape(task) + "<" in r)
+    return re.findall(r'<td class="num">(.*?)</td>', row, re.S)
+
+
+@pytest.fixture(scope="module")
+def report(tiny_run) -> tuple[Path, str]:
+    path = build_report(tiny_run)
+    return path, path.read_text(encoding="utf-8")
+
+
+def test_every_section_renders_from_a_real_run(tiny_run, report):
     path, text = report
-    assert path == run / "report.html"
-    p = _parse(text)
-    assert list(p.sections) == SECTION_IDS
-    assert {s: st for s, st in p.sections.items() if st != "ok"} == {}
-    assert "Not run" not in text
-    # the task table carries the numbers of the run
-    table = re.search(r'<section id="tasks".*?</section>', text, re.S).group(0)
-    cells = re.findall(r"<tr>(.*?)</tr>", table, re.S)
-    alpha = next(c for c in cells if ">alpha<" in c)
-    nums = re.findall(r'<td class="num">(.*?)</td>', alpha)
-    assert nums[:3] == ["60", "60", "2"] and nums[-3:] == ["3", "9", "9"]
-    assert "0.550" in alpha  # IRS score
-    # galleries: most and least central per task, selected ones marked
-    gallery = re.search(r'<section id="gallery".*?</section>', text, re.S).group(0)
-    assert len(re.findall(r"<figure", gallery)) == 3 * 2 * 8
-    assert 'class="sel"' in gallery and "image<br>missing" not in gallery
-    # rejects name the broken image and the IRS reject
-    rejects = re.search(r'<section id="rejects".*?</section>', text, re.S).group(0)
-    assert "images/gamma/bad.png" in rejects and "no response tokens" in rejects
-    # relative score of the evaluation table (presel vs full)
-    assert "relative to full" in text
+    assert path == tiny_run / "report.html"
+    st = _parse(text).sections
+    assert list(st) == SECTION_IDS
+    assert {s: v for s, v in st.items() if v != "ok"} == {"quality": "not-run"}  # no benchmark in this run
+    # the task table carries the selection's own numbers (selection/summary.json, weights/task_weights.json)
+    summary = json.loads((tiny_run / "selection" / "summary.json").read_text())
+    weights = json.loads((tiny_run / "weights" / "task_weights.json").read_text())
+    for task, s in summary["tasks"].items():
+        nums = _row(text, task)
+        assert nums[:4] == [f"{s['records']:,}", f"{s['images']:,}", str(s["reference"]), f"{weights[task]['score']:.3f}"]
+        assert nums[-3:] == [str(s["clusters"]), str(s["quota"]), str(s["selected"])]
+    foot = re.findall(r'<td class="num">(.*?)</td>', re.search(r"<tfoot>.*?</tfoot>", _section(text, "tasks"), re.S).group(0))
+    assert foot[1] == f"{summary['totals']['distinct_images']:,}" and foot[-1] == str(summary["totals"]["selected"])
+    # every stage's completion marker is a green chip
+    chips = re.findall(r'<span class="chip ok">✓ (\w+)</span>', _section(text, "overview"))
+    assert chips == ["reference", "annotate", "ref_model", "score", "weights", "embed", "select", "generate",
+                     "final_model", "report"]
+    gen = json.loads((tiny_run / "generate" / "summary.json").read_text())
+    assert f"{gen['generated']} / {gen['selected']}" in _section(text, "generation")
+    training = _section(text, "training")
+    assert "<td>reference model</td>" in training and "<td>final model</td>" in training
+    assert "<th class=\"num\">final_model</th>" in _section(text, "evaluation")
+
+
+def test_task_names_with_dollars_are_plain_text_in_plots(report):
+    """Issue 17 Low 9: a task name matplotlib would parse as mathtext draws as typed, in every plot."""
+    _, text = report
+    st = _parse(text).sections
+    assert all(st[s] == "ok" for s in PLOTTED)
+    assert _row(text, DOLLAR_TASK)  # and it is a row of the table, escaped as text
+
+
+def test_gallery_finds_images_under_the_runs_image_root(tiny_run, report):
+    """Issue 17 Low 10: pool.image_root apart from the manifest; the run's own report stage finds the images."""
+    assert not (tiny_run.parent / "data" / "pool.jsonl").exists()
+    inputs = json.loads((tiny_run / "selection" / "config.json").read_text())["inputs"]
+    assert Path(inputs["image_root"]) == tiny_run.parent / "data"
+    for text in (report[1], (tiny_run / "report" / "report.html").read_text(encoding="utf-8")):
+        gallery = _section(text, "gallery")
+        assert 'data-status="ok"' in gallery and "image<br>missing" not in gallery
+        assert gallery.count("<img ") == gallery.count("<figure") > 0
+        assert 'class="sel"' in gallery
 
 
 def test_report_is_self_contained(report):
     _, text = report
     p = _parse(text)
-    assert p.imgs == 7 + 48  # 7 plots, 48 thumbnails
+    gallery = _section(text, "gallery")
+    assert p.imgs == len(PLOTTED) + gallery.count("<img ")
     bad = [(t, k, u[:60]) for t, k, u in p.urls if not (u.startswith("data:") or u.startswith("#"))]
     assert bad == []
     assert all("src" not in s for s in p.scripts)
@@ -214,74 +125,177 @@ def test_report_is_self_contained(report):
     assert "<link" not in text and "@import" not in text and "url(" not in text
 
 
-def test_missing_inputs_give_not_run_notes(tmp_path):
+def test_moved_images_and_image_root_option(tmp_path, tiny_run):
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_run, moved, ignore=shutil.ignore_patterns("*.safetensors", "report.html"))
+    images = tmp_path / "images"
+    shutil.copytree(tiny_run.parent / "data" / "images", images / "images")
+    original = tiny_run.parent / "data"
+    shutil.move(str(original), str(tmp_path / "gone"))
+    try:
+        text = build_report(moved).read_text()
+        assert _parse(text).sections["gallery"] == "not-run" and "--image-root" in _section(text, "gallery")
+        text = build_report(moved, image_root=images).read_text()
+        assert _parse(text).sections["gallery"] == "ok" and "image<br>missing" not in text
+    finally:
+        shutil.move(str(tmp_path / "gone"), str(original))
+    with pytest.raises(PreselError, match="--image-root"):
+        build_report(moved, image_root=tmp_path / "nope")
+
+
+def test_missing_outputs_give_not_run_notes(tmp_path, tiny_run):
     empty = tmp_path / "empty"
     empty.mkdir()
     p = _parse(build_report(empty).read_text(encoding="utf-8"))
     assert list(p.sections) == SECTION_IDS and set(p.sections.values()) == {"not-run"}
-    # only a pool and timings: those sections render, the rest say what they need
+    # only the reference set and timings: those sections render, the rest say what they need
     part = tmp_path / "part"
-    full = tmp_path / "full"
-    make_run(full)
-    shutil.copytree(full / "pool", part / "pool")
-    shutil.copy(full / "timings.json", part / "timings.json")
+    shutil.copytree(tiny_run / "reference", part / "reference")
+    shutil.copy(tiny_run / "timings.json", part / "timings.json")
     text = build_report(part, tmp_path / "out" / "r.html").read_text(encoding="utf-8")
     st = _parse(text).sections
     assert {s for s, v in st.items() if v == "ok"} == {"overview", "tasks", "timings"}
     assert "Not run: needs selection/assignments.parquet" in text
-    # a damaged input is reported, not fatal; columns missing from a table are tolerated
-    (full / "irs" / "irs.parquet").write_bytes(b"garbage")
-    pq.write_table(pa.table({"id": ["alpha-005"], "task": ["alpha"]}), full / "selection" / "assignments.parquet")
-    text = build_report(full).read_text(encoding="utf-8")
+    ref = [json.loads(x) for x in (tiny_run / "reference" / "reference.jsonl").read_text().splitlines()]
+    assert _row(text, DOLLAR_TASK)[2] == str(sum(r["task"] == DOLLAR_TASK for r in ref))
+
+
+def test_malformed_outputs_name_the_file_and_cost_one_section(tmp_path, tiny_run):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("*.safetensors", "report.html"))
+    (run / "irs" / "irs.parquet").write_bytes(b"garbage")
+    summ = json.loads((run / "selection" / "summary.json").read_text())
+    del summ["totals"]["budget"]
+    (run / "selection" / "summary.json").write_text(json.dumps(summ))
+    (run / "ref_model" / "train_log.jsonl").write_text('{"step": "one", "epoch": 0.5, "loss": 1.0}\n')
+    (run / "weights" / "task_weights.json").write_text(json.dumps({"a": 0.5}))
+    text = build_report(run).read_text(encoding="utf-8")
     st = _parse(text).sections
-    assert st["irs"] == "not-run" and st["clusters"] == "not-run" and st["tasks"] == "ok"
-    assert "irs/irs.parquet: could not read" in text
-    assert st["training"] == "ok" and st["evaluation"] == "ok"
-    # weights as plain numbers; a value of the wrong type breaks one section, not the report
-    _write_json(full / "task_weights.json", {"alpha": 0.5, "beta": 0.3, "gamma": 0.2})
-    _write_jsonl(full / "ref_model" / "train_log.jsonl", [{"step": "one", "loss": 1.0}])
-    text = build_report(full).read_text(encoding="utf-8")
+    assert st["irs"] == st["budget"] == "not-run"
+    assert st["clusters"] == st["gallery"] == st["maps"] == st["training"] == "ok"  # other outputs still read
+    assert "<td>reference model</td>" not in _section(text, "training")  # only the damaged log is left out
+    problems = _section(text, "overview")
+    for needle in (f"{run / 'irs' / 'irs.parquet'}: not a readable Parquet file",
+                   f"{run / 'selection' / 'summary.json'}: totals: missing &#39;budget&#39;",
+                   f"{run / 'ref_model' / 'train_log.jsonl'} line 1: &#39;step&#39; must be int",
+                   f"{run / 'weights' / 'task_weights.json'}: a: expected a JSON object"):
+        assert needle in problems
+    assert "could not read it: " in _section(text, "budget")
+
+
+def test_readers_refuse_other_key_names(tmp_path):
+    from presel.report.data import read_generation, read_selection_summary, read_weights
+
+    p = tmp_path / "summary.json"
+    p.write_text(json.dumps({"per_task": [{"task": "a", "pool_size": 3}]}))  # not what presel select writes
+    with pytest.raises(PreselError, match=f"{re.escape(str(p))}: missing 'tasks'"):
+        read_selection_summary(p)
+    assert read_selection_summary(tmp_path / "none.json") is None
+    w = tmp_path / "w.json"
+    w.write_text(json.dumps({"a": {"irs": 0.5, "weight": 1.0, "n": 2}}))
+    with pytest.raises(PreselError, match="missing 'score'"):
+        read_weights(w)
+    g = tmp_path / "g.json"
+    g.write_text("{not json")
+    with pytest.raises(PreselError, match=f"{re.escape(str(g))}: not valid JSON"):
+        read_generation(g)
+
+
+def _selection_run(root: Path, tasks: dict[str, int], images: bool = False) -> Path:
+    """A run directory holding a selection written by select_to_dir (uniform weights, random features);
+    ``images``: with PNG files next to the manifest."""
+    from presel.io.features import FeatureMatrix
+    from presel.io.manifest import read_pool
+    from presel.selection.select import SelectConfig, select_to_dir
+
+    rows = [{"id": f"{t}-{i}", "image": f"{t}/{i}.png", "task": t} for t, n in tasks.items() for i in range(n)]
+    root.mkdir(parents=True)
+    for r in rows if images else []:
+        (root / r["image"]).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (16, 16), (len(r["id"]) * 20, 80, 160)).save(root / r["image"])
+    (root / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pool = read_pool(root / "pool.jsonl")
+    x = np.random.default_rng(0).normal(size=(len(rows), 8)).astype(np.float32)
+    fm = FeatureMatrix([([r["image"] for r in rows], x)], source="synthetic")
+    cfg = SelectConfig(budget=0.3, seed=0, task_weights="uniform", images_per_cluster=3)
+    select_to_dir(pool, fm, None, None, cfg, root / "run" / "selection")
+    return root / "run"
+
+
+def test_many_tasks_are_capped_and_names_escaped(tmp_path):
+    tasks = {f"t{t:02d}": 4 + t for t in range(MAX_TASK_PANELS + 6)}
+    tasks["<b>bold</b> $x$"] = 6
+    run = _selection_run(tmp_path / "many", tasks)
+    text = build_report(run).read_text()
     st = _parse(text).sections
-    assert st["training"] == "error" and "ValueError" in text and st["timings"] == "ok"
-    row = next(r for r in re.findall(r"<tr>(.*?)</tr>", text, re.S) if ">beta<" in r)
-    assert "0.300" in row
+    assert st["centrality"] == st["clusters"] == st["tasks"] == st["budget"] == "ok"
+    assert f"Showing the {MAX_TASK_PANELS} largest of {len(tasks)} tasks." in _section(text, "centrality")
+    assert "<b>bold</b>" not in text and "&lt;b&gt;bold&lt;/b&gt; $x$" in text
+    table = _section(text, "tasks")
+    assert table.count("<tr>") == len(tasks) + 2  # header, tasks, total
+    assert _row(text, "t29")[:2] == ["33", "33"]
+    assert st["gallery"] == "not-run"  # the synthetic pool has no image files
 
 
-def test_pool_outside_the_run_dir_and_image_root(tmp_path, run):
-    moved = tmp_path / "moved"
-    shutil.copytree(run, moved, ignore=shutil.ignore_patterns("report.html"))
-    shutil.move(str(moved / "pool"), str(tmp_path / "elsewhere"))
-    st = _parse(build_report(moved).read_text()).sections
-    assert st["gallery"] == "not-run" and st["tasks"] == "ok"  # sizes still come from selection/summary.json
-    st = _parse(build_report(moved, pool=tmp_path / "elsewhere" / "pool.jsonl").read_text()).sections
-    assert st["gallery"] == "ok" and st["maps"] == "ok"
-    # the pool a stage recorded in its config.json is found without --pool
-    _write_json(moved / "selection" / "config.json", {"stage": "select", "inputs": {"pool": str(tmp_path / "elsewhere" / "pool.jsonl")}})
-    text = build_report(moved).read_text()
-    assert _parse(text).sections["gallery"] == "ok" and "image<br>missing" not in text
-    (moved / "selection" / "config.json").unlink()
-    # the run's config.yaml (presel run / presel demo) names the pool, relative to itself, with its task settings
-    (moved / "config.yaml").write_text("out: .\npool:\n  path: ../elsewhere/pool.jsonl\n  task-rules: {'images/': everything}\n")
-    text = build_report(moved).read_text()
-    row = next(r for r in re.findall(r"<tr>(.*?)</tr>", text, re.S) if ">everything<" in r)
-    assert re.findall(r'<td class="num">(.*?)</td>', row)[:2] == ["126", "126"]
-    (moved / "config.yaml").unlink()
-    # image_root.txt points at the image folder
-    shutil.copytree(tmp_path / "elsewhere", moved / "pool2")
-    (moved / "pool").mkdir()
-    shutil.copy(moved / "pool2" / "pool.jsonl", moved / "pool" / "pool.jsonl")
-    (moved / "pool" / "image_root.txt").write_text("../pool2\n")
-    text = build_report(moved).read_text()
-    assert "image<br>missing" not in text and _parse(text).sections["gallery"] == "ok"
+def test_gallery_embeds_no_file_outside_the_image_root(tmp_path):
+    run = _selection_run(tmp_path / "pool", {"a": 12, "b": 9}, images=True)
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(secret)
+    (tmp_path / "pool" / "a" / "0.png").unlink()
+    (tmp_path / "pool" / "a" / "0.png").symlink_to(secret)  # a link in the image folder pointing out of it
+    gallery = _section(build_report(run).read_text(), "gallery")
+    assert 'data-status="ok"' in gallery and gallery.count("image<br>missing") == 1
+    assert "1 image files could not be opened." in gallery
 
 
-def test_cli(tmp_path, run):
+def test_a_failing_section_costs_only_itself(tmp_path, monkeypatch):
+    import presel.report.html as rh
+
+    run = _selection_run(tmp_path / "s", {"a": 12, "b": 9})
+
+    def broken_context(view):
+        return {}  # the template needs c.plot: rendering fails
+
+    def broken_code(view):
+        raise ZeroDivisionError("boom")
+
+    sections = [(sid, t, broken_context if sid == "budget" else broken_code if sid == "clusters" else fn)
+                for sid, t, fn in SECTIONS]
+    monkeypatch.setattr(rh, "SECTIONS", tuple(sections))
+    text = build_report(run).read_text()
+    st = _parse(text).sections
+    assert st["budget"] == st["clusters"] == "error" and st["tasks"] == st["centrality"] == "ok"
+    assert "ZeroDivisionError: boom" in _section(text, "clusters") and "UndefinedError" in _section(text, "budget")
+
+
+def test_selection_quality_section(tmp_path):
+    run = _selection_run(tmp_path / "q", {"a": 12, "b": 9})
+    bench = run / "bench"
+    bench.mkdir()
+    Image.new("RGB", (60, 40), (30, 90, 200)).save(bench / "quality.png")
+    summary = [{"task": t, "method": m, "budget": 0.05, "classifier": "probe", "n": 5, "mean": mu,
+                "ci_low": mu - 0.02, "ci_high": mu + 0.02}
+               for t in ("a", "mean") for m, mu in (("presel", 0.61), ("random", 0.55))]
+    (bench / "quality.json").write_text(json.dumps({"meta": {"seeds": 5}, "summary": summary, "rows": []}))
+    sec = _section(build_report(run).read_text(), "quality")
+    assert 'data-status="ok"' in sec and sec.count("<img ") == 1
+    assert sec.count("<tr>") == 3 and "0.61" in sec and "<td>a</td>" not in sec  # the mean rows only
+    (bench / "quality.json").write_text("{broken")
+    sec = _section(build_report(run).read_text(), "quality")
+    assert 'data-status="ok"' in sec and "<table" not in sec
+    (bench / "quality.png").unlink()
+    assert 'data-status="not-run"' in _section(build_report(run).read_text(), "quality")
+
+
+def test_cli(tmp_path):
     from presel.cli import main
 
+    run = _selection_run(tmp_path / "cli", {"a": 12, "b": 9})
     out = tmp_path / "r.html"
-    assert main(["report", str(run), "--out", str(out), "--title", "demo run"]) == 0
-    assert "presel report <span>· demo run</span>" in out.read_text()
+    assert main(["report", str(run), "--out", str(out), "--title", "demo <run>"]) == 0
+    assert "presel report <span>· demo &lt;run&gt;</span>" in out.read_text()
     assert main(["report", str(tmp_path / "nope")]) == 2
+    assert main(["report", str(run), "--out", str(tmp_path)]) == 2
 
 
 def test_pca_2d_finds_the_main_axis():
@@ -320,8 +334,8 @@ def test_chromium_renders_every_section_without_errors(report, tmp_path):
     dom = res.stdout
     root = dict(re.findall(r'([\w-]+)="([^"]*)"', re.search(r"<html([^>]*)>", dom).group(1))) if "<html" in dom else {}
     assert root.get("data-loaded") == "yes", res.stderr[-2000:]
-    assert root["data-sections"] == root["data-sections-ok"] == str(len(SECTIONS))
-    assert root["data-broken-images"] == "0" and root["data-images"] == "55"
+    assert root["data-sections"] == str(len(SECTIONS)) and root["data-sections-ok"] == str(len(SECTIONS) - 1)
+    assert root["data-broken-images"] == "0" and root["data-images"] == str(_parse(text).imgs)
     assert "data-js-errors" not in root
     assert re.search(r'<div id="js-errors"></div>', dom)
     assert _console_errors(res.stderr) == []
@@ -345,27 +359,3 @@ def test_chromium_renders_every_section_without_errors(report, tmp_path):
     dom = res.stdout
     assert any("boom-42" in ln for ln in _console_errors(res.stderr))
     assert re.search(r"<html[^>]*data-js-errors=\"1\"", dom) and re.search(r'<div id="js-errors"><div>[^<]*boom-42', dom)
-
-
-def test_many_tasks_are_capped_and_summary_variants_read(tmp_path):
-    from presel.report.html import MAX_TASK_PANELS
-
-    run = tmp_path / "many"
-    n_tasks = MAX_TASK_PANELS + 6
-    cols = {"id": [], "task": [], "cluster": [], "nc_score": [], "selected": [], "reference": []}
-    for t in range(n_tasks):
-        for i in range(4 + t):
-            for c, v in zip(cols, (f"t{t:02d}-{i}", f"t{t:02d}", i % 2, 0.5 + i / 100, i == 0, False), strict=True):
-                cols[c].append(v)
-    (run / "selection").mkdir(parents=True)
-    pq.write_table(pa.table(cols), run / "selection" / "assignments.parquet")
-    # a summary with per-task rows as a list and other field names
-    _write_json(run / "selection" / "summary.json", {"per_task": [{"task": f"t{t:02d}", "pool_size": 4 + t, "n_selected": 1}
-                                                                  for t in range(n_tasks)]})
-    text = build_report(run).read_text()
-    st = _parse(text).sections
-    assert st["centrality"] == "ok" and st["clusters"] == "ok" and st["tasks"] == "ok"
-    assert f"Showing the {MAX_TASK_PANELS} largest of {n_tasks} tasks." in text
-    table = re.search(r'<section id="tasks".*?</section>', text, re.S).group(0)
-    assert table.count("<tr>") == n_tasks + 1 + 1  # header, tasks, total
-    assert re.search(r">t29<.*?<td class=\"num\">33</td>", table, re.S)

@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="local DataLoader workers, or Ray Data over a cluster (one model per GPU actor)")
     r.add_argument("--ray-address", default=None, help="Ray cluster address (default: running cluster or local)")
     r.add_argument("--ray-actors", type=int, default=None, help="model actors (default: one per GPU, 1 on CPU)")
+    r.add_argument("--ray-progress-timeout", type=float, default=600.0,
+                   help="stop with an error when no batch finished for this many seconds on Ray")
     s = p.add_argument_group("store")
     s.add_argument("--store-dtype", choices=("float16", "float32"), default="float16", help="dtype of stored vectors")
     s.add_argument("--shard-size", type=int, default=4096, help="distinct images per shard (unit of resume)")
@@ -55,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
                       store_dtype=args.store_dtype, shard_size=args.shard_size, device=args.device,
                       executor=args.executor, max_image_pixels=args.max_image_pixels or DEFAULT_MAX_PIXELS,
                       onnx_output=args.onnx_output, ray_address=args.ray_address, ray_actors=args.ray_actors,
+                      ray_progress_timeout=args.ray_progress_timeout,
                       threads=args.threads, progress=not args.no_progress)
     pool = load_pool(args)
     st = embed_pool(pool, args.out, cfg, overwrite=args.overwrite)

@@ -37,11 +37,17 @@ HELPS = {
     "save_every_steps": "checkpoint every N steps for resume (0: never)",
     "keep_checkpoints": "checkpoints kept for resume", "num_workers": "DataLoader worker processes",
     "log_every": "progress line every N steps (0: quiet)",
+    "chat_format": "llava-v1: LLaVA-1.5's conversation format, as the PreSel authors train (none: the model's own "
+                   "chat template; llava-v1 under --protocol official)",
+    "protocol": "paper: the paper's text, counted in distinct images; official: the authors' code, counted in records "
+                "(docs/reproduce.md lists the differences)",
 }
 RUNTIME = ("dtype", "device", "gradient_checkpointing", "save_every_steps", "keep_checkpoints", "num_workers", "log_every")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    import dataclasses
+
     from presel.commands._common import add_out_arguments
     from presel.config import add_config_arguments, add_deprecated_alias
     from presel.finetune.train import SCHEDULERS, FinetuneConfig
@@ -53,13 +59,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", required=True,
                    help="base VLM: local directory, hub id (e.g. llava-hf/llava-1.5-7b-hf), tiny-llava or llava-small")
     add_out_arguments(p)
-    choices = {"scheduler": SCHEDULERS, "dtype": ("auto", "fp32", "bf16")}
+    from presel.protocol import PROTOCOLS
+
+    choices = {"scheduler": SCHEDULERS, "dtype": ("auto", "fp32", "bf16"), "protocol": PROTOCOLS}
     t = p.add_argument_group("training (flags are the keys of a run's ref_model / final_model section)")
     add_config_arguments(t, FinetuneConfig, skip=RUNTIME, helps=HELPS, choices=choices,
                          zero_is_none=("max_length", "max_grad_norm"))
     r = p.add_argument_group("runtime (changing these never invalidates a finished or resumable run)")
-    add_config_arguments(r, FinetuneConfig, skip=tuple(f for f in HELPS if f not in RUNTIME), helps=HELPS,
-                         choices=choices)
+    add_config_arguments(r, FinetuneConfig, skip=tuple(f.name for f in dataclasses.fields(FinetuneConfig)
+                                                        if f.name not in RUNTIME), helps=HELPS, choices=choices)
     # old names, kept working
     add_deprecated_alias(r, "--save-every", "save_every_steps", type=int)
     add_deprecated_alias(t, "--train-vision", "freeze_vision", action="store_false")

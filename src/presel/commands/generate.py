@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="take the selected images' instructions from this annotated LLaVA JSON/JSONL (no server)")
     g.add_argument("--match", default="auto", choices=["auto", "id", "image"],
                    help="how selection rows find their annotations: by id, by image path, or id then image")
+    from presel.protocol import add_protocol_argument
+
+    add_protocol_argument(g)
     g = p.add_argument_group("mode")
     g.add_argument("--mode", default="online", choices=["online", "batch-file", "batch-api"],
                    help="online requests; batch-file: write request files only; batch-api: submit them to --base-url")
@@ -138,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
 
         summary = oracle_to_dir(args.selection, args.from_annotations, args.out,
                                 reference_annotations=args.reference_annotations, match=args.match,
-                                format=args.format, overwrite=args.overwrite)
+                                format=args.format, overwrite=args.overwrite, protocol=args.protocol)
         _print_summary(summary)
         print(f"wrote {args.out} ({summary.get('train_records')} training records in {', '.join(summary.get('outputs', []))})")
         return 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "sample the reference set: a seeded random fraction of each task's distinct images (at least 1 per task)"
+HELP = ("sample the reference set: a seeded random fraction of the distinct pool images stratified by task "
+        "(--protocol official: of each task's records), at least 1 per task")
 DESCRIPTION = (HELP + ". Writes reference.jsonl (id, image, task: the images to annotate; pass it to "
                "`presel select --reference`), reference_llava.json (a LLaVA skeleton to fill with instructions), "
                "summary.json and config.json to --out.")
@@ -15,9 +16,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     add_pool_arguments(p)
     g = p.add_argument_group("reference set")
-    g.add_argument("--fraction", type=float, default=0.05, help="share of each task's distinct images (floored)")
+    g.add_argument("--fraction", type=float, default=0.05, help="share of the distinct pool images (official: of each task's records), floored")
     g.add_argument("--min-per-task", type=int, default=1, help="at least this many images per task")
     g.add_argument("--seed", type=int, default=0)
+    from presel.protocol import add_protocol_argument
+
+    add_protocol_argument(g)
     add_out_arguments(p)
 
 
@@ -25,10 +29,11 @@ def run(args: argparse.Namespace) -> int:
     from presel.commands._common import load_pool
     from presel.importance.reference import ReferenceConfig, reference_to_dir
 
-    ReferenceConfig(fraction=args.fraction, seed=args.seed, min_per_task=args.min_per_task)  # validate before reading
+    ReferenceConfig(fraction=args.fraction, seed=args.seed, min_per_task=args.min_per_task,
+                    protocol=args.protocol)  # validate before reading
     pool = load_pool(args)
     s = reference_to_dir(pool, args.out, fraction=args.fraction, seed=args.seed, min_per_task=args.min_per_task,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, protocol=args.protocol)
     width = max([4] + [len(t) for t in s["tasks"]])
     print(f"{'task':<{width}}  images  reference")
     for t, v in s["tasks"].items():

@@ -13,8 +13,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="run directory written by presel run / presel demo")
     p.add_argument("--out", default=None, help="HTML file to write (default: RUN_DIR/report.html)")
     p.add_argument("--pool", default=None,
-                   help="pool manifest, when RUN_DIR has no pool/pool.jsonl (used for pool sizes and thumbnails)")
-    p.add_argument("--image-root", default=None, help="folder the pool's image paths are relative to")
+                   help="pool manifest whose folder holds the images, when they moved since the run (for thumbnails)")
+    p.add_argument("--image-root", default=None,
+                   help="folder the selection's image paths are relative to, when it moved since the run "
+                        "(default: the image root the run recorded)")
     p.add_argument("--title", default=None, help="title shown in the report (default: the run directory's name)")
     p.add_argument("--screenshot", default=None, metavar="PNG",
                    help="also save a PNG of the top of the page, rendered offline by headless Chromium (for a README)")

@@ -27,9 +27,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--executor", default="local", choices=["local", "ray"], help="ray: one model per Ray actor / GPU")
     g.add_argument("--workers", type=int, default=None, help="Ray actors (default: one per GPU, else 1)")
     g.add_argument("--ray-address", default=None, help="address of an existing Ray cluster")
+    g.add_argument("--ray-progress-timeout", type=float, default=600.0,
+                   help="stop with an error when no batch finished for this many seconds on Ray")
     g.add_argument("--render-workers", type=int, default=None,
                    help="processes decoding and rendering batches ahead of the model (default: 0 on CPU, up to 4 with a GPU)")
     g.add_argument("--no-prefetch", action="store_true", help="do not render the next batch while the model runs")
+    g.add_argument("--chat-format", default=None, choices=["llava-v1"],
+                   help="llava-v1: LLaVA-1.5's conversation format, as the PreSel authors score (default: the model's "
+                        "own chat template; llava-v1 under --protocol official)")
+    from presel.protocol import add_protocol_argument
+
+    add_protocol_argument(g)
     p.add_argument("--out", required=True, help="output directory (resumable: rerun to continue)")
     p.add_argument("--overwrite", action="store_true", help="discard results of other settings in --out and start over")
     p.add_argument("--quiet", action="store_true", help="no progress line")
@@ -42,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
                       max_length=args.max_length, seed=args.seed, image_root=args.image_root,
                       default_task=args.default_task, id_field=args.id_field, task_field=args.task_field,
                       executor=args.executor, workers=args.workers, ray_address=args.ray_address,
-                      render_workers=args.render_workers, prefetch=not args.no_prefetch)
+                      ray_progress_timeout=args.ray_progress_timeout,
+                      render_workers=args.render_workers, prefetch=not args.no_prefetch,
+                      chat_format=args.chat_format, protocol=args.protocol)
     s = score_to_dir(args.data, args.out, cfg, overwrite=args.overwrite, progress=not args.quiet)
     width = max([4] + [len(t) for t in s["tasks"]])
     print(f"{'task':<{width}}  scored  rejected  mean IRS")

@@ -26,12 +26,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", default="presel", choices=["presel", "random", "random-cluster", "typiclust"])
     g.add_argument("--task-weights", default="irs", choices=["irs", "uniform", "size"],
                    help="irs: from --weights; uniform; size: proportional to task size")
-    g.add_argument("--images-per-cluster", type=int, default=100, help="k-means clusters per task = round(task images / this)")
-    g.add_argument("--k", type=int, default=5, help="neighbours for neighbour centrality")
+    g.add_argument("--images-per-cluster", type=int, default=100, help="k-means clusters per task = round(task images / this); protocol official: max(1, int(0.01 * records))")
+    g.add_argument("--k", type=int, default=5, help="neighbours for neighbour centrality (protocol official: min(5, cluster size - 1))")
     g.add_argument("--kmeans-backend", default="faiss", choices=["faiss", "sklearn"])
     g.add_argument("--kmeans-niter", type=int, default=None, help="faiss k-means iterations (default 25)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--allow-repeats", action="store_true", help="an image used by several tasks may be selected once per task")
+    from presel.protocol import add_protocol_argument
+
+    add_protocol_argument(g)
     add_out_arguments(p)
 
 
@@ -42,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = SelectConfig(budget=args.budget, budget_count=args.budget_count, images_per_cluster=args.images_per_cluster,
                        k=args.k, method=args.method, task_weights=args.task_weights, kmeans_backend=args.kmeans_backend,
-                       kmeans_niter=args.kmeans_niter, seed=args.seed, allow_repeats=args.allow_repeats)
+                       kmeans_niter=args.kmeans_niter, seed=args.seed, allow_repeats=args.allow_repeats,
+                       protocol=args.protocol)
     pool = load_pool(args)
     features = load_features(args.features, args.feature_ids)
     summary = select_to_dir(pool, features, args.weights, args.reference, cfg, args.out, overwrite=args.overwrite)
@@ -64,6 +68,8 @@ def format_table(summary: dict) -> str:
              for r in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.insert(len(lines) - 1, "  ".join("-" * w for w in widths))
-    lines.append(f"budget {tot['budget']} = {tot['reference']} reference + {tot['selected']} selected "
-                 f"({summary['method']}, task weights {summary['task_weights']})")
+    unit = tot.get("unit", "images")
+    lines.append(f"budget {tot['budget']} {unit} = {tot['reference']} reference + {tot['selected']} selected "
+                 f"({summary['method']}, task weights {summary['task_weights']}"
+                 f"{', protocol official' if summary.get('protocol') == 'official' else ''})")
     return "\n".join(lines)

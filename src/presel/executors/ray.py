@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from presel.executors import ShardTask, batches_of
+from presel.executors.ray_guard import check_resources, with_progress_timeout
 
 
 def decode_batch(row: dict[str, Any], preprocess: Any, max_pixels: int) -> dict[str, Any]:
@@ -92,8 +93,12 @@ def run(tasks: list[ShardTask], spec: Any, config: Any,
                 rows.append({"shard": t.index, "batch": b_i, "pos": json.dumps(b),
                              "paths": json.dumps([t.paths[p] for p in b])})
         gpu = spec.device.startswith("cuda")
-        n_gpus = int(ray.cluster_resources().get("GPU", 0))
+        resources = ray.cluster_resources()
+        n_gpus = int(resources.get("GPU", 0))
         actors = config.ray_actors or (max(1, n_gpus) if gpu else 1)
+        # actors hold their CPU (or GPU) for the whole run; the decode tasks need at least one more CPU
+        check_resources(resources, actors=actors, actor_cpus=0 if gpu else 1, actor_gpus=1 if gpu else 0,
+                        decode_cpus=1, actors_flag="--ray-actors")
         h, w = preprocess.out_size
         decode_mem = max(64 << 20, 4 * config.batch_size * h * w * 3)  # a batch decoded, with headroom
         ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), max(1, 4 * actors)))
@@ -103,7 +108,7 @@ def run(tasks: list[ShardTask], spec: Any, config: Any,
                             compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpu else 0,
                             num_cpus=0 if gpu else 1)
         buf: dict[int, dict[int, tuple[list[int], np.ndarray, dict[str, str]]]] = {}
-        for row in ds.iter_rows():
+        for row in with_progress_timeout(ds.iter_rows(), config.ray_progress_timeout, "embed"):
             s, b = int(row["shard"]), int(row["batch"])
             ok = json.loads(row["ok"])
             shape = json.loads(row["vshape"])

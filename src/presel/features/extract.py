@@ -54,6 +54,7 @@ class EmbedConfig:
     onnx_output: output name for backend=onnx (default 'last_hidden_state' or the first output).
     ray_address: Ray cluster address (None: the running cluster, or a local one).
     ray_actors: model actors for executor=ray (default: one per GPU, or 1 on CPU).
+    ray_progress_timeout: seconds without any finished batch after which a Ray run stops with an error.
     threads: intra-op CPU threads for the model (None: library default).
     progress: show a progress bar.
 
@@ -75,6 +76,7 @@ class EmbedConfig:
     onnx_output: str | None = None
     ray_address: str | None = None
     ray_actors: int | None = None
+    ray_progress_timeout: float = 600.0
     threads: int | None = None
     progress: bool = True
 
@@ -106,6 +108,9 @@ class EmbedConfig:
             raise bad("executor", "must be 'local' or 'ray'")
         if self.ray_actors is not None and (not isinstance(self.ray_actors, int) or self.ray_actors < 1):
             raise bad("ray_actors", "must be an integer >= 1")
+        t = self.ray_progress_timeout
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+            raise bad("ray_progress_timeout", "must be a number of seconds > 0")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise bad("threads", "must be an integer >= 1")
         if self.backend == "onnx" and self.dtype in ("bf16", "fp16"):
@@ -191,10 +196,16 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
     from presel.io.atomic import write_json, write_jsonl
 
     # 1. distinct keys (first record's path for each key)
+    from presel.io.paths import ImagePathRefused
+
     key_path: dict[str, str] = {}
+    refused: dict[str, str] = {}  # keys whose path leaves the image root: rejected, never opened
     for r in pool.records:
-        if r.image_key not in key_path:
-            key_path[r.image_key] = str(pool.image_path(r))
+        if r.image_key not in key_path and r.image_key not in refused:
+            try:
+                key_path[r.image_key] = str(pool.image_path(r))
+            except ImagePathRefused as e:
+                refused[r.image_key] = e.reason
 
     # 2. content hashes for keys not known to the store
     known = store.known_keys()
@@ -205,7 +216,7 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
     embedded = store.embedded()
     rejected_hash = store.rejected()
     key_hash: dict[str, str] = {}
-    reject_reason: dict[str, str] = {}
+    reject_reason: dict[str, str] = dict(refused)
     planned: dict[str, tuple[str, str]] = {}  # hash -> (key, path) of the representative
     for k, p in key_path.items():
         if k in known:
@@ -286,7 +297,7 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
     contents = {key_hash[k] for k in pool_keys_ok}
     summary = {
         "records": len(pool.records),
-        "distinct_images": len(key_path),
+        "distinct_images": len(key_path) + len(refused),
         "embedded_images": len(pool_keys_ok),
         "distinct_contents": len(contents),
         "content_duplicates": len(pool_keys_ok) - len(contents),
@@ -310,6 +321,12 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
                    for i in sorted(store.shards)],
         "identity": store.identity,
     })
+    if not pool_keys_ok and pool_rejects:  # success on nothing is no success
+        first = pool_rejects[0]
+        top = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda x: -x[1])[:3])
+        raise PreselError(f"{pool.source}: none of the {summary['distinct_images']} images could be read ({top}; e.g. "
+                          f"id {first['id']}: {first['image']}: {first['reason']}); check --image-root (now "
+                          f"{pool.image_root}): image paths are relative to it; every reject is in {out / 'rejects.jsonl'}")
     seconds = time.perf_counter() - t0
     stats = dict(summary)
     stats.update({"embedded_now": stats_now["embedded"], "rejected_now": stats_now["rejected"],

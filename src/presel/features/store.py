@@ -59,36 +59,45 @@ class FeatureStore:
     # ---------------------------------------------------------------- open / create
     @classmethod
     def open(cls, root: str | os.PathLike, identity: dict[str, Any], *, overwrite: bool = False) -> FeatureStore:
-        """Open (resume) or create a store at ``root`` for vectors described by ``identity``."""
-        import shutil
+        """Open (resume) or create a store at ``root`` for vectors described by ``identity``.
+
+        ``overwrite`` empties a store presel wrote, after taking its lock (a store another embed is writing
+        is never deleted); a folder that is not a feature store is never deleted."""
+        from presel.io.owned import check_deletable, remove_owned
 
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise PreselError(f"--out {root} exists and is not a directory; choose another path")
         ident_path = root / "identity.json"
+        fix = "remove it yourself or choose another --out"
         if root.is_dir() and any(root.iterdir()):
+            if not ident_path.is_file():
+                raise PreselError(f"--out {root} exists, is not empty and is not a presel feature store (no "
+                                  f"identity.json); {'refusing to delete it with --overwrite, ' if overwrite else ''}"
+                                  f"presel deletes only what it wrote: {fix}")
             if overwrite:
-                if not ident_path.is_file():
-                    raise PreselError(f"--out {root} is not a presel feature store (no identity.json); refusing to "
-                                      "delete it with --overwrite; remove it yourself or choose another path")
-                shutil.rmtree(root)
-            elif not ident_path.is_file():
-                raise PreselError(f"--out {root} exists, is not empty and is not a presel feature store; "
-                                  "choose another path")
+                check_deletable(root, only=("identity.json",), fix=fix)
         identity = {"format": FORMAT, "version": VERSION, **identity}
-        if ident_path.is_file():
-            old = json.loads(ident_path.read_text(encoding="utf-8"))
-            diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-            if diff:
-                what = ", ".join(f"{k}={old.get(k)!r} (now {identity.get(k)!r})" for k in diff)
-                raise PreselError(f"{root}: this feature store was built with {what}; rerun with the same settings "
-                                  "to resume or add images, or use another --out (or --overwrite)")
-        else:
-            (root / "shards").mkdir(parents=True, exist_ok=True)
-            write_json(ident_path, identity)
         store = cls(root, identity)
+        root.mkdir(parents=True, exist_ok=True)
         store._lock()
-        store._load_shards()
+        try:
+            if overwrite and ident_path.is_file():
+                remove_owned(root, only=("identity.json",), keep=(".lock",), fix=fix)
+            if ident_path.is_file():
+                old = json.loads(ident_path.read_text(encoding="utf-8"))
+                diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+                if diff:
+                    what = ", ".join(f"{k}={old.get(k)!r} (now {identity.get(k)!r})" for k in diff)
+                    raise PreselError(f"{root}: this feature store was built with {what}; rerun with the same settings "
+                                      "to resume or add images, or use another --out (or --overwrite)")
+            else:
+                (root / "shards").mkdir(parents=True, exist_ok=True)
+                write_json(ident_path, identity)
+            store._load_shards()
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def _lock(self) -> None:

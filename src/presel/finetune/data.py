@@ -62,7 +62,8 @@ def load_train_data(
     """
     from presel.io.manifest import read_pool
 
-    pool = read_pool(data, image_root=image_root, default_task=default_task, id_field=id_field)
+    pool = read_pool(data, image_root=image_root, default_task=default_task, id_field=id_field, flag="--data",
+                     task_fix="give each record a 'task' field")
     skipped: list[dict[str, Any]] = []
     candidates: list[PoolRecord] = []
     for rec in pool.records:
@@ -100,9 +101,11 @@ def check_image_files(pool: Pool, records: Sequence[PoolRecord], *, threads: int
         first.setdefault(rec.image_key, rec)
 
     def check(rec: PoolRecord) -> str | None:
+        from presel.io.paths import ImagePathRefused
+
         try:
             load_rgb(pool.image_path(rec))
-        except ImageRejected as e:
+        except (ImageRejected, ImagePathRefused) as e:
             return e.reason
         return None
 

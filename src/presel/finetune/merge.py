@@ -67,7 +67,7 @@ def merge_adapter(
     from peft import PeftModel
 
     from presel.cache import resolve_model
-    from presel.io.atomic import atomic_dir
+    from presel.io.atomic import atomic_dir, write_json
     from presel.vlm.load import load_vlm
 
     adapter = Path(adapter)
@@ -82,6 +82,8 @@ def merge_adapter(
     peft_model = PeftModel.from_pretrained(model, str(adapter))
     with atomic_dir(out, overwrite=overwrite) as tmp:
         save_finetuned(peft_model, processor, tmp)
+        # presel's record of what it wrote: also what lets --overwrite replace this folder later
+        write_json(tmp / "presel_source.json", {"model": str(base), "adapter": str(adapter), "dtype": dtype})
     return Path(out)
 
 

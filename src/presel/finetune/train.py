@@ -92,8 +92,22 @@ class FinetuneConfig:
     keep_checkpoints: int = 1
     num_workers: int = 0  # DataLoader worker processes (image decoding + rendering)
     log_every: int = 10  # progress line to stderr every N steps (0: quiet); train_log.jsonl gets every step
+    chat_format: str | None = None  # llava-v1 (LLaVA-1.5's conversation format) or None: the model's own template
+    protocol: str = "paper"  # official: chat_format defaults to llava-v1, as the authors train
+
+    @property
+    def effective_chat_format(self) -> str | None:
+        from presel.protocol import default_chat_format
+
+        return default_chat_format(self.protocol, self.chat_format)
 
     def __post_init__(self) -> None:
+        from presel.protocol import check_protocol
+        from presel.vlm.render import check_chat_format
+
+        check_protocol(self.protocol)
+        check_chat_format(self.chat_format)
+
         def bad(name: str, why: str) -> PreselError:
             return PreselError(f"{name}={getattr(self, name)!r} {why}")
 
@@ -493,6 +507,10 @@ def finetune(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise PreselError(f"--out {out} already exists and is not empty; remove it, choose another path or pass --overwrite")
+    if overwrite and out.is_dir():
+        from presel.io.owned import check_deletable
+
+        check_deletable(out)  # refuse now, not after training, to replace a folder presel did not write
     dist = _dist_env()
     device = _resolve_device(cfg, dist)
     train_dtype = _resolve_dtype(cfg, device)
@@ -533,6 +551,11 @@ def finetune(
     if dist.main:
         work.mkdir(parents=True, exist_ok=True)
         fp_path = work / "fingerprint.json"
+        if not fp_path.exists():
+            from presel.io.owned import check_deletable
+
+            check_deletable(work, only=("fingerprint.json",), what="work folder",
+                            fix="move it away or choose another --out")  # it is deleted when training ends
         if fp_path.exists():
             old = json.loads(fp_path.read_text(encoding="utf-8"))
             if old != json.loads(json.dumps(fingerprint)):
@@ -589,7 +612,9 @@ def finetune(
     runner = ddp if ddp is not None else net
 
     pad_id = _pad_token_id(processor)
-    dataset = ConversationDataset(tdata, processor, max_length=cfg.max_length)
+    from presel.vlm.render import with_chat_format
+
+    dataset = ConversationDataset(tdata, with_chat_format(processor, cfg.effective_chat_format), max_length=cfg.max_length)
     sampler = MicroBatchSampler(plan, start, total, dist.rank)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
@@ -675,6 +700,7 @@ def finetune(
             steps_now = total - start
             summary = {
                 "mode": "full" if cfg.full else "lora", "model": model_name, "data": str(data),
+                "chat_format": cfg.effective_chat_format,
                 "samples": len(tdata.samples), "skipped": len(tdata.skipped), "steps": total,
                 "steps_per_epoch": plan.steps_per_epoch, "global_batch": plan.global_batch,
                 "world_size": dist.world_size, "device": device, "dtype": train_dtype,

@@ -194,12 +194,13 @@ def request_line(ctx: _Context, row: Any, batch: BatchConfig) -> dict[str, Any]:
             "body": request_body(ctx.cfg, tpl, row.task, _image_ref(row, ctx.root, batch), row.id)}
 
 
-def _pending_ids(ctx: _Context, *, retry_failed: bool, exclude: set[str] = frozenset()) -> list[Any]:
-    from presel.generate.store import ResultsStore, state_of
+def _pending_ids(ctx: _Context, *, retry_failed: bool, exclude: set[str] = frozenset(), decode: bool = True) -> list[Any]:
+    from presel.generate.store import ResultsStore, refuse_unsafe, state_of
 
     done, failed = state_of(*ResultsStore(ctx.out).load())
-    return [r for r in ctx.rows if r.source == "selected" and r.id not in done and r.id not in exclude
+    rows = [r for r in ctx.rows if r.source == "selected" and r.id not in done and r.id not in exclude
             and (retry_failed or r.id not in failed)]
+    return refuse_unsafe(rows, ctx.root, ctx.out, decode=decode)  # never in a request file: recorded as failed
 
 
 def _next_index(out: Path) -> int:
@@ -329,7 +330,7 @@ def batch_files_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike
     batch = batch or BatchConfig()
     ctx = prepare(selection_path, out, config, reference_annotations=reference_annotations, image_root=image_root,
                   pool=pool, overwrite=overwrite)
-    rows = _pending_ids(ctx, retry_failed=config.retry_failed)
+    rows = _pending_ids(ctx, retry_failed=config.retry_failed, decode=batch.image_transport != "url")
     est = estimate_cost(ctx, batch, rows)
     write_json(ctx.out / "estimate.json", est)
     files = write_request_files(ctx, batch, rows)
@@ -555,7 +556,7 @@ def batch_api_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, 
     state: dict[str, Any] = json.loads(sp.read_text()) if sp.exists() else {"batches": []}
     entries: list[dict[str, Any]] = state["batches"]
     in_flight = {i for e in entries if not e.get("done") for i in request_ids(ctx.out / e["file"])}
-    rows = _pending_ids(ctx, retry_failed=config.retry_failed, exclude=in_flight)
+    rows = _pending_ids(ctx, retry_failed=config.retry_failed, exclude=in_flight, decode=batch.image_transport != "url")
     if rows:
         est = estimate_cost(ctx, batch, rows)
         from presel.io.atomic import write_json

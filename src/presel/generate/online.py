@@ -130,7 +130,8 @@ def run_key(cfg: GenerateConfig, templates: Any, tasks: list[str]) -> str:
 def prepare_out(out: Path, key: str, *, overwrite: bool, what: str = "generation") -> None:
     """Create ``out`` or check that it holds the same run (same key); ``overwrite`` starts over."""
     import json
-    import shutil
+
+    from presel.io.owned import remove_owned
 
     if out.exists() and not out.is_dir():
         raise PreselError(f"--out {out} exists and is not a directory; choose another path")
@@ -143,7 +144,7 @@ def prepare_out(out: Path, key: str, *, overwrite: bool, what: str = "generation
             except (json.JSONDecodeError, AttributeError):
                 old = None
         if overwrite:
-            shutil.rmtree(out)
+            remove_owned(out, only=("config.json",))
         elif old != key:
             raise PreselError(f"--out {out} holds another {what} run (different model, templates or settings, or not a "
                               "generation folder); pass --overwrite to start over or choose another --out")
@@ -197,20 +198,23 @@ class _Ctx:
 
 
 def _work(row: Any, ctx: _Ctx) -> dict[str, Any]:
-    """Generate one item; returns a result or failure line (``status``: ok | failed | interrupted)."""
+    """Generate one item; returns a result or failure line (``status``: ok | failed | interrupted | unreachable)."""
     from presel.generate.client import RequestError, TransientError, call_with_retries, image_data_url
     from presel.generate.parse import ParseError, build_conversation
-    from presel.generate.store import image_file
+    from presel.generate.store import redact, upload_file
+    from presel.io.paths import ImagePathRefused
 
     cfg, tpl = ctx.cfg, ctx.templates[row.task]
     base = {"id": row.id, "image": row.image, "task": row.task, "template": tpl.name}
     usage = {"requests": 0, "tokens_in": 0, "tokens_out": 0}
 
-    def fail(kind: str, error: str) -> dict[str, Any]:
-        return {**base, "status": "failed", "kind": kind, "error": error, "usage": usage}
+    def fail(kind: str, error: str) -> dict[str, Any]:  # never write the API key (an error body may echo it)
+        return {**base, "status": "failed", "kind": kind, "error": redact(error, cfg.api_key()), "usage": usage}
 
     try:
-        url = image_data_url(image_file(row, ctx.root))
+        url = image_data_url(upload_file(row, ctx.root))  # inside the image root and an image, or refused
+    except ImagePathRefused as e:
+        return fail("image", f"refused image {row.image}: {e.reason}")
     except OSError as e:
         return fail("image", f"cannot read image {row.image}: {e.strerror or e}")
     body = request_body(cfg, tpl, row.task, url, row.id)
@@ -233,6 +237,8 @@ def _work(row: Any, ctx: _Ctx) -> dict[str, Any]:
         except TransientError as e:
             if ctx.stop.is_set():
                 return {**base, "status": "interrupted"}
+            if e.status is None and "ConnectError" in str(e):  # the server was never reached: not this item's failure
+                return {**base, "status": "unreachable", "error": redact(str(e), cfg.api_key())}
             return fail("transient", f"{e} (after {ctx.policy.max_retries + 1} tries)")
         except RequestError as e:
             return fail("request", str(e))
@@ -335,6 +341,12 @@ def generate_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, c
                         stop.set()
                         continue
                     status = line.pop("status")
+                    if status == "unreachable":  # a connection-level failure of the run, recorded for no item
+                        if stop_reason is None:
+                            stop_reason = (f"cannot connect to the server at {cfg.base_url} ({line['error']}); nothing "
+                                           "was recorded for the items it could not reach")
+                        stop.set()
+                        continue
                     if status == "interrupted":
                         continue
                     (oks if status == "ok" else fails).append(line)
@@ -374,7 +386,9 @@ def generate_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, c
         if owns_client:
             client.close()
         if fatal is not None:
-            stop_reason = f"stopped: {fatal}"
+            from presel.generate.store import redact
+
+            stop_reason = redact(f"stopped: {fatal}", cfg.api_key())
     store.close()
     elapsed = time.perf_counter() - started
     summary = finalize(out, rows, cfg, ref=ref, templates=templates, tpl_of=tpl_of, root=root,

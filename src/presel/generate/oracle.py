@@ -10,6 +10,11 @@ in ``failures.jsonl`` (counted in summary.json), never silently dropped.
 
 Reference rows take their records from ``reference_annotations`` when given, else from the same
 annotations file (in the benchmark protocol the full dataset annotates the reference set too).
+
+``protocol="official"`` (the authors' code, https://github.com/bardisafa/PreSel): every record of a picked
+image is trained. Each selected row takes every annotation record of its image in its task (``match`` is
+not used for selected rows), each record once across rows (an image picked through two of its records trains
+its records once) and never again when it is a reference record; the records keep their annotation ids.
 """
 
 from __future__ import annotations
@@ -29,8 +34,12 @@ class OracleConfig:
     match: str = "auto"
     reference_annotations: str | None = None
     format: str = "llava"
+    protocol: str = "paper"
 
     def __post_init__(self) -> None:
+        from presel.protocol import check_protocol
+
+        check_protocol(self.protocol)
         if self.match not in MATCHES:
             raise PreselError(f"match={self.match!r} must be one of {', '.join(MATCHES)}")
         if self.format not in ("llava", "sharegpt"):
@@ -39,7 +48,7 @@ class OracleConfig:
 
 def oracle_to_dir(selection_path: str | os.PathLike, annotations_path: str | os.PathLike, out: str | os.PathLike,
                   reference_annotations: str | os.PathLike | None = None, match: str = "auto", *,
-                  format: str = "llava", overwrite: bool = False) -> dict[str, Any]:
+                  format: str = "llava", overwrite: bool = False, protocol: str = "paper") -> dict[str, Any]:
     """Write ``out/`` (train.json, results.jsonl, failures.jsonl, summary.json, config.json) from annotations.
 
     Returns the summary. The output directory is written atomically (fast: no resume needed).
@@ -55,12 +64,14 @@ def oracle_to_dir(selection_path: str | os.PathLike, annotations_path: str | os.
     from presel.io.atomic import atomic_dir, write_json, write_jsonl
 
     cfg = OracleConfig(str(annotations_path), match,
-                       None if reference_annotations is None else str(reference_annotations), format)
+                       None if reference_annotations is None else str(reference_annotations), format, protocol)
     rows = read_selection(selection_path)
     anns = load_annotations(annotations_path)
     ref = load_annotations(reference_annotations) if reference_annotations is not None else anns
     ref_recs, ref_info = reference_records(rows, ref, match)
     train = list(ref_recs)
+    official = protocol == "official"
+    emitted = {_record_key(r) for r in ref_recs}  # official: each annotation record trains once
     results, failures = [], []
     per_task: dict[str, dict[str, int]] = {}
     for row in rows:
@@ -68,9 +79,13 @@ def oracle_to_dir(selection_path: str | os.PathLike, annotations_path: str | os.
             continue
         t = per_task.setdefault(row.task, {"items": 0, "ok": 0, "failed": 0, "records": 0})
         t["items"] += 1
-        hits, why = anns.lookup(row, match)
-        recs, problems = records_for_row(row, hits)
-        if recs:
+        if official:
+            hits, why = anns.lookup(row, "image")
+            recs, problems = _all_records(row, hits, emitted)
+        else:
+            hits, why = anns.lookup(row, match)
+            recs, problems = records_for_row(row, hits)
+        if recs or (official and hits and not problems):  # official: its records may be trained already
             t["ok"] += 1
             t["records"] += len(recs)
             train.extend(recs)
@@ -81,8 +96,13 @@ def oracle_to_dir(selection_path: str | os.PathLike, annotations_path: str | os.
             failures.append({"id": row.id, "image": row.image, "task": row.task, "kind": "no_annotation",
                              "error": why or ("; ".join(problems) or "annotations invalid")})
     n_sel = sum(t["items"] for t in per_task.values())
+    if (n_sel and not results) or not train:  # success on nothing is no success
+        ex = f" (e.g. id {failures[0]['id']}: {failures[0]['error']})" if failures else ""
+        raise PreselError(f"{annotations_path}: none of the {n_sel} selected image(s) of {selection_path} matches an "
+                          f"annotation with match={match}{ex}; pass the annotation file of this pool, or another --match")
     summary = {
-        "mode": "oracle", "complete": True, "match": match, "annotations": str(annotations_path),
+        "mode": "oracle", "complete": True, "match": "image (every record of a picked image)" if official else match,
+        "protocol": protocol, "annotations": str(annotations_path),
         "annotations_skipped": anns.skipped, "selected": n_sel, "generated": n_sel - len(failures),
         "failed": len(failures), "pending": 0, "failures_by_kind": {"no_annotation": len(failures)} if failures else {},
         "reference": ref_info, "tasks": dict(sorted(per_task.items())),
@@ -99,3 +119,31 @@ def oracle_to_dir(selection_path: str | os.PathLike, annotations_path: str | os.
         write_json(tmp / "config.json", resolved_config("generate", cfg, mode="oracle",
                                                         inputs={"selection": str(selection_path)}))
     return summary
+
+
+def _record_key(rec: dict[str, Any]) -> tuple[str, str, str]:
+    from presel.records import image_key
+
+    return str(rec["id"]), image_key(str(rec["image"])), str(rec.get("task"))
+
+
+def _all_records(row, anns: list[dict[str, Any]], emitted: set[tuple[str, str, str]]
+                 ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Training records of every annotation of ``row``'s image (``protocol: official``), under their own ids, each
+    annotation record once (``emitted`` holds the keys already written)."""
+    from presel.generate.parse import ParseError, validate_conversation
+
+    out, problems = [], []
+    for a in anns:
+        rec = {"id": str(a["id"]), "image": row.image, "task": row.task}
+        key = _record_key(rec)
+        if key in emitted:
+            continue
+        try:
+            conv = validate_conversation(a["conversations"])
+        except ParseError as e:
+            problems.append(f"annotation '{a['id']}': {e}")
+            continue
+        emitted.add(key)
+        out.append({**rec, "conversations": conv})
+    return out, problems

@@ -84,9 +84,49 @@ def check_images(rows: Iterable[SelectionRow], root: Path) -> None:
                           "pass --image-root (the folder image paths are relative to) or --pool <manifest>")
 
 
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with the API key cut out (a server error body may echo the request headers)."""
+    if not secret or not text:
+        return text
+    return text.replace(secret, "[api key redacted]")
+
+
 def image_file(row: SelectionRow, root: Path) -> Path:
-    p = Path(row.image)
-    return p if p.is_absolute() else root / p
+    """The row's image, resolved inside the image root (raises :class:`presel.io.paths.ImagePathRefused`)."""
+    from presel.io.paths import resolve_image
+
+    return resolve_image(root, row.image)
+
+
+def upload_file(row: SelectionRow, root: Path) -> Path:
+    """The row's image as it may leave the machine: inside the image root and decoding as an image
+    (raises :class:`presel.io.paths.ImagePathRefused` otherwise)."""
+    from presel.io.paths import check_decodes
+
+    path = image_file(row, root)
+    check_decodes(path)
+    return path
+
+
+def refuse_unsafe(rows: Sequence[SelectionRow], root: Path, out: Path, *, decode: bool = True) -> list[SelectionRow]:
+    """``rows`` without those whose image may not be sent (outside the root, or not an image); each of those
+    is recorded in ``failures.jsonl`` with the reason, kind ``image``."""
+    from presel.io.paths import ImagePathRefused
+
+    keep, refused = [], []
+    for r in rows:
+        try:
+            upload_file(r, root) if decode else image_file(r, root)
+            keep.append(r)
+        except ImagePathRefused as e:
+            refused.append({"id": r.id, "image": r.image, "task": r.task, "kind": "image",
+                            "error": f"refused image {r.image}: {e.reason}",
+                            "usage": {"requests": 0, "tokens_in": 0, "tokens_out": 0}})
+    if refused:
+        store = ResultsStore(out)
+        store.append(failures=refused)
+        store.close()
+    return keep
 
 
 # --------------------------------------------------------------------------- annotations

@@ -1,4 +1,11 @@
-"""Step 1.1 of PreSel: the reference set, a seeded random fraction of the distinct images of each task.
+"""Step 1.1 of PreSel: the reference set, a seeded random sample stratified by task.
+
+``protocol: paper`` (default): ``floor(fraction * distinct pool images)`` images in total, an image shared
+by several tasks counted once; the total is split over the tasks in proportion to their distinct images
+(largest remainder, at least ``min_per_task``) and each task draws its share among the images no earlier
+task (sorted order) drew. So with a 15% budget the new picks are exactly 10% of the distinct images.
+``protocol: official`` (the authors' code, https://github.com/bardisafa/PreSel): per task
+``max(min_per_task, floor(fraction * records of the task))`` records, drawn among the task's records.
 
 Only these images get instructions up front (annotate them, then ``presel score``); selection later
 excludes them and counts them in the budget (``presel select --reference ref/reference.jsonl``).
@@ -19,16 +26,21 @@ from presel.records import Pool, PoolRecord
 
 @dataclass(frozen=True)
 class ReferenceConfig:
-    """fraction: share of each task's distinct images, ``0 < f <= 1`` (floored per task);
-    min_per_task: at least this many images per task (capped at the task's size); seed: sampling seed."""
+    """fraction: share of the distinct pool images (``protocol: official``: of each task's records),
+    ``0 < f <= 1``, floored; min_per_task: at least this many per task (capped at the task's size); seed:
+    sampling seed; protocol: paper | official (see the module doc)."""
 
     fraction: float = 0.05
     seed: int = 0
     min_per_task: int = 1
+    protocol: str = "paper"
 
     def __post_init__(self) -> None:
+        from presel.protocol import check_protocol
+
+        check_protocol(self.protocol)
         if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not 0 < self.fraction <= 1:
-            raise PreselError(f"fraction={self.fraction!r} must be a number in (0, 1], e.g. 0.05 for 5% of each task")
+            raise PreselError(f"fraction={self.fraction!r} must be a number in (0, 1], e.g. 0.05 for 5%")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise PreselError(f"seed={self.seed!r} must be an integer >= 0")
         if isinstance(self.min_per_task, bool) or not isinstance(self.min_per_task, int) or self.min_per_task < 0:
@@ -47,33 +59,80 @@ def task_quota(n_images: int, config: ReferenceConfig) -> int:
 
 
 def sample_reference(pool: Pool, config: ReferenceConfig | None = None) -> list[PoolRecord]:
-    """The reference records: per task (in sorted task order) a seeded sample of its distinct images not
-    already taken by another task, one record per image (the task's first record of it); pool order.
+    """The reference records, in pool order (see the module doc for each protocol).
 
-    Each task's draw depends only on the seed and the task name, so adding a task leaves the others alone
-    (unless they share images).
+    ``paper``: one record per drawn image (the drawing task's first record of it). ``official``: records.
+    Each task's draw depends only on the seed and the task name (and, under ``paper``, on the images
+    earlier tasks drew and the share it is given).
     """
     config = config or ReferenceConfig()
-    per_task: dict[str, dict[str, PoolRecord]] = {}
-    for rec in pool.records:
-        per_task.setdefault(rec.task, {}).setdefault(rec.image_key, rec)
-    taken: set[str] = set()
-    chosen: list[PoolRecord] = []
-    for task in sorted(per_task):
-        images = per_task[task]
-        k = task_quota(len(images), config)
-        free = [key for key in images if key not in taken]
-        order = _task_rng(config.seed, task).permutation(len(free))
-        pick = [free[i] for i in order[:k]]
-        taken.update(pick)
-        chosen.extend(images[key] for key in pick)
+    if config.protocol == "official":
+        chosen = _sample_records(pool, config)
+    else:
+        chosen = _sample_images(pool, config)
     index = pool.by_id()
     chosen.sort(key=lambda r: index[r.id])
     return chosen
 
 
+def _sample_records(pool: Pool, config: ReferenceConfig) -> list[PoolRecord]:
+    per_task: dict[str, list[PoolRecord]] = {}
+    for rec in pool.records:
+        per_task.setdefault(rec.task, []).append(rec)
+    chosen: list[PoolRecord] = []
+    for task in sorted(per_task):
+        recs = per_task[task]
+        order = _task_rng(config.seed, task).permutation(len(recs))
+        chosen.extend(recs[i] for i in order[:task_quota(len(recs), config)])
+    return chosen
+
+
+def _sample_images(pool: Pool, config: ReferenceConfig) -> list[PoolRecord]:
+    import numpy as np
+
+    from presel.selection.budget import allocate
+
+    per_task: dict[str, dict[str, PoolRecord]] = {}
+    for rec in pool.records:
+        per_task.setdefault(rec.task, {}).setdefault(rec.image_key, rec)
+    names = sorted(per_task)
+    n_distinct = len({k for imgs in per_task.values() for k in imgs})
+    sizes = np.array([len(per_task[t]) for t in names], dtype=np.int64)
+    total = math.floor(config.fraction * n_distinct + 1e-9)
+    share = allocate(total, sizes.astype(np.float64), sizes)
+    share = np.minimum(sizes, np.maximum(share, config.min_per_task))
+    orders = {t: [list(per_task[t])[i] for i in _task_rng(config.seed, t).permutation(len(per_task[t]))] for t in names}
+    taken: set[str] = set()
+    chosen: list[PoolRecord] = []
+    cursor = dict.fromkeys(names, 0)
+
+    def draw(t: str, k: int) -> int:
+        got = 0
+        order = orders[t]
+        while got < k and cursor[t] < len(order):
+            key = order[cursor[t]]
+            cursor[t] += 1
+            if key not in taken:
+                taken.add(key)
+                chosen.append(per_task[t][key])
+                got += 1
+        return got
+
+    short = 0
+    for t, k in zip(names, share.tolist()):
+        short += k - draw(t, k)
+    while short > 0:  # a task whose images earlier tasks took: its share goes to tasks with images left
+        free = np.array([sum(1 for key in orders[t][cursor[t]:] if key not in taken) for t in names], dtype=np.int64)
+        if free.sum() == 0:
+            break
+        extra = allocate(min(short, int(free.sum())), sizes.astype(np.float64), free)
+        for t, k in zip(names, extra.tolist()):
+            short -= draw(t, k)
+    return chosen
+
+
 def reference_to_dir(pool: Pool, out: str | os.PathLike, *, fraction: float = 0.05, seed: int = 0,
-                     min_per_task: int = 1, overwrite: bool = False) -> dict[str, Any]:
+                     min_per_task: int = 1, overwrite: bool = False, protocol: str = "paper") -> dict[str, Any]:
     """Sample the reference set of ``pool`` and write ``out/`` atomically:
 
     * ``reference.jsonl``: ``id``, ``image``, ``task`` (the images to annotate; ``presel select --reference``);
@@ -86,18 +145,21 @@ def reference_to_dir(pool: Pool, out: str | os.PathLike, *, fraction: float = 0.
     from presel.config import resolved_config
     from presel.io.atomic import atomic_dir, dumps_json, write_json, write_jsonl
 
-    config = ReferenceConfig(fraction=fraction, seed=seed, min_per_task=min_per_task)
+    config = ReferenceConfig(fraction=fraction, seed=seed, min_per_task=min_per_task, protocol=protocol)
     chosen = sample_reference(pool, config)
     images: dict[str, set[str]] = {}
+    records: dict[str, int] = {}
     for rec in pool.records:
         images.setdefault(rec.task, set()).add(rec.image_key)
+        records[rec.task] = records.get(rec.task, 0) + 1
     counts: dict[str, int] = {}
     for rec in chosen:
         counts[rec.task] = counts.get(rec.task, 0) + 1
-    tasks = {t: {"images": len(images[t]), "reference": counts.get(t, 0)} for t in sorted(images)}
-    summary = {"tasks": tasks, "total": {"images": len(pool.distinct_images()), "reference": len(chosen),
-                                         "tasks": len(tasks)},
-               "fraction": config.fraction, "seed": config.seed, "pool": str(pool.source)}
+    tasks = {t: {"images": len(images[t]), "records": records[t], "reference": counts.get(t, 0)} for t in sorted(images)}
+    summary = {"tasks": tasks, "total": {"images": len(pool.distinct_images()), "records": len(pool.records),
+                                         "reference": len(chosen), "tasks": len(tasks),
+                                         "unit": "records" if protocol == "official" else "images"},
+               "fraction": config.fraction, "seed": config.seed, "protocol": config.protocol, "pool": str(pool.source)}
     rows = [{"id": r.id, "image": r.image, "task": r.task} for r in chosen]
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_jsonl(tmp / "reference.jsonl", rows)

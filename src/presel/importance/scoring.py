@@ -19,6 +19,7 @@ GPU cluster) over the same batches.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -46,7 +47,15 @@ class ScoreConfig:
     id_field / task_field: how to read the data file; executor: local or ray; workers: Ray actors (default:
     one per GPU, else 1); ray_address: an existing Ray cluster; render_workers: processes that decode and
     render batches ahead of the model (0: in the main process; None: 0 on CPU, up to 4 with a GPU); prefetch: with render_workers=0, render the
-    next batch in a background thread while the model runs the current one."""
+    next batch in a background thread while the model runs the current one; chat_format: ``llava-v1`` (LLaVA-1.5's
+    conversation format, as the authors score) or None (the model's own chat template; ``llava-v1`` under
+    ``protocol: official``)."""
+
+    @property
+    def effective_chat_format(self) -> str | None:
+        from presel.protocol import default_chat_format
+
+        return default_chat_format(self.protocol, self.chat_format)
 
     model: str = "llava-small"
     batch_size: int = 8
@@ -63,9 +72,21 @@ class ScoreConfig:
     ray_address: str | None = None
     render_workers: int | None = None
     prefetch: bool = True
+    chat_format: str | None = None  # llava-v1, or None: the model's own chat template
+    protocol: str = "paper"  # official: chat_format defaults to llava-v1 (the authors' scoring)
+    ray_progress_timeout: float = 600.0
 
     def __post_init__(self) -> None:
+        from presel.protocol import check_protocol
         from presel.vlm.load import DTYPES
+        from presel.vlm.render import check_chat_format
+
+        check_protocol(self.protocol)
+        check_chat_format(self.chat_format)
+
+        t = self.ray_progress_timeout
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+            raise PreselError(f"ray_progress_timeout={t!r} must be a number of seconds > 0")
 
         if not isinstance(self.model, (str, os.PathLike)) or not str(self.model):
             raise PreselError(f"model={self.model!r} must be a model directory, hub id or offline name (llava-small)")
@@ -121,13 +142,16 @@ class Scorer:
     """
 
     def __init__(self, model: str, *, dtype: str = "auto", device: str = "auto", max_length: int | None = None,
-                 seed: int = 0, loaded: tuple[Any, Any] | None = None, logits_to_keep: bool = True):
+                 seed: int = 0, loaded: tuple[Any, Any] | None = None, logits_to_keep: bool = True,
+                 chat_format: str | None = None):
         import torch
 
         from presel.vlm.load import load_vlm
+        from presel.vlm.render import with_chat_format
 
         torch.manual_seed(seed)
         self.model, self.processor = loaded if loaded is not None else load_vlm(model, dtype=dtype, device=device)
+        self.processor = with_chat_format(self.processor, chat_format)
         self.model.eval()
         self.max_length = max_length
         tok = getattr(self.processor, "tokenizer", self.processor)
@@ -154,6 +178,8 @@ class Scorer:
             problem = conversation_problem(turns)
             if problem is None:
                 try:
+                    if it.get("refused"):
+                        raise ImageRejected(it["refused"])
                     todo.append((i, load_rgb(it["path"]), turns))
                 except ImageRejected as e:
                     problem = f"unreadable image: {e.reason}"
@@ -213,7 +239,7 @@ class Scorer:
         if ok:
             lq, nq = self.losses([p[1] for p in ok])
             ln, _ = self.losses([p[2] for p in ok])
-            for (it, _, _), a, b, n in zip(ok, lq, ln, nq):
+            for (it, eq, en), a, b, n in zip(ok, lq, ln, nq):
                 if not (math.isfinite(a) and math.isfinite(b)):
                     results[id(it)] = {"id": it["id"], "task": it["task"], "reason": "non-finite loss"}
                 elif b <= 0.0:
@@ -222,6 +248,8 @@ class Scorer:
                 else:
                     results[id(it)] = {"id": it["id"], "task": it["task"], "loss_q": a, "loss_noq": b, "irs": a / b,
                                        "n_response_tokens": n}
+                    if not (eq.end_of_turn and en.end_of_turn):
+                        results[id(it)]["no_end_of_turn"] = True
         return [results[id(p[0])] if isinstance(p, tuple) else p for p in prepared]
 
     def score(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -296,7 +324,7 @@ class _RayScorer:
 
     def __init__(self, cfg: dict[str, Any]):
         self.scorer = Scorer(cfg["model"], dtype=cfg["dtype"], device=cfg["device"], max_length=cfg["max_length"],
-                             seed=cfg["seed"])
+                             seed=cfg["seed"], chat_format=cfg.get("chat_format"))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
@@ -314,17 +342,22 @@ def _ray_stream(batches: list[list[dict[str, Any]]], config: ScoreConfig, model:
         ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
         started = True
     try:
-        gpu = config.device.startswith("cuda") or (config.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
-        n_gpus = int(ray.cluster_resources().get("GPU", 0))
+        from presel.executors.ray_guard import check_resources, with_progress_timeout
+
+        resources = ray.cluster_resources()
+        gpu = config.device.startswith("cuda") or (config.device == "auto" and resources.get("GPU", 0) > 0)
+        n_gpus = int(resources.get("GPU", 0))
         actors = config.workers or (max(1, n_gpus) if gpu else 1)
+        check_resources(resources, actors=actors, actor_cpus=0 if gpu else 1, actor_gpus=1 if gpu else 0,
+                        decode_cpus=0, actors_flag="--workers")
         cfg = {"model": model, "dtype": config.dtype, "device": "cuda" if gpu else "cpu",
-               "max_length": config.max_length, "seed": config.seed}
+               "max_length": config.max_length, "seed": config.seed, "chat_format": config.effective_chat_format}
         rows = [{"batch": i, "items": json.dumps(b)} for i, b in enumerate(batches)]
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * actors)))
         ds = ds.map_batches(_RayScorer, fn_constructor_kwargs={"cfg": cfg}, batch_size=1, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpu else 0,
                             num_cpus=0 if gpu else 1)
-        for row in ds.iter_rows():
+        for row in with_progress_timeout(ds.iter_rows(), config.ray_progress_timeout, "score"):
             yield json.loads(row["results"])
     finally:
         if started:
@@ -344,7 +377,8 @@ def _fingerprint(data_path: Path, config: ScoreConfig, model: str) -> dict[str, 
             h.update(chunk)
     return {"data_sha256": h.hexdigest(), "model": model, "dtype": config.dtype, "max_length": config.max_length,
             "image_root": config.image_root, "default_task": config.default_task, "id_field": config.id_field,
-            "task_field": config.task_field}
+            "task_field": config.task_field,
+            **({"chat_format": config.effective_chat_format} if config.effective_chat_format else {})}
 
 
 def _model_identity(model: str) -> str:
@@ -358,6 +392,16 @@ def _model_identity(model: str) -> str:
         stat = [(w.name, w.stat().st_size, int(w.stat().st_mtime)) for w in weights]
         return f"{model}#{hashlib.sha256(json.dumps(stat).encode()).hexdigest()[:16]}"
     return model
+
+
+def _checked_path(pool: Any, rec: Any) -> dict[str, Any]:
+    """``{"path": ...}``, or ``{"path": None, "refused": reason}`` for an image path outside the image root."""
+    from presel.io.paths import ImagePathRefused
+
+    try:
+        return {"path": str(pool.image_path(rec))}
+    except ImagePathRefused as e:
+        return {"path": None, "refused": e.reason}
 
 
 def read_shards(shard_dir: Path) -> dict[str, dict[str, Any]]:
@@ -386,16 +430,16 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
     same; other settings are an error unless ``overwrite``. ``on_batch(n_done)`` is called after each
     written batch. Returns the summary.
     """
-    import shutil
-
     from presel.cache import resolve_model
     from presel.config import resolved_config
     from presel.io.atomic import write_json, write_parquet
     from presel.io.manifest import read_pool
+    from presel.io.owned import remove_owned
 
     config = config or ScoreConfig()
     data_path, out = Path(data_path), Path(out)
-    pool = read_pool(data_path, image_root=config.image_root, default_task=config.default_task,
+    pool = read_pool(data_path, image_root=config.image_root, default_task=config.default_task, flag="--data",
+                     task_fix="give each record a task field (or name it with --task-field), or pass --default-task",
                      id_field=config.id_field, task_field=config.task_field)
     model = resolve_model(config.model)
     if out.exists() and not out.is_dir():
@@ -412,18 +456,16 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
         if old != fingerprint:
             if not overwrite:
                 what = ("holds IRS results of other settings ("
-                        + ", ".join(sorted(k for k in fingerprint if (old or {}).get(k) != fingerprint[k])) + " differ)"
+                        + ", ".join(sorted(k for k in {*fingerprint, *(old or {})} if (old or {}).get(k) != fingerprint.get(k)))
+                        + " differ)"
                         if old is not None else "already exists and is not a presel score output")
                 raise PreselError(f"--out {out} {what}; rerun with the same settings to resume, choose another "
                                   "--out, or pass --overwrite to start over")
-            shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(state_path, fingerprint)
+            remove_owned(out, only=(STATE_FILE, "config.json"))
     shard_dir = out / SHARDS
-    shard_dir.mkdir(exist_ok=True)
     done = read_shards(shard_dir)
     todo = [r for r in pool.records if r.id not in done]
-    items = [{"id": r.id, "task": r.task, "path": str(pool.image_path(r)),
+    items = [{"id": r.id, "task": r.task, **_checked_path(pool, r),
               "turns": [[t.role, t.text] for t in r.conversations] if r.conversations else []} for r in todo]
     batches = plan_batches(items, config.batch_size)
 
@@ -433,17 +475,29 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
             stream = _ray_stream(batches, config, model)
         else:
             scorer = Scorer(model, dtype=config.dtype, device=config.device, max_length=config.max_length,
-                            seed=config.seed)
+                            seed=config.seed, chat_format=config.effective_chat_format)
             workers = config.render_workers
             if workers is None:
                 workers = 0 if scorer.device.type == "cpu" else min(4, max(1, (os.cpu_count() or 2) // 2))
             stream = score_stream(scorer, batches, prefetch=config.prefetch, render_workers=workers)
-        n_files = len(list(shard_dir.glob("*.jsonl")))
+        n_files = len(list(shard_dir.glob("*.jsonl"))) if shard_dir.is_dir() else 0
         shard = shard_dir / f"part-{n_files:05d}.jsonl"
         n_done = len(done)
-        with open(shard, "a", encoding="utf-8") as f:
+        warned = False
+        with contextlib.ExitStack() as stack:
+            f = None
             for results in stream:
+                if f is None:  # nothing is recorded before the first result exists (a failed start leaves no state)
+                    shard_dir.mkdir(parents=True, exist_ok=True)
+                    write_json(state_path, fingerprint)
+                    f = stack.enter_context(open(shard, "a", encoding="utf-8"))
                 for r in results:
+                    if r.get("no_end_of_turn") and not warned:
+                        warned = True
+                        print(f"presel score: warning: the rendered labels of sample '{r['id']}' hold no end-of-turn "
+                              "token after a reply (the chat template writes none), so L(R|Q,I) and L(R|I) miss it; "
+                              "pass --chat-format llava-v1 for LLaVA-1.5 models (the authors' format)",
+                              file=sys.stderr, flush=True)
                     f.write(json.dumps(r, sort_keys=True) + "\n")
                     done[str(r["id"])] = r
                 f.flush()
@@ -456,6 +510,8 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
         if progress:
             print(file=sys.stderr)
     seconds = time.perf_counter() - t0
+    if not state_path.is_file():
+        write_json(state_path, fingerprint)
 
     scored = [done[r.id] for r in pool.records if "irs" in done[r.id]]
     line = {r.id: r.line for r in pool.records}
@@ -480,6 +536,11 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
                "tasks": tasks, "model": config.model, "scored_this_run": len(items),
                "seconds_this_run": round(seconds, 3),
                "samples_per_second_this_run": round(len(items) / seconds, 3) if items and seconds > 0 else None}
+    if config.effective_chat_format:
+        summary["chat_format"] = config.effective_chat_format
+    no_eot = sum(1 for r in scored if r.get("no_end_of_turn"))
+    if no_eot:
+        summary["no_end_of_turn"] = no_eot  # samples whose labels hold no end-of-turn token (see the warning)
     from presel.io.atomic import write_jsonl
 
     write_parquet(out / "irs.parquet", table)

@@ -21,8 +21,6 @@ def _read_irs(source: Any) -> tuple[list[str], list[float], str, list[dict[str, 
     a dict of columns."""
     rejected: list[dict[str, Any]] = []
     if isinstance(source, (str, os.PathLike)):
-        import pyarrow.parquet as pq
-
         p = Path(source)
         table_path = p / "irs.parquet" if p.is_dir() else p
         if not table_path.exists():
@@ -31,7 +29,9 @@ def _read_irs(source: Any) -> tuple[list[str], list[float], str, list[dict[str, 
             import json
 
             rejected = [json.loads(x) for x in (p / "rejected.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
-        cols = pq.read_table(table_path).to_pydict()
+        from presel.io.manifest import read_parquet
+
+        cols = read_parquet(table_path, what="--irs: the output folder of presel score, or its irs.parquet").to_pydict()
         desc = str(table_path)
     elif isinstance(source, Mapping):
         cols, desc = dict(source), "IRS table"
@@ -40,7 +40,13 @@ def _read_irs(source: Any) -> tuple[list[str], list[float], str, list[dict[str, 
     for c in ("task", "irs"):
         if c not in cols:
             raise PreselError(f"{desc}: missing column '{c}'; an IRS table has id, task, loss_q, loss_noq, irs")
-    return [str(t) for t in cols["task"]], list(cols["irs"]), desc, rejected
+    irs = list(cols["irs"])
+    for i, v in enumerate(irs):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            rid = cols["id"][i] if "id" in cols else None
+            raise PreselError(f"{desc} row {i + 1}{f' (id {rid!r})' if rid is not None else ''}: irs={v!r} is not a "
+                              "number; the irs column must hold numbers (rerun presel score)")
+    return [str(t) for t in cols["task"]], irs, desc, rejected
 
 
 def softmax_weights(scores: Mapping[str, float], tau: float | None = None) -> dict[str, float]:

@@ -6,6 +6,7 @@ A failed command never leaves a half-written file or directory behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -23,41 +24,84 @@ def _umask() -> int:
     return mask
 
 
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR,
+                 errno.ENOTDIR}
+
+
+def _write_error(e: OSError, out: Path) -> PreselError:
+    """A located error for an OSError met while writing ``out`` (full disk, read-only or unwritable folder)."""
+    why = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+           errno.EFBIG: "file too large for the file system", errno.EROFS: "read-only file system",
+           errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+           errno.EISDIR: "a directory is in the way", errno.ENOTDIR: "a file is in the way of a folder",
+           errno.EEXIST: "a file is in the way of a folder"}
+    return PreselError(f"cannot write {out}: {why.get(e.errno, e.strerror or str(e))}; free space, fix the "
+                       "permissions or choose another --out (nothing was half-written)")
+
+
+def _ours(e: BaseException, tmp: str | os.PathLike) -> bool:
+    """An OSError of writing the output (not of reading some input inside the with-block)."""
+    if not isinstance(e, OSError) or e.errno not in _WRITE_ERRNOS:
+        return False
+    return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or e.filename is None or \
+        str(e.filename).startswith(str(tmp))
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory next to ``out``; on success it replaces ``out``.
 
-    If ``out`` exists and is non-empty, it is an error unless ``overwrite`` is set. On any
-    exception the temporary directory is removed and ``out`` is left untouched.
+    If ``out`` exists and is non-empty, it is an error unless ``overwrite`` is set, and even then
+    only a folder presel wrote is replaced (:mod:`presel.io.owned`). On any exception the temporary
+    directory is removed and ``out`` is left untouched.
     """
+    from presel.io.owned import check_deletable
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PreselError(f"--out {out} exists and is not a directory; choose another path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise PreselError(f"--out {out} already exists and is not empty; remove it, choose another path or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise PreselError(f"--out {out} already exists and is not empty; remove it, choose another path or pass --overwrite")
+        check_deletable(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise _write_error(e, out) from None
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs get the usual permissions
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _ours(e, tmp):
+            raise _write_error(e, out) from None  # type: ignore[arg-type]
         raise
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    try:
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(e, out) from None
 
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w", **kw: Any) -> Iterator[Any]:
     """Open a temporary file next to ``path``; it is fsynced and renamed onto ``path`` on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    if path.is_dir():
+        raise PreselError(f"{path} is an existing directory, but a file is written there; give a file path "
+                          f"(e.g. {path / 'out.json'}) or move the directory away")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    except OSError as e:
+        raise _write_error(e, path) from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
@@ -68,9 +112,11 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", **kw: Any) -> Iterator
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if _ours(e, tmp):
+            raise _write_error(e, path) from None  # type: ignore[arg-type]
         raise
 
 

@@ -104,9 +104,9 @@ def load_features(path: str | os.PathLike, ids_path: str | os.PathLike | None = 
                               "the ids file must list one id per feature row, in the same order")
         return FeatureMatrix([(ids, arr)], source=str(path))
     if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
+        from presel.io.manifest import read_parquet
 
-        table = pq.read_table(path)
+        table = read_parquet(path, what="a Parquet feature file (id + one vector column)")
         if "id" not in table.column_names:
             raise PreselError(f"{path}: a Parquet feature file needs an 'id' column and one vector column")
         vec_cols = [c for c in table.column_names if c != "id"]

@@ -43,8 +43,9 @@ def iter_raw_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, A
         raise PreselError(f"{path}: file not found; check the path")
     fmt = _format_of(path)
     if fmt == "jsonl":
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                line = utf8_line(raw, path, n)
                 if not line.strip():
                     continue
                 try:
@@ -63,16 +64,50 @@ def iter_raw_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, A
             yield pos + 1, rec
     elif fmt == "csv":
         with open(path, encoding="utf-8", newline="") as f:
-            for n, rec in enumerate(csv.DictReader(f), 2):
-                yield n, {k: v for k, v in rec.items() if k is not None}
+            n = 1
+            try:
+                for n, rec in enumerate(csv.DictReader(f), 2):
+                    yield n, {k: v for k, v in rec.items() if k is not None}
+            except UnicodeDecodeError as e:
+                raise PreselError(f"{path} near line {n + 1}: not UTF-8 text ({e.reason}); save the file as UTF-8") from None
     elif fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
+        table = read_parquet(path)
         for n, rec in enumerate(table.to_pylist(), 1):
             yield n, rec
     else:  # pragma: no cover - folders are handled by read_pool
         raise PreselError(f"{path}: not a record file")
+
+
+def utf8_line(raw: bytes, path: str | os.PathLike, n: int) -> str:
+    """Line ``n`` of a text file, decoded; invalid UTF-8 is a PreselError naming the file, line and column."""
+    try:
+        return raw.decode("utf-8-sig" if n == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        raise PreselError(f"{path} line {n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                          "save the file as UTF-8") from None
+
+
+def read_parquet(path: str | os.PathLike, *, columns: Sequence[str] | None = None,
+                 what: str = "a valid Parquet file (write it again)") -> Any:
+    """A Parquet file as a pyarrow Table; a corrupt or non-Parquet file is a PreselError naming the path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        return pq.read_table(path, columns=list(columns) if columns is not None else None)
+    except FileNotFoundError:
+        raise PreselError(f"{path}: file not found; check the path") from None
+    except (pa.ArrowException, OSError) as e:
+        head = ""
+        try:
+            with open(path, "rb") as f:
+                head = f.read(1).decode("latin-1")
+        except OSError:
+            pass
+        hint = " (it looks like JSON)" if head in ("{", "[") else ""
+        raise PreselError(f"{path}: not a readable Parquet file{hint} ({str(e).splitlines()[0][:160]}); "
+                          f"pass {what}") from None
 
 
 def read_json_file(path: str | os.PathLike, *, missing: str, fix: str = "fix the file") -> Any:
@@ -85,6 +120,8 @@ def read_json_file(path: str | os.PathLike, *, missing: str, fix: str = "fix the
         raise PreselError(f"{path}: {missing}") from None
     except json.JSONDecodeError as e:
         raise PreselError(f"{path} line {e.lineno}: not valid JSON ({e.msg}); {fix}") from None
+    except UnicodeDecodeError as e:
+        raise PreselError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from None
 
 
 def load_task_map(path: str | os.PathLike) -> dict[str, str]:
@@ -117,9 +154,20 @@ def parse_task_rules(rules: Sequence[str] | Mapping[str, str] | str | os.PathLik
             data = yaml.safe_load(Path(rules).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise PreselError(f"{rules}: task rules file not found") from None
+        except UnicodeDecodeError as e:
+            raise PreselError(f"{rules}: not UTF-8 text ({e.reason}); save the file as UTF-8") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" line {mark.line + 1}" if mark is not None else ""
+            why = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise PreselError(f"{rules}{at}: not valid YAML ({why}); fix the task rules file") from None
         if isinstance(data, dict):
             return [(str(k), str(v)) for k, v in data.items()]
         if isinstance(data, list):
+            for i, x in enumerate(data, 1):
+                if isinstance(x, dict) and not ("prefix" in x and "task" in x):
+                    raise PreselError(f"{rules}: rule {i} {x!r} needs both 'prefix' and 'task' "
+                                      "(e.g. - {prefix: coco/, task: coco})")
             return parse_task_rules([str(x) if not isinstance(x, dict) else f"{x['prefix']}={x['task']}" for x in data])
         raise PreselError(f"{rules}: task rules must be a mapping prefix -> task")
     if isinstance(rules, Mapping):
@@ -187,15 +235,18 @@ def read_pool(
     id_field: str = "id",
     image_field: str = "image",
     keep_extra: bool = False,
+    flag: str = "--pool",
+    task_fix: str | None = None,
 ) -> Pool:
     """Read a pool manifest (or an image folder) into a :class:`Pool`.
 
     ``id_field="@index"`` keys records by their position (``"0"``, ``"1"``, ...), for files
-    whose ids are not unique (LLaVA-665K).
+    whose ids are not unique (LLaVA-665K). ``flag`` names the file's option and ``task_fix`` the ways to give
+    a record its task, in error messages of commands whose options differ from ``presel select``'s.
     """
     path = Path(path)
     if not path.exists():
-        raise PreselError(f"{path}: pool manifest not found; check --pool")
+        raise PreselError(f"{path}: {'pool manifest' if flag == '--pool' else 'file'} not found; check {flag}")
     fmt = _format_of(path)
     root = Path(image_root) if image_root is not None else (path if fmt == "folder" else path.parent)
     if fmt == "folder":
@@ -238,8 +289,9 @@ def read_pool(
         if task is None:
             task = default_task
         if task is None:
-            raise PreselError(f"{where}: no task for id '{rid}' (image {image}); give a task field (--task-field), "
-                              "an id->task map (--task-map), prefix rules (--task-rule PREFIX=TASK) or --default-task")
+            raise PreselError(f"{where}: no task for id '{rid}' (image {image}); " + (task_fix or (
+                "give a task field (--task-field), an id->task map (--task-map), prefix rules (--task-rule "
+                "PREFIX=TASK) or --default-task")))
         extra = None
         if keep_extra:
             extra = {k: v for k, v in rec.items() if k not in (id_field, image_field, "conversations", "messages")}
@@ -276,7 +328,8 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
     if not path.exists():
         raise PreselError(f"{path}: file not found")
     if path.suffix.lower() in (".txt", ".ids", ""):
-        return [s for s in (line.strip() for line in path.read_text(encoding="utf-8").splitlines()) if s]
+        with open(path, "rb") as f:
+            return [s for s in (utf8_line(raw, path, n).strip() for n, raw in enumerate(f, 1)) if s]
     out = []
     for n, rec in iter_raw_records(path):
         if rec.get("id") in (None, ""):

@@ -79,27 +79,22 @@ class Stage:
     def out_dir(self) -> Path:
         return self.cfg.out / self.dir
 
+    @classmethod
+    def takes(cls) -> set[str]:
+        """Every key its section may hold: the config dataclass's fields and the declared ``extra`` keys."""
+        fields = {f.name for f in dataclasses.fields(cls.config)} if cls.config is not None else set()
+        return fields | set(cls.extra)
+
     def known_keys(self) -> set[str]:
-        fields = {f.name for f in dataclasses.fields(self.config)} if self.config is not None else set()
-        return fields | set(self.extra)
-
-    def run_settings(self) -> dict[str, Any]:
-        """Top-level run settings (``RUN_SETTINGS``) this stage knows (a field of its config or one of its keys) and
-        its section does not set."""
-        known = self.known_keys()
-        return {k: v for k, v in self.cfg.settings.items() if k in known and k not in self.section}
-
-    def effective(self) -> dict[str, Any]:
-        """The section as if the run settings it takes were written in it."""
-        return {**self.run_settings(), **self.section}
+        return self.takes()
 
     def config_section(self) -> dict[str, Any]:
         """The part of the section that is the config dataclass's."""
-        return {k: v for k, v in self.effective().items() if k not in self.extra}
+        return {k: v for k, v in self.section.items() if k not in self.extra}
 
     def settings(self) -> dict[str, Any]:
         """The settings in the stage key: the section without its result-neutral settings."""
-        return {k: v for k, v in self.effective().items() if k not in self.neutral}
+        return {k: v for k, v in self.section.items() if k not in self.neutral}
 
     def legacy_settings(self) -> dict[str, Any]:
         return dict(self.section)

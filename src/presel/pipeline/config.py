@@ -13,9 +13,9 @@ from presel.pipeline.base import require_path
 POOL_KEYS = ("path", "image_root", "task_field", "task_map", "task_rules", "default_task", "id_field")
 POOL_PATHS = ("path", "image_root", "task_map")
 EXTRA_SECTIONS = ("out", "pool", "estimate")
-# top-level settings handed to every stage whose config dataclass has a field of that name (unless its section
-# sets it), e.g. ``protocol``: add the name here, nothing else
-RUN_SETTINGS: tuple[str, ...] = ()
+# top-level settings written into the section of every stage that takes a key of that name (a field of its
+# config dataclass or one of its declared keys), unless the section sets its own: a new one is one name here
+RUN_SETTINGS: tuple[str, ...] = ("protocol",)
 
 
 def norm_section(section: Any, name: str, source: str) -> dict[str, Any]:
@@ -38,11 +38,13 @@ class RunConfig:
     source: str = "config"
     base_dir: Path = Path(".")
     settings: dict[str, Any] = field(default_factory=dict)  # RUN_SETTINGS given at the top level
+    protocol: str = "paper"  # paper | official (presel.protocol); reaches every stage that has one
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config", base_dir: Path | None = None,
                   out: str | None = None) -> RunConfig:
-        from presel.pipeline.registry import STAGES
+        from presel.pipeline.registry import REGISTRY, STAGES
+        from presel.protocol import DEFAULT_PROTOCOL, check_protocol
 
         known = {*EXTRA_SECTIONS, *RUN_SETTINGS, *STAGES}
         unknown = sorted(set(data) - known)
@@ -59,8 +61,20 @@ class RunConfig:
             raise PreselError(f"{source}: 'pool.path' is missing; name the pool manifest (or image folder)")
         sections = {s: (norm_section(data[s], s, source) if data.get(s) is not None else None)
                     for s in (*STAGES, "estimate") if s in data}
+        settings = {k: data[k] for k in RUN_SETTINGS if k in data}
+        if "protocol" in settings:
+            try:
+                check_protocol(settings["protocol"])
+            except PreselError as e:
+                raise PreselError(f"{source}: {e}") from None
+        for stage in REGISTRY:
+            sec = sections.get(stage.name)
+            if sec is not None:
+                for k, v in settings.items():
+                    if k in stage.takes():
+                        sec.setdefault(k, v)
         return cls(Path(out_v) if Path(out_v).is_absolute() else base / out_v, pool, sections, source, base,
-                   {k: data[k] for k in RUN_SETTINGS if k in data})
+                   settings, str(settings.get("protocol", DEFAULT_PROTOCOL)))
 
     @classmethod
     def load(cls, path: str | Path, *, out: str | None = None) -> RunConfig:

@@ -2,7 +2,7 @@
 
 The file carries no source field. A record's source follows from its image folder and the wording of its
 first human turn (LLaVA-1.5 paper, Table 7; exact counts from haotian-liu/LLaVA#702). Decision order
-(see docs/reproduce.md and /work/shared/docs/datasets.md section 1.3):
+(see docs/reproduce.md; the maintainer's per-source counts are in haotian-liu/LLaVA issue #702):
 
 1. no ``image`` key                               -> ``sharegpt`` (text-only: counted, dropped)
 2. prefix ``gqa/``, ``ocr_vqa/``, ``textvqa/``, ``vg/`` -> ``gqa``, ``ocrvqa``, ``textcaps``, ``vg``

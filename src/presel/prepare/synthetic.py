@@ -1,6 +1,8 @@
 """Synthetic stand-ins for ``llava_v1_5_mix665k.json`` and ``annotation_191-task_1k.json``.
 
-The values are invented; the record *shapes* copy the released files (see /work/shared/docs/datasets.md):
+The values are invented; the record *shapes* copy the released files (the dataset cards of
+``liuhaotian/LLaVA-Instruct-150K`` and ``Vision-Flan/vision-flan_191-task_1k``, LLaVA-1.5's Table 7 prompts and
+haotian-liu/LLaVA issue #702):
 12-digit COCO id strings, GQA integer ids, OCR-VQA book ids (some ending in ``X``), text-only ShareGPT
 records with ``"model": ""``, image paths per folder, ``<image>`` as prefix or suffix of the first human
 turn, formatting suffixes on the first turn only, multi-turn VQA records, A-OKVQA option lines (each

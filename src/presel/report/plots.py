@@ -1,7 +1,8 @@
 """Report figures: matplotlib (Agg) figures returned as PNG ``data:`` URIs, plus a numpy PCA.
 
 Every function takes plain Python / numpy data (no files) and returns a string usable as an
-``<img src>``; the report stays one self-contained file. matplotlib is imported inside the
+``<img src>``; the report stays one self-contained file. Text is drawn as plain text (no mathtext), so
+task names with ``$`` are safe. matplotlib is imported inside the
 functions, so importing this module is cheap.
 """
 
@@ -41,6 +42,8 @@ def _plt() -> Any:
         "ytick.color": INK, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
         "grid.color": GRID, "grid.linewidth": 0.8, "axes.axisbelow": True, "legend.frameon": False,
         "figure.dpi": 100, "svg.fonttype": "none",
+        # task names are data, not markup: "$x$" in a name is drawn as typed, never parsed as mathtext
+        "text.parse_math": False, "text.usetex": False,
     })
     return plt
 

@@ -65,6 +65,8 @@ class SelectConfig:
     seed: every random choice derives from it.
     allow_repeats: let an image used by several tasks be selected once per task.
     typiclust_k: neighbours for TypiClust typicality.
+    protocol: paper (distinct images, this module) | official (the authors' code, counted in records:
+    :mod:`presel.selection.official`).
     """
 
     budget: float | None = None
@@ -78,8 +80,12 @@ class SelectConfig:
     seed: int = 0
     allow_repeats: bool = False
     typiclust_k: int = 20
+    protocol: str = "paper"
 
     def __post_init__(self) -> None:
+        from presel.protocol import check_protocol
+
+        check_protocol(self.protocol)
         if (self.budget is None) == (self.budget_count is None):
             raise PreselError("give exactly one of budget (a fraction, e.g. 0.15) and budget_count (a number of images); "
                               f"got budget={self.budget}, budget_count={self.budget_count}")
@@ -375,6 +381,11 @@ def select(pool: Pool, features, *, weights: Mapping[str, Any] | None = None, re
     ``*_source`` name the inputs in error messages. Pure: reads no files, writes nothing.
     """
     cfg = config
+    if cfg.protocol == "official":
+        from presel.selection.official import select_official
+
+        return select_official(pool, features, weights=weights, reference=reference, config=cfg,
+                               weights_source=weights_source, reference_source=reference_source)
     keys = [r.image_key for r in pool.records]
     tasks, img_index = _items(pool, keys)
     n_images = len(img_index)
@@ -560,7 +571,8 @@ def select_to_dir(pool: Pool, features, weights_path=None, reference_path=None, 
     if dropped:
         result.summary["totals"]["rejected_images"] = len({r.image_key for r in dropped})
         result.summary["totals"]["rejected_records"] = len(dropped)
-    inputs = {"pool": str(pool.source), "features": str(getattr(features, "source", "features")),
+    inputs = {"pool": str(pool.source), "image_root": str(pool.image_root),
+              "features": str(getattr(features, "source", "features")),
               "weights": None if weights_path is None else str(weights_path),
               "reference": None if reference_path is None else str(reference_path)}
     with atomic_dir(out, overwrite=overwrite) as tmp:

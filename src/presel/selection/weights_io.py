@@ -59,4 +59,8 @@ def normalise_task_weights(raw: Mapping[str, Any], tasks: Sequence[str], *, sour
     total = sum(out.values())
     if total <= 0:
         raise PreselError(f"{source}: all task weights are 0 (e.g. task '{pool_tasks[0]}'); at least one must be > 0")
+    if not math.isfinite(total):  # e.g. 1e308 + 1e308: the weights cannot be normalised
+        big = max(out, key=lambda t: out[t])
+        raise PreselError(f"{source}: task weights sum to {total} (task '{big}' has {out[big]}), too large to "
+                          "normalise; scale the weights down (only their ratios matter)")
     return {t: out[t] / total for t in pool_tasks}

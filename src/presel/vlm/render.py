@@ -47,6 +47,7 @@ class Encoded:
     input_ids: Any
     labels: Any
     extras: dict[str, Any] = field(default_factory=dict)
+    end_of_turn: bool = True  # every reply's end-of-turn token is labelled (False: the template writes none)
 
     @property
     def n_response_tokens(self) -> int:
@@ -131,6 +132,9 @@ def response_char_spans(processor: Any, messages: list[dict[str, Any]]) -> tuple
         if start < 0 or start + len(reply) > len(through):
             raise PreselError(f"the model's chat template does not reproduce the assistant reply {reply[:60]!r} "
                               "verbatim, so its tokens cannot be located; use a template that keeps reply text")
+        if reply and getattr(processor, "reply_from_prompt_end", False):
+            # LLaVA's preprocess_v1 labels everything after "ASSISTANT:", the separating space included
+            start, reply = len(prefix), full[len(prefix):start + len(reply)]
         spans.append((start, start + len(reply), len(through)))
     return full, spans
 
@@ -161,6 +165,7 @@ class _Plan:
     add_special: bool
     plain_ids: list[int]
     keep: list[bool]
+    end_of_turn: bool = True
 
 
 def _plan(processor: Any, turns: Sequence[Turn], drop_question: bool) -> _Plan:
@@ -175,16 +180,20 @@ def _plan(processor: Any, turns: Sequence[Turn], drop_question: bool) -> _Plan:
     add_special = not (bos and text.startswith(bos))
     plain_ids, offsets = _tokenize_with_offsets(tok, text, add_special)
     keep = [False] * len(plain_ids)
+    end_of_turn = True
     for r0, r1, t1 in spans:
         for j, (a, b) in enumerate(offsets):
             if b > a and a < r1 and b > r0:
                 keep[j] = True
+        found = False
         if text[r1:t1].strip():  # the end-of-turn token: first non-blank token the template writes after the reply
             for j, (a, b) in enumerate(offsets):
                 if a >= r1 and b <= t1 and b > a and text[a:b].strip():
                     keep[j] = True
+                    found = True
                     break
-    return _Plan(text, add_special, plain_ids, keep)
+        end_of_turn = end_of_turn and found
+    return _Plan(text, add_special, plain_ids, keep, end_of_turn)
 
 
 def _finish(processor: Any, plan: _Plan, ids: Any, extras: dict[str, Any], max_length: int | None) -> Encoded:
@@ -212,7 +221,7 @@ def _finish(processor: Any, plan: _Plan, ids: Any, extras: dict[str, Any], max_l
                                   f"{int(pos[-1]) + 1}); raise max_length")
         ids, labels = ids[:max_length], labels[:max_length]
         extras = {k: (v[:max_length] if v.dim() == 1 and v.shape[0] == n else v) for k, v in extras.items()}
-    return Encoded(ids, labels, extras)
+    return Encoded(ids, labels, extras, plan.end_of_turn)
 
 
 def _split_extras(out: Any, row: int, n_rows: int, tokens: Any) -> dict[str, Any] | None:
@@ -435,3 +444,96 @@ def response_loss(logits: Any, labels: Any) -> tuple[Any, Any]:
     which = mask.nonzero()[:, 0]
     sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=logits.device).index_add(0, which, nll)
     return sums, mask.sum(dim=1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# named chat formats (instead of the model's own chat template)
+
+CHAT_FORMATS = ("llava-v1",)
+# LLaVA-1.5's default conversation, ``conv_vicuna_v1`` in llava/conversation.py of haotian-liu/LLaVA
+LLAVA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                   "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+
+
+def check_chat_format(value: object) -> str | None:
+    if value is not None and value not in CHAT_FORMATS:
+        raise PreselError(f"chat_format={value!r} must be one of {', '.join(CHAT_FORMATS)} or unset (the model's own "
+                          "chat template)")
+    return value  # type: ignore[return-value]
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    return "".join(p.get("text", "") for p in message["content"] if p.get("type") == "text")
+
+
+def render_llava_v1(messages: Sequence[dict[str, Any]], *, image_token: str = IMAGE_PLACEHOLDER, eos: str = "</s>",
+                    add_generation_prompt: bool = False) -> str:
+    """LLaVA-1.5's conversation format (Vicuna v1, ``SeparatorStyle.TWO``), as its training code renders a sample
+    (``conv_vicuna_v1`` in llava/conversation.py, ``preprocess_multimodal``/``preprocess_v1`` in
+    llava/train/train.py of haotian-liu/LLaVA; the PreSel authors score with the same code).
+
+    ``SYSTEM USER: <image>\\nQ1 ASSISTANT: R1</s>USER: Q2 ASSISTANT: R2</s>``: the system prompt (a leading system
+    message replaces the default), then each message as ``ROLE: text`` followed by the separator of its position
+    (``" "`` after even, ``eos`` after odd positions); an empty message is ``ROLE:`` alone. The image opens its user
+    message as ``<image>\\n`` before the stripped text (just ``<image>`` when there is no text). With
+    ``add_generation_prompt`` the text ends in ``ASSISTANT:``.
+    """
+    msgs = list(messages)
+    system = LLAVA_V1_SYSTEM
+    if msgs and msgs[0]["role"] == "system":
+        system = _text_of(msgs[0]).strip()
+        msgs = msgs[1:]
+    seps = (" ", eos)
+    out = system + seps[0]
+    for i, m in enumerate(msgs):
+        if m["role"] == "user":
+            role = "USER"
+            text = _text_of(m).strip()
+            if any(p.get("type") == "image" for p in m["content"]):
+                text = (image_token + "\n" + text).strip()
+        else:
+            role = "ASSISTANT"
+            text = _text_of(m)
+        out += f"{role}: {text}{seps[i % 2]}" if text else f"{role}:"
+    if add_generation_prompt:
+        out += "ASSISTANT:"
+    return out
+
+
+class _ChatFormat:
+    """A processor that renders conversations in a named chat format; everything else is the wrapped processor's."""
+
+    chat_template = None  # :func:`_template` then calls :meth:`apply_chat_template`
+    reply_from_prompt_end = True  # labels start right after "ASSISTANT:", as LLaVA's preprocess_v1 masks
+
+    def __init__(self, processor: Any, name: str):
+        self._processor = processor
+        self.chat_format = name
+        tok = _tokenizer(processor)
+        self._eos = getattr(tok, "eos_token", None) or "</s>"
+        self._image_token = getattr(processor, "image_token", None) or IMAGE_PLACEHOLDER
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_processor":  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self._processor, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._processor(*args, **kwargs)
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], tokenize: bool = False,
+                            add_generation_prompt: bool = False, **_: Any) -> str:
+        return render_llava_v1(messages, image_token=self._image_token, eos=self._eos,
+                               add_generation_prompt=add_generation_prompt)
+
+
+def with_chat_format(processor: Any, name: str | None) -> Any:
+    """``processor`` rendering in chat format ``name`` (``llava-v1``), or ``processor`` itself for None (the model's
+    own chat template). ``llava-v1`` closes each reply with the tokenizer's end-of-sequence token (``</s>`` for
+    Vicuna / LLaVA-1.5, as LLaVA's ``sep2``)."""
+    check_chat_format(name)
+    if name is None:
+        return processor
+    if isinstance(processor, _ChatFormat):
+        processor = processor._processor
+    return _ChatFormat(processor, name)

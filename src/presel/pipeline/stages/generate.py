@@ -19,7 +19,7 @@ from presel.generate.online import GenerateConfig
 from presel.pipeline.base import Stage, Waiting
 
 MODES = ("online", "batch-file", "batch-api")
-ORACLE_KEYS = ("from_annotations", "match", "format")
+ORACLE_KEYS = ("from_annotations", "match", "format", "protocol")
 RUN_KEYS = ("mode", "collect", "allow_partial")
 BATCH_KEYS = tuple(f.name for f in dataclasses.fields(BatchConfig))
 # how requests are sent, retried, batched and accounted for in estimates: the instructions stay the same
@@ -30,7 +30,8 @@ NEUTRAL = frozenset({"concurrency", "timeout", "max_retries", "backoff_base", "b
 class Generate(Stage):
     name = "generate"
     dir = "generate"
-    extra = ("from_annotations", "match", *RUN_KEYS, *BATCH_KEYS)
+    # protocol: oracle mode takes every record of a picked image under `official`; online writes one per item
+    extra = ("from_annotations", "match", "protocol", *RUN_KEYS, *BATCH_KEYS)
     paths = ("from_annotations", "templates")
     needs = ("select", "annotate")
     neutral = NEUTRAL
@@ -53,7 +54,7 @@ class Generate(Stage):
             from presel.generate.oracle import OracleConfig
 
             from_dict(OracleConfig, {"annotations": str(self.section["from_annotations"]),
-                                     **{k: v for k, v in self.effective().items() if k != "from_annotations"}},
+                                     **{k: v for k, v in self.section.items() if k != "from_annotations"}},
                       source=self.source)
             return
         if self.conf.templates:  # relative to the config, like every path in it
@@ -111,7 +112,7 @@ class Generate(Stage):
     def _oracle(self) -> None:
         from presel.generate.oracle import oracle_to_dir
 
-        s = {k: v for k, v in self.effective().items() if k != "from_annotations"}
+        s = {k: v for k, v in self.section.items() if k != "from_annotations"}
         oracle_to_dir(self.ctx.outputs["selection"], self.files["annotations"], self.out_dir,
                       reference_annotations=self.ctx.outputs.get("annotated"), overwrite=True, **s)
 

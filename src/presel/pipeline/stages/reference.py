@@ -21,4 +21,4 @@ class Reference(Stage):
 
         rc = self.conf
         reference_to_dir(self.ctx.pool(), self.out_dir, fraction=rc.fraction, seed=rc.seed,
-                         min_per_task=rc.min_per_task, overwrite=True)
+                         min_per_task=rc.min_per_task, overwrite=True, protocol=rc.protocol)

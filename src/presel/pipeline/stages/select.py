@@ -20,7 +20,7 @@ class Select(Stage):
     outputs = {"selection": "selection.parquet"}
 
     def settings(self) -> dict[str, Any]:  # the input files are in the key as files
-        return {k: v for k, v in self.effective().items() if k not in self.extra}
+        return {k: v for k, v in self.section.items() if k not in self.extra}
 
     def legacy_settings(self) -> dict[str, Any]:
         return {k: v for k, v in self.section.items() if k not in self.extra}
