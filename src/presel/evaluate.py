@@ -4,6 +4,11 @@ The held-out file is LLaVA JSON/JSONL with a ``task`` field: each record's first
 the question and its first assistant turn the exact answer. The model answers greedily; an
 answer counts as correct when it equals the reference after normalisation (case, surrounding
 whitespace and punctuation, a leading "the"/"a").
+
+With ``answer_nll`` (default on) each question is also scored by its *answer loss*: the mean
+negative log-likelihood of the reference answer's tokens (and the end-of-turn token, as training
+and IRS scoring render them) given the image and the question. It is continuous, so far less
+noisy than exact match on a few hundred questions; lower is better.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class EvalConfig:
     limit_per_task: int | None = None
     dtype: str = "auto"
     device: str = "auto"
+    answer_nll: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -98,6 +104,11 @@ def evaluate_model(model: str | Path, data: str | Path, config: EvalConfig | Non
         from tqdm import tqdm
 
         iterator = tqdm(iterator, desc="evaluate", unit="batch")
+    scorer = None
+    if config.answer_nll:
+        from presel.importance.scoring import Scorer
+
+        scorer = Scorer(str(model), loaded=(vlm, processor))
     try:
         for start in iterator:
             batch = questions[start:start + config.batch_size]
@@ -105,6 +116,7 @@ def evaluate_model(model: str | Path, data: str | Path, config: EvalConfig | Non
             for q in batch:
                 with Image.open(q["image"]) as im:
                     images.append(im.convert("RGB"))
+            nll = answer_nll(scorer, images, batch) if scorer is not None else [None] * len(batch)
             texts = [_prompt_text(processor, q["question"]) for q in batch]
             inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
             inputs = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in inputs.items()}
@@ -114,22 +126,46 @@ def evaluate_model(model: str | Path, data: str | Path, config: EvalConfig | Non
                 out = vlm.generate(**inputs, max_new_tokens=config.max_new_tokens, do_sample=False,
                                    pad_token_id=tok.pad_token_id)
             answers = tok.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-            for q, pred in zip(batch, answers):
+            for q, pred, loss in zip(batch, answers, nll):
                 pred = pred.strip()
                 predictions.append({"id": q["id"], "task": q["task"], "answer": q["answer"], "prediction": pred,
-                                    "correct": normalize_answer(pred) == normalize_answer(q["answer"])})
+                                    "correct": normalize_answer(pred) == normalize_answer(q["answer"]),
+                                    "answer_nll": loss})
     finally:
         tok.padding_side = old_side
     return summarize(predictions)
 
 
+def answer_nll(scorer: Any, images: list[Any], batch: list[dict[str, Any]]) -> list[float]:
+    """Mean NLL of each reference answer given its image and question (teacher forcing, one forward pass)."""
+    from presel.records import Turn
+    from presel.vlm.render import encode_conversation
+
+    enc = [encode_conversation(scorer.processor, im, (Turn("user", q["question"]), Turn("assistant", q["answer"])))
+           for im, q in zip(images, batch)]
+    losses, _ = scorer.losses(enc)
+    return [float(x) for x in losses]
+
+
 def summarize(predictions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per task and overall: exact-match accuracy and, where predictions carry it, mean answer NLL
+    (the overall figures are means over tasks)."""
     tasks: dict[str, list[bool]] = defaultdict(list)
+    nlls: dict[str, list[float]] = defaultdict(list)
     for p in predictions:
         tasks[p["task"]].append(bool(p["correct"]))
-    per_task = {t: {"n": len(v), "accuracy": sum(v) / len(v)} for t, v in sorted(tasks.items())}
+        if p.get("answer_nll") is not None:
+            nlls[p["task"]].append(float(p["answer_nll"]))
+    per_task: dict[str, dict[str, Any]] = {}
+    for t, v in sorted(tasks.items()):
+        per_task[t] = {"n": len(v), "accuracy": sum(v) / len(v)}
+        if nlls.get(t):
+            per_task[t]["answer_nll"] = sum(nlls[t]) / len(nlls[t])
     mean = sum(x["accuracy"] for x in per_task.values()) / len(per_task) if per_task else 0.0
-    return {"per_task": per_task, "mean_accuracy": mean, "n": len(predictions), "predictions": predictions}
+    out = {"per_task": per_task, "mean_accuracy": mean, "n": len(predictions), "predictions": predictions}
+    if per_task and all("answer_nll" in x for x in per_task.values()):
+        out["mean_answer_nll"] = sum(x["answer_nll"] for x in per_task.values()) / len(per_task)
+    return out
 
 
 def relative_table(results: dict[str, dict[str, Any]], reference: str = "full") -> str:

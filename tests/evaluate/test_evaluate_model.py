@@ -19,6 +19,8 @@ def test_summarize_and_relative_table():
     preds = [{"task": "a", "correct": True}, {"task": "a", "correct": False}, {"task": "b", "correct": True}]
     s = summarize(preds)
     assert s["per_task"] == {"a": {"n": 2, "accuracy": 0.5}, "b": {"n": 1, "accuracy": 1.0}}
+    with_nll = summarize([dict(p, answer_nll=v) for p, v in zip(preds, (1.0, 3.0, 0.5))])
+    assert with_nll["per_task"]["a"]["answer_nll"] == 2.0 and with_nll["mean_answer_nll"] == pytest.approx(1.25)
     assert s["mean_accuracy"] == pytest.approx(0.75)
     full = summarize([{"task": "a", "correct": True}, {"task": "b", "correct": True}])
     table = relative_table({"presel": s, "full": full}, reference="full")
@@ -48,6 +50,17 @@ def test_evaluate_tiny_llava(tmp_path, monkeypatch):
     for p in res["predictions"]:
         assert isinstance(p["prediction"], str)
         assert p["correct"] == (normalize_answer(p["prediction"]) == "red")
+        assert p["answer_nll"] > 0
+    # answer NLL: per task the mean of its questions, overall the mean over tasks
+    nll = [p["answer_nll"] for p in res["predictions"]]
+    assert res["per_task"]["t1"]["answer_nll"] == pytest.approx((nll[0] + nll[1]) / 2)
+    assert res["mean_answer_nll"] == pytest.approx(((nll[0] + nll[1]) / 2 + nll[2]) / 2)
+    # the same answer scored alone gives the same NLL as inside a padded batch
+    one = evaluate_model(model, tmp_path / "heldout.json", EvalConfig(batch_size=1, max_new_tokens=1), progress=False)
+    assert [p["answer_nll"] for p in one["predictions"]] == pytest.approx(nll, rel=1e-4)
+    off = evaluate_model(model, tmp_path / "heldout.json", EvalConfig(batch_size=2, max_new_tokens=1, answer_nll=False),
+                         progress=False)
+    assert "mean_answer_nll" not in off and "answer_nll" not in off["per_task"]["t1"]
 
 
 def test_heldout_without_answer_is_an_error(tmp_path):

@@ -94,3 +94,40 @@ def test_neutral_settings_keep_every_stage_and_a_real_one_reruns_downstream(run_
     assert _rerun_with(run) == set()
     (run / "config.yaml").write_text(original)  # leave the run as the other tests expect it
     assert _rerun_with(run) == {"weights", "select", "generate", "final_model", "report"}
+
+
+def test_demo_compare_tiny(run_dir):
+    """`presel demo --compare`'s code path on the tiny run: 3 arms x 2 seeds + full, exact match and answer NLL."""
+    from presel.demo.run import COMPARE_ARMS, compare_models
+    from presel.evaluate import EvalConfig
+
+    run, _ = run_dir
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["ref_model"] = dict(cfg["ref_model"], max_steps=2)
+    logs = []
+    res = compare_models(run, cfg, seed=0, seeds=2, eval_config=EvalConfig(batch_size=8, max_new_tokens=2,
+                                                                           limit_per_task=3), log=logs.append)
+    names = {f"{a}-s{s}" for a in COMPARE_ARMS for s in (0, 1)} | {"full"}
+    assert set(res["models"]) == names
+    for n in names:
+        assert (run / "compare" / "models" / n / "config.json").exists()
+        assert res["models"][n]["mean_answer_nll"] > 0
+        assert all(v["n"] == 3 for v in res["models"][n]["per_task"].values())
+    # the IRS arm used the run's task weights, the size arm size weights, at the same budget
+    s_irs = json.loads((run / "compare" / "presel-s1" / "selection" / "summary.json").read_text())
+    s_size = json.loads((run / "compare" / "presel-size-s1" / "selection" / "summary.json").read_text())
+    assert s_irs["task_weights"] == "irs" and s_size["task_weights"] == "size"
+    assert s_irs["totals"]["budget"] == s_size["totals"]["budget"]
+    cells = res["cells"]
+    for arm in COMPARE_ARMS:
+        c = cells["arms"][arm]["mean"]["answer_nll"]
+        vals = [res["models"][f"{arm}-s{s}"]["mean_answer_nll"] for s in (0, 1)]
+        assert c["n"] == 2 and c["mean"] == pytest.approx(sum(vals) / 2) and c["ci_low"] <= c["mean"] <= c["ci_high"]
+    assert set(cells["paired"]) == {"presel - presel-size", "presel - random"}
+    table = (run / "compare" / "table.txt").read_text()
+    assert "answer NLL" in table and "exact match" in table and "presel-size" in table
+    # a rerun reuses the finished models
+    logs2 = []
+    compare_models(run, cfg, seed=0, seeds=2, eval_config=EvalConfig(batch_size=8, max_new_tokens=2, limit_per_task=3),
+                   log=logs2.append)
+    assert not any("fine-tuning" in m for m in logs2)

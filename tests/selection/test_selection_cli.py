@@ -145,3 +145,15 @@ def test_bad_flag_values(tmp_path, capsys):
     p = make_pool(tmp_path)
     _bad(tmp_path, capsys, "--images-per-cluster", "0", p=p, expect=["images_per_cluster=0"])
     _bad(tmp_path, capsys, "--k", "0", p=p, expect=["k=0"])
+
+
+def test_cli_presel_cover_method(tmp_path):
+    p = make_pool(tmp_path)
+    assert cli(p, tmp_path / "cover", "--method", "presel-cover", "--seed", "2") == 0
+    assert cli(p, tmp_path / "paper", "--seed", "2") == 0
+    cover = json.loads((tmp_path / "cover" / "summary.json").read_text())
+    paper = json.loads((tmp_path / "paper" / "summary.json").read_text())
+    assert cover["method"] == "presel-cover" and cover["totals"]["total"] == cover["totals"]["budget"] == 60
+    assert {t: v["quota"] for t, v in cover["tasks"].items()} == {t: v["quota"] for t, v in paper["tasks"].items()}
+    cfg = json.loads((tmp_path / "cover" / "config.json").read_text())
+    assert cfg["config"]["method"] == "presel-cover"

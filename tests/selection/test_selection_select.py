@@ -8,7 +8,8 @@ from selection_helpers import make_pool
 from presel.errors import PreselError
 from presel.io.features import load_features
 from presel.io.manifest import read_pool
-from presel.selection import SelectConfig, select, select_to_dir
+from presel.selection import METHODS, SelectConfig, select, select_to_dir
+from presel.selection.methods import WITHIN_CLUSTER_METHODS
 from presel.selection.weights_io import read_weights_file
 
 
@@ -95,7 +96,7 @@ def test_features_by_image_key(tmp_path):
     assert res.summary["totals"]["total"] == res.summary["totals"]["budget"]
 
 
-@pytest.mark.parametrize("method", ["presel", "random", "random-cluster", "typiclust"])
+@pytest.mark.parametrize("method", METHODS)
 def test_methods_exact_and_deterministic(tmp_path, method):
     p = make_pool(tmp_path, {"a": 90, "b": 60}, shared=10, ref=("a1", "b2"))
     r1, _ = _run(p, budget=0.3, method=method, task_weights="size", seed=4)
@@ -107,8 +108,32 @@ def test_methods_exact_and_deterministic(tmp_path, method):
     if method != "presel":
         assert all(v is None for v in r1.selection["nc_score"])
     r3, _ = _run(p, budget=0.3, method=method, task_weights="size", seed=5)
-    if method != "presel":  # presel is deterministic given the clusters; the others draw at random
+    if method not in ("presel", *WITHIN_CLUSTER_METHODS):  # deterministic given the clusters; the others draw
         assert r3.selection["id"] != r1.selection["id"]
+
+
+@pytest.mark.parametrize("method", WITHIN_CLUSTER_METHODS)
+def test_within_cluster_methods_keep_presel_clusters_and_quotas(tmp_path, method):
+    p = make_pool(tmp_path, {"a": 90, "b": 60}, shared=10, ref=("a1", "b2"))
+    base, _ = _run(p, budget=0.3, seed=3)
+    res, _ = _run(p, budget=0.3, seed=3, method=method)
+    a, b = res.assignments, base.assignments
+    assert a["cluster"] == b["cluster"] and a["reference"] == b["reference"]
+    for summ in ("tasks",):
+        assert {t: v["quota"] for t, v in res.summary[summ].items()} == {t: v["quota"] for t, v in base.summary[summ].items()}
+
+    def per_cluster(r):
+        out = {}
+        for t, c, s in zip(r.assignments["task"], r.assignments["cluster"], r.assignments["selected"]):
+            out[(t, c)] = out.get((t, c), 0) + int(s)
+        return out
+
+    assert per_cluster(res) == per_cluster(base)
+    # ranks are a permutation 1..m of each cluster's available items; score is the neighbour centrality
+    for t, c in per_cluster(res):
+        rows = [i for i in range(len(a["id"])) if a["task"][i] == t and a["cluster"][i] == c and not a["reference"][i]]
+        assert sorted(a["rank"][i] for i in rows) == list(range(1, len(rows) + 1))
+        assert [a["score"][i] for i in rows] == pytest.approx([b["score"][i] for i in rows])
 
 
 def test_typiclust_one_per_cluster(tmp_path):

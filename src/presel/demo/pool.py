@@ -46,7 +46,7 @@ import numpy as np
 
 from presel.errors import PreselError
 
-VERSION = 3  # bump when the generated content changes
+VERSION = 4  # bump when the generated content changes
 
 CAPTION_PROMPTS = (
     "Describe the image.",
@@ -104,7 +104,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "default": {
         "records": {"digit_caption": 900, "photo_caption": 520, "digit_qa": 420, "shapes": 400, "bar_chart": 340,
                     "ocr": 260, "line_chart": 160},
-        "heldout": 50, "shared": 20, "near_dup_digits": 18, "near_dup_bars": 10,
+        "heldout": 200, "shared": 20, "near_dup_digits": 18, "near_dup_bars": 10,
     },
     "small": {
         "records": {"digit_caption": 90, "photo_caption": 52, "digit_qa": 42, "shapes": 40, "bar_chart": 34,

@@ -28,6 +28,8 @@ Methods (same flow, different clusters/ranking inside step 3):
   ``1 / (mean Euclidean distance to the min(20, m // 2) nearest items of the cluster + 1e-5)``
   (TypiClust, Hacohen et al. 2022; TypiClust's code uses faiss squared L2 distances, we use
   Euclidean as the paper writes).
+- ``presel-cover``: PreSel's clusters and quotas, order inside a cluster by greedy facility location
+  (:mod:`presel.selection.methods`).
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ import numpy as np
 from presel.errors import PreselError
 from presel.records import Pool, image_key
 from presel.selection.budget import allocate
+from presel.selection.methods import WITHIN_CLUSTER_METHODS
 
-METHODS = ("presel", "random", "random-cluster", "typiclust")
+METHODS = ("presel", "random", "random-cluster", "typiclust", *WITHIN_CLUSTER_METHODS)
 TASK_WEIGHT_MODES = ("irs", "uniform", "size")
 KMEANS_BACKENDS = ("faiss", "sklearn")
 
@@ -58,7 +61,7 @@ class SelectConfig:
     budget_count: absolute number of images (reference set included). Exactly one is set.
     images_per_cluster: ``C = max(1, round(|T_i| / images_per_cluster))`` k-means clusters per task.
     k: neighbours for neighbour centrality.
-    method: presel | random | random-cluster | typiclust.
+    method: presel | presel-cover | random | random-cluster | typiclust.
     task_weights: irs (from a weights file) | uniform | size (proportional to task item count).
     kmeans_backend: faiss (seeded) | sklearn.
     kmeans_niter: faiss iterations (default 25); for sklearn a cap on max_iter (default: its own 300).
@@ -318,7 +321,7 @@ def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
     avail = ~t.ref
     score = np.full(n, np.nan)
     seed = _task_seed(cfg.seed, t.name)
-    if cfg.method in ("presel", "random-cluster"):
+    if cfg.method in ("presel", "random-cluster", *WITHIN_CLUSTER_METHODS):
         km = kmeans(x, n_clusters_for(n, cfg.images_per_cluster), backend=cfg.kmeans_backend, seed=seed,
                     niter=cfg.kmeans_niter)
         labels, t.objective = km.labels, km.objective
@@ -327,7 +330,14 @@ def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
     else:  # typiclust
         labels, t.objective = typiclust_clusters(x, avail, t.quota, backend=cfg.kmeans_backend, seed=seed,
                                                  niter=cfg.kmeans_niter)
-    if cfg.method in ("presel", "typiclust"):
+    if cfg.method in WITHIN_CLUSTER_METHODS:  # PreSel's clusters, another order inside (selection/methods.py)
+        from presel.selection.methods import within_cluster_ranks
+
+        score, pos = within_cluster_ranks(cfg.method, x, labels, avail, cfg.k)
+
+        def key(mem):
+            return (pos[mem],)
+    elif cfg.method in ("presel", "typiclust"):
         if cfg.method == "presel":
             _per_cluster(labels, avail, lambda mem: neighbour_centrality(x[mem], cfg.k), score)
         else:

@@ -1,0 +1,1 @@
+"""Benchmarks that measure selection quality (see :mod:`presel.bench.quality`)."""
