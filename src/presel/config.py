@@ -7,10 +7,16 @@ with clear errors for unknown keys, and describe the environment saved with ever
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.metadata
+import os
 import platform
+import re
 import sys
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,17 +46,157 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, *, source: str = "config") -> T:
-    """Build ``cls`` from ``data``; unknown keys are an error that lists the known ones."""
+    """Build ``cls`` from ``data``: unknown keys and values of the wrong type (from the field annotations) are
+    errors naming the source, the key, the value and the fix; then the dataclass's own checks run."""
     data = dict(data or {})
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
         raise PreselError(f"{source}: unknown setting(s) {', '.join(unknown)} for {cls.__name__}; "
                           f"known: {', '.join(sorted(names))}")
+    check_types(cls, data, source=source)
     try:
         return cls(**data)
     except TypeError as e:
         raise PreselError(f"{source}: {e}") from None
+    except PreselError as e:
+        if str(e).startswith(source):
+            raise
+        raise PreselError(f"{source}: {e}") from None
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation that cannot be resolved here: no type check for this class
+        return {}
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (as YAML/JSON gives it) fits ``hint``; True for annotations this does not know."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is Path or hint is os.PathLike:
+        return isinstance(value, (str, os.PathLike))
+    if origin in (tuple, list) or hint in (tuple, list):
+        item = args[0] if args else Any
+        if item is str and isinstance(value, str):
+            return True  # "q_proj,v_proj": the dataclass splits it
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin in (tuple, list):
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    if origin is dict or hint is dict:
+        return "a mapping"
+    return _WORDS.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _fix(name: str, value: Any, hint: Any) -> str:
+    if isinstance(value, str):
+        import yaml
+
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        if not isinstance(parsed, str) and _type_ok(parsed, hint):
+            return f"write it without quotes: `{name}: {value}`"
+    return f"write `{name}: ` followed by {_describe(hint)}"
+
+
+def check_types(cls: type, data: dict[str, Any], *, source: str = "config") -> None:
+    """Each value of ``data`` against the annotation of the ``cls`` field of that name."""
+    hints = _hints(cls)
+    for name, value in data.items():
+        hint = hints.get(name)
+        if hint is not None and not _type_ok(value, hint):
+            got = "null" if value is None else f"{type(value).__name__}"
+            raise PreselError(f"{source}: {name}={value!r} must be {_describe(hint)}, got {got}; "
+                              f"{_fix(name, value, hint)}")
+
+
+# --------------------------------------------------------------------------- command-line flags from a config
+
+
+def _cli_type(base: type, name: str, zero_is_none: bool) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if text.strip().lower() in ("none", "null"):
+            return None
+        try:
+            value = base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {_describe(base)} (or none)") from None
+        if zero_is_none and value == 0:
+            print(f"presel: --{name.replace('_', '-')} 0 is deprecated, write --{name.replace('_', '-')} none",
+                  file=sys.stderr)
+            return None
+        return value
+
+    parse.__name__ = base.__name__
+    return parse
+
+
+def add_config_arguments(group: Any, cls: type, *, skip: tuple[str, ...] = (), helps: dict[str, str] | None = None,
+                         choices: dict[str, tuple[str, ...]] | None = None, zero_is_none: tuple[str, ...] = ()) -> None:
+    """One ``--field-name`` flag per field of the config dataclass ``cls`` (the YAML key with ``-``): default from the
+    dataclass, type from its annotation (``none`` for an optional value), help from ``helps`` or the field's
+    ``metadata['help']``; booleans get ``--x/--no-x``. ``zero_is_none``: fields where ``0`` still means none (old flags)."""
+    helps = dict(helps or {})
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        hint = hints.get(f.name, str)
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        base = args[0] if optional and len(args) == 1 else hint
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kw: dict[str, Any] = {"dest": f.name, "default": default,
+                              "help": helps.get(f.name, f.metadata.get("help", ""))}
+        if base is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(base) in (tuple, list):
+            kw["type"] = lambda t: None if t.lower() in ("none", "null") else tuple(x for x in re.split(r"[,\s]+", t) if x)
+        elif base in (int, float, str):
+            kw["type"] = _cli_type(base, f.name, f.name in zero_is_none) if (optional or base is not str) else str
+        if choices and f.name in choices:
+            kw["choices"] = choices[f.name]
+        group.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def add_deprecated_alias(group: Any, old: str, dest: str, **kw: Any) -> None:
+    """An old flag kept working, hidden from --help (``--save-every`` for ``--save-every-steps``)."""
+    group.add_argument(old, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kw)
+
+
+def config_from_args(cls: type[T], args: Any, *, skip: tuple[str, ...] = ()) -> T:
+    """The config dataclass from parsed flags of :func:`add_config_arguments` (same checks as a YAML section)."""
+    data = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in skip}  # type: ignore[arg-type]
+    return from_dict(cls, data, source="command line")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

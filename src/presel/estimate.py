@@ -147,6 +147,12 @@ def dry_run(cfg: RunConfig, throughputs: dict[str, float] | None = None) -> str:
             _hours(budget * ep, est["finetune_samples_per_s"]))
     if "report" in S:
         add("report", "HTML report", 0.0)
+    # the one list of stages: a stage without a row above still shows
+    from presel.pipeline.registry import STAGES
+
+    listed = {r[0] for r in rows}
+    rows += [(s, "no estimate for this stage", 0.0) for s in STAGES if S.get(s) is not None and s not in listed]
+    rows.sort(key=lambda r: STAGES.index(r[0]))
     lines.append("")
     lines.append(f"{'stage':12s} {'GPU-hours':>10s}  what")
     for stage, what, h in rows:

@@ -68,6 +68,34 @@ def test_rerun_skips_everything(run_dir):
     assert (run / "selection" / "selection.parquet").read_bytes() == before
 
 
+def _rerun_with(run, **changes):
+    from presel.pipeline import STAGES, Pipeline, RunConfig
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    for sec, vals in changes.items():
+        cfg[sec] = {**cfg[sec], **vals}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    logs = []
+    Pipeline(RunConfig.load(run / "config.yaml"), log=logs.append).run()
+    return {s for s in STAGES if any(f" {s} -> " in x for x in logs)}
+
+
+def test_neutral_settings_keep_every_stage_and_a_real_one_reruns_downstream(run_dir):
+    """Issue evidence: `ref_model.log_every` used to delete the reference model and rerun everything after it."""
+    run, _ = run_dir
+    original = (run / "config.yaml").read_text()
+    model = (run / "ref_model" / "model.safetensors")
+    weights = sorted((run / "ref_model").glob("*.safetensors"))
+    before = {p.name: p.stat().st_mtime_ns for p in weights}
+    assert _rerun_with(run, ref_model={"log_every": 1, "save_every_steps": 7, "num_workers": 0},
+                       score={"batch_size": 4, "prefetch": False}, embed={"batch_size": 8, "workers": 1}) == set()
+    assert {p.name: p.stat().st_mtime_ns for p in weights} == before and (model.exists() or weights)
+    assert _rerun_with(run, weights={"tau": 0.5}) == {"weights", "select", "generate", "final_model", "report"}
+    assert _rerun_with(run) == set()
+    (run / "config.yaml").write_text(original)  # leave the run as the other tests expect it
+    assert _rerun_with(run) == {"weights", "select", "generate", "final_model", "report"}
+
+
 def test_demo_compare_tiny(run_dir):
     """`presel demo --compare`'s code path on the tiny run: 3 arms x 2 seeds + full, exact match and answer NLL."""
     from presel.demo.run import COMPARE_ARMS, compare_models

@@ -19,8 +19,38 @@ Multi-GPU (DDP): torchrun --nproc_per_node 8 -m presel.cli finetune ...  (or acc
 batch-size x grad-accum x GPUs."""
 
 
+# help of each FinetuneConfig field; the flag is the YAML key of a run's ref_model / final_model section
+HELPS = {
+    "full": "full fine-tuning of language model + projector instead of LoRA",
+    "lora_r": "LoRA rank", "lora_alpha": "LoRA alpha", "lora_dropout": "LoRA dropout",
+    "target_modules": "comma-separated linear layer names to put LoRA on (none: all linear layers of the language model)",
+    "lr": "learning rate of LoRA / the language model",
+    "projector_lr": "learning rate of the multimodal projector (0 freezes it)",
+    "freeze_vision": "keep the vision tower frozen (--no-freeze-vision trains it too)",
+    "epochs": "passes over the data", "max_steps": "stop after this many optimizer steps (overrides --epochs; none: off)",
+    "batch_size": "micro-batch per device", "grad_accum": "gradient accumulation steps",
+    "weight_decay": "weight decay", "warmup_ratio": "share of the steps spent warming up the learning rate",
+    "scheduler": "learning-rate schedule", "max_grad_norm": "gradient clipping (none: off)",
+    "dtype": "auto: bf16 on CUDA, fp32 on CPU", "device": "auto, cpu, cuda, cuda:N",
+    "gradient_checkpointing": "gradient checkpointing (default: on for CUDA, off on CPU)",
+    "max_length": "token limit per sample (none: no limit)", "seed": "seed of shuffling, dropout and init",
+    "save_every_steps": "checkpoint every N steps for resume (0: never)",
+    "keep_checkpoints": "checkpoints kept for resume", "num_workers": "DataLoader worker processes",
+    "log_every": "progress line every N steps (0: quiet)",
+    "chat_format": "llava-v1: LLaVA-1.5's conversation format, as the PreSel authors train (none: the model's own "
+                   "chat template; llava-v1 under --protocol official)",
+    "protocol": "paper: the paper's text, counted in distinct images; official: the authors' code, counted in records "
+                "(docs/reproduce.md lists the differences)",
+}
+RUNTIME = ("dtype", "device", "gradient_checkpointing", "save_every_steps", "keep_checkpoints", "num_workers", "log_every")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    import dataclasses
+
     from presel.commands._common import add_out_arguments
+    from presel.config import add_config_arguments, add_deprecated_alias
+    from presel.finetune.train import SCHEDULERS, FinetuneConfig
 
     g = p.add_argument_group("data and model")
     g.add_argument("--data", required=True, help="training conversations: LLaVA JSON/JSONL (or ShareGPT/messages JSONL)")
@@ -29,60 +59,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", required=True,
                    help="base VLM: local directory, hub id (e.g. llava-hf/llava-1.5-7b-hf), tiny-llava or llava-small")
     add_out_arguments(p)
-    t = p.add_argument_group("training")
-    t.add_argument("--full", action="store_true", help="full fine-tuning of language model + projector instead of LoRA")
-    t.add_argument("--lora-r", type=int, default=128)
-    t.add_argument("--lora-alpha", type=float, default=256.0)
-    t.add_argument("--lora-dropout", type=float, default=0.05)
-    t.add_argument("--target-modules", default=None,
-                   help="comma-separated linear layer names to put LoRA on (default: all linear layers of the language model)")
-    t.add_argument("--lr", type=float, default=2e-4, help="learning rate of LoRA / the language model")
-    t.add_argument("--projector-lr", type=float, default=2e-5, help="learning rate of the multimodal projector (0 freezes it)")
-    t.add_argument("--train-vision", action="store_true", help="train the vision tower too (frozen by default)")
-    t.add_argument("--epochs", type=int, default=1)
-    t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (overrides --epochs)")
-    t.add_argument("--batch-size", type=int, default=16, help="micro-batch per device")
-    t.add_argument("--grad-accum", type=int, default=1)
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--warmup-ratio", type=float, default=0.03)
-    t.add_argument("--scheduler", choices=["cosine", "linear", "constant"], default="cosine")
-    t.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
-    t.add_argument("--max-length", type=int, default=2048, help="token limit per sample (0: none)")
-    t.add_argument("--seed", type=int, default=0)
-    r = p.add_argument_group("runtime")
-    r.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on CUDA, fp32 on CPU")
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    gc = r.add_mutually_exclusive_group()
-    gc.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true", default=None,
-                    help="force gradient checkpointing on (default: on for CUDA, off on CPU)")
-    gc.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
-    r.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps for resume (0: never)")
-    r.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
-    r.add_argument("--log-every", type=int, default=10, help="progress line every N steps (0: quiet)")
-    t.add_argument("--chat-format", default=None, choices=["llava-v1"],
-                   help="llava-v1: LLaVA-1.5's conversation format, as the PreSel authors train (default: the model's "
-                        "own chat template; llava-v1 under --protocol official)")
-    from presel.protocol import add_protocol_argument
+    from presel.protocol import PROTOCOLS
 
-    add_protocol_argument(t)
+    choices = {"scheduler": SCHEDULERS, "dtype": ("auto", "fp32", "bf16"), "protocol": PROTOCOLS}
+    t = p.add_argument_group("training (flags are the keys of a run's ref_model / final_model section)")
+    add_config_arguments(t, FinetuneConfig, skip=RUNTIME, helps=HELPS, choices=choices,
+                         zero_is_none=("max_length", "max_grad_norm"))
+    r = p.add_argument_group("runtime (changing these never invalidates a finished or resumable run)")
+    add_config_arguments(r, FinetuneConfig, skip=tuple(f.name for f in dataclasses.fields(FinetuneConfig)
+                                                        if f.name not in RUNTIME), helps=HELPS, choices=choices)
+    # old names, kept working
+    add_deprecated_alias(r, "--save-every", "save_every_steps", type=int)
+    add_deprecated_alias(t, "--train-vision", "freeze_vision", action="store_false")
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from presel.config import config_from_args
     from presel.finetune.train import FinetuneConfig, finetune
 
-    cfg = FinetuneConfig(
-        full=args.full, lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        target_modules=args.target_modules, lr=args.lr, projector_lr=args.projector_lr,
-        freeze_vision=not args.train_vision, epochs=args.epochs, max_steps=args.max_steps,
-        batch_size=args.batch_size, grad_accum=args.grad_accum, weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio, scheduler=args.scheduler,
-        max_grad_norm=args.max_grad_norm or None, dtype=args.dtype, device=args.device,
-        gradient_checkpointing=args.gradient_checkpointing, max_length=args.max_length or None, seed=args.seed,
-        save_every_steps=args.save_every, num_workers=args.num_workers, log_every=args.log_every,
-        chat_format=args.chat_format, protocol=args.protocol,
-    )
+    cfg = config_from_args(FinetuneConfig, args)
     out = finetune(args.data, args.model, args.out, cfg, image_root=args.image_root, id_field=args.id_field,
                    overwrite=args.overwrite)
     import os

@@ -76,7 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backoff-base", type=float, default=1.0, help="first backoff wait in seconds (doubles per retry, jittered)")
     g.add_argument("--backoff-max", type=float, default=60.0, help="longest backoff wait in seconds")
     g.add_argument("--parse-retries", type=int, default=2, help="extra requests when an answer is malformed")
-    g.add_argument("--stop-after", type=int, default=20, help="stop the run after this many failed items in a row (0: never)")
+    g.add_argument("--stop-after-failures", type=int, default=20, dest="stop_after_failures",
+                   help="stop the run after this many failed items in a row (0: never)")
+    g.add_argument("--stop-after", type=int, dest="stop_after_failures", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     g.add_argument("--max-tokens", type=int, default=None, help="override the templates' max_tokens")
     g.add_argument("--max-tokens-field", default="max_tokens", choices=["max_tokens", "max_completion_tokens"],
                    help="request field for the answer length (newer OpenAI models want max_completion_tokens)")
@@ -161,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         base_url=args.base_url, model=args.model, templates=args.templates, api_key_env=args.api_key_env,
         concurrency=args.concurrency, timeout=args.timeout, max_retries=args.max_retries,
         backoff_base=args.backoff_base, backoff_max=args.backoff_max, parse_retries=args.parse_retries,
-        stop_after_failures=args.stop_after, price_in=args.price_in or 0.0, price_out=args.price_out or 0.0,
+        stop_after_failures=args.stop_after_failures, price_in=args.price_in or 0.0, price_out=args.price_out or 0.0,
         format=args.format, max_tokens=args.max_tokens, max_tokens_field=args.max_tokens_field,
         temperature=args.temperature, image_detail=args.image_detail, seed=args.seed,
         retry_failed=args.retry_failed)

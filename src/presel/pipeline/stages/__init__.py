@@ -1,0 +1,1 @@
+"""One module per stage of ``presel run``; the order lives in :mod:`presel.pipeline.registry`."""

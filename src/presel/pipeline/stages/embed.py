@@ -1,0 +1,29 @@
+"""``embed``: image features of the pool (a resumable feature store)."""
+
+from __future__ import annotations
+
+from presel.features.extract import EmbedConfig
+from presel.pipeline.base import Stage
+
+
+class Embed(Stage):
+    name = "embed"
+    dir = "features"
+    config = EmbedConfig
+    # the feature store's identity leaves these out: they change how fast, not the vectors
+    neutral = frozenset({"batch_size", "workers", "shard_size", "executor", "ray_address", "ray_actors", "threads",
+                         "progress"})
+    resumable = True
+    outputs = {"features": ""}
+
+    def wire(self) -> bool:
+        self.files = {"pool": self.cfg.path(self.cfg.pool["path"])}
+        self.model()  # a model path that does not exist stops the run before it starts
+        return True
+
+    def run(self) -> None:
+        import dataclasses
+
+        from presel.features.extract import embed_pool
+
+        embed_pool(self.ctx.pool(), self.out_dir, dataclasses.replace(self.conf, model=self.model() or self.conf.model))

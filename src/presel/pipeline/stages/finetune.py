@@ -1,0 +1,54 @@
+"""``ref_model`` and ``final_model``: fine-tuning of a base VLM (on the annotated reference set / the result)."""
+
+from __future__ import annotations
+
+from presel.errors import PreselError
+from presel.finetune.train import _RESUME_NEUTRAL, FinetuneConfig
+from presel.pipeline.base import Stage
+
+
+class _Finetune(Stage):
+    config = FinetuneConfig
+    extra = ("model", "image_root")
+    paths = ("image_root",)
+    neutral = frozenset(_RESUME_NEUTRAL)
+    resumable = True
+    data_output: str = ""
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.model():
+            raise PreselError(f"{self.cfg.source}: {self.name}.model (the base VLM: hub id, directory or llava-small) "
+                              "is missing")
+
+    def run(self) -> None:
+        from presel.finetune.train import finetune
+
+        image_root = self.cfg.path(self.section.get("image_root")) or self.ctx.pool().image_root
+        finetune(self.ctx.outputs[self.data_output], self.model(), self.out_dir, self.conf,
+                 image_root=image_root)
+
+
+class RefModel(_Finetune):
+    name = "ref_model"
+    dir = "ref_model"
+    needs = ("annotate",)
+    data_output = "annotated"
+    outputs = {"ref_model": ""}
+
+    def wire(self) -> bool:
+        data = self.need("annotated", "fine-tunes on the annotated reference set: add an 'annotate' section")
+        self.files = {"data": data}
+        return True
+
+
+class FinalModel(_Finetune):
+    name = "final_model"
+    dir = "final_model"
+    needs = ("generate",)
+    data_output = "train_json"
+    outputs = {"final_model": ""}
+
+    def wire(self) -> bool:
+        self.need("train_json", "fine-tunes on the generated set: add a 'generate' section")
+        return True

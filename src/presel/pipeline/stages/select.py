@@ -1,0 +1,50 @@
+"""``select``: the PreSel selection (or a baseline) within the budget, reference set included."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from presel.errors import PreselError
+from presel.pipeline.base import Stage
+from presel.selection.select import SelectConfig
+
+
+class Select(Stage):
+    name = "select"
+    dir = "selection"
+    config = SelectConfig
+    # inputs given as files when their stage is not in the run
+    extra = ("features", "feature_ids", "weights", "reference")
+    paths = extra
+    needs = ("reference", "weights", "embed")
+    outputs = {"selection": "selection.parquet"}
+
+    def settings(self) -> dict[str, Any]:  # the input files are in the key as files
+        return {k: v for k, v in self.section.items() if k not in self.extra}
+
+    def legacy_settings(self) -> dict[str, Any]:
+        return {k: v for k, v in self.section.items() if k not in self.extra}
+
+    def wire(self) -> bool:
+        out, sec = self.ctx.outputs, self.section
+        features = out.get("features") or self.cfg.path(sec.get("features"))
+        if features is None:
+            raise PreselError(f"{self.cfg.source}: 'select' needs features: add an 'embed' section or select.features")
+        ref = out.get("reference") or self.cfg.path(sec.get("reference"))
+        weights = out.get("weights") or self.cfg.path(sec.get("weights"))
+        if weights is None and sec.get("task_weights", "irs") == "irs":
+            raise PreselError(f"{self.cfg.source}: select.task_weights is 'irs' but there are no task weights: add "
+                              "'score' and 'weights' sections, give select.weights, or set task_weights: uniform|size")
+        self.inputs = {"features": features, "ids": self.cfg.path(sec.get("feature_ids")), "weights": weights,
+                       "reference": ref}
+        self.files = {"weights": weights, "reference": ref, "features_ids": self.inputs["ids"],
+                      **({} if "embed" in self.ctx.planned else {"features": features})}
+        return True
+
+    def run(self) -> None:
+        from presel.io.features import load_features
+        from presel.selection.select import select_to_dir
+
+        i = self.inputs
+        select_to_dir(self.ctx.pool(), load_features(i["features"], i["ids"]), i["weights"], i["reference"],
+                      self.conf, self.out_dir, overwrite=True)
