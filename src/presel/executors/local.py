@@ -28,12 +28,16 @@ class DecodeDataset:
 
 
 def decode_one(i: int, path: str, preprocess: Any, max_pixels: int):
-    from presel.features.images import ImageRejected, load_rgb
+    from presel.errors import PreselError
+    from presel.features.images import ImageRejected
+    from presel.io.sources import load_image
 
     try:
-        return i, preprocess(load_rgb(path, max_pixels=max_pixels)), None
+        return i, preprocess(load_image(path, max_pixels=max_pixels)), None
     except ImageRejected as e:
         return i, None, e.reason
+    except PreselError:  # an unreadable shard / unreachable storage: one clear error, not a reject per image
+        raise
     except Exception as e:  # noqa: BLE001 - one bad image must never stop the run
         return i, None, f"error: {type(e).__name__}: {e}"
 

@@ -148,12 +148,13 @@ def hash_keys(items: list[tuple[str, str]], workers: int) -> dict[str, tuple[str
     """key -> (content hash, None) or (None, reject reason); hashed by ``workers`` threads."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from presel.features.images import ImageRejected, hash_file
+    from presel.features.images import ImageRejected
+    from presel.io.sources import content_hash
 
     def one(item: tuple[str, str]) -> tuple[str, tuple[str | None, str | None]]:
         key, path = item
         try:
-            return key, (hash_file(path), None)
+            return key, (content_hash(path), None)
         except ImageRejected as e:
             return key, (None, e.reason)
 
@@ -194,7 +195,7 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
     key_path: dict[str, str] = {}
     for r in pool.records:
         if r.image_key not in key_path:
-            key_path[r.image_key] = str(pool.image_path(r))
+            key_path[r.image_key] = pool.locator(r)
 
     # 2. content hashes for keys not known to the store
     known = store.known_keys()

@@ -182,7 +182,13 @@ def _image_ref(row: Any, root: Path, batch: BatchConfig) -> str:
     if batch.image_transport == "base64":
         return image_data_url(image_file(row, root))
     if batch.image_transport == "path":
-        return image_file(row, root).resolve().as_uri()
+        from presel.io.sources import is_url, split_ref
+
+        loc = image_file(row, root)
+        if split_ref(loc)[0] is not None or is_url(loc):
+            raise PreselError(f"image {row.image}: --image-transport path needs image files on this machine; use "
+                              "--image-transport base64 for images inside Parquet/Arrow tables, tar shards or buckets")
+        return Path(loc).resolve().as_uri()
     return (batch.image_url_prefix or "").rstrip("/") + "/" + row.image.lstrip("/")
 
 

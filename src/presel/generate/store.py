@@ -67,9 +67,15 @@ def resolve_image_root(selection_path: str | os.PathLike, image_root: str | os.P
                        pool: str | os.PathLike | None = None) -> Path:
     """``image_root`` if given, else the pool manifest's folder (the folder itself for an image-folder pool),
     else the selection file's folder."""
+    from presel.io.pools import source_root
+    from presel.io.sources import is_url
+
     if image_root is not None:
-        return Path(image_root)
+        return str(image_root) if is_url(image_root) else Path(image_root)  # type: ignore[return-value]
     if pool is not None:
+        root = source_root(pool)  # a dataset pool (tables, tar shards, URLs): the folder its references start from
+        if root is not None:
+            return root  # type: ignore[return-value]
         p = Path(pool)
         return p if p.is_dir() else p.parent
     return Path(selection_path).parent
@@ -77,16 +83,20 @@ def resolve_image_root(selection_path: str | os.PathLike, image_root: str | os.P
 
 def check_images(rows: Iterable[SelectionRow], root: Path) -> None:
     """Every image must exist; else one error naming the count, examples and the fix."""
-    missing = [r for r in rows if not (Path(r.image) if Path(r.image).is_absolute() else root / r.image).is_file()]
+    from presel.io.sources import exists
+
+    missing = [r for r in rows if not exists(image_file(r, root))]
     if missing:
         ex = "; ".join(f"id {r.id}: {r.image}" for r in missing[:3])
         raise PreselError(f"{len(missing)} selected image(s) not found under the image root {root} (e.g. {ex}); "
                           "pass --image-root (the folder image paths are relative to) or --pool <manifest>")
 
 
-def image_file(row: SelectionRow, root: Path) -> Path:
-    p = Path(row.image)
-    return p if p.is_absolute() else root / p
+def image_file(row: SelectionRow, root: Path) -> str:
+    """Where to read the row's image: a path (inside ``root``), URL, or bytes / tar-member locator."""
+    from presel.io.sources import locate
+
+    return locate(row.image, root)
 
 
 # --------------------------------------------------------------------------- annotations

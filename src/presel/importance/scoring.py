@@ -143,7 +143,8 @@ class Scorer:
     def prepare(self, items: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Any, Any] | dict[str, Any]]:
         """Per item: ``(item, encoded_q, encoded_noq)`` or a rejection ``{"id", "task", "reason"}``.
         The image is decoded once and rendered for both passes."""
-        from presel.features.images import ImageRejected, load_rgb
+        from presel.features.images import ImageRejected
+        from presel.io.sources import load_image
         from presel.records import Turn
         from presel.vlm.render import encode_pairs
 
@@ -154,7 +155,7 @@ class Scorer:
             problem = conversation_problem(turns)
             if problem is None:
                 try:
-                    todo.append((i, load_rgb(it["path"]), turns))
+                    todo.append((i, load_image(it["path"]), turns))
                 except ImageRejected as e:
                     problem = f"unreadable image: {e.reason}"
             if problem is not None:
@@ -423,7 +424,7 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
     shard_dir.mkdir(exist_ok=True)
     done = read_shards(shard_dir)
     todo = [r for r in pool.records if r.id not in done]
-    items = [{"id": r.id, "task": r.task, "path": str(pool.image_path(r)),
+    items = [{"id": r.id, "task": r.task, "path": pool.locator(r),
               "turns": [[t.role, t.text] for t in r.conversations] if r.conversations else []} for r in todo]
     batches = plan_batches(items, config.batch_size)
 
