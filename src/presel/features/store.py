@@ -256,7 +256,9 @@ def load_feature_matrix(path: str | os.PathLike):
         parts.append(([a[0] for a in alias], arr))
     if not parts:
         raise PreselError(f"{root}: the feature store holds no vectors (every image was rejected; see rejects.jsonl)")
-    return FeatureMatrix(parts, source=str(root))
+    fm = FeatureMatrix(parts, source=str(root))
+    fm.content_hashes = dict(zip(keys, idx.column("hash").to_pylist()))  # exact duplicates: one image in select
+    return fm
 
 
 def rejected_images(path: str | os.PathLike) -> dict[str, str]:
