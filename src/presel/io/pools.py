@@ -273,10 +273,9 @@ def detect(pool: str | os.PathLike, *, image_field: str = "image", id_field: str
             raise PreselError(f"{s}: unreadable Parquet file ({type(e).__name__}: {e})") from None
         col = image_field if image_field in schema.names else None
         if col is None:
-            try:
-                col = sources.image_column_of(schema, image_field, s)
-            except PreselError:
-                return None  # read_pool reports the missing column
+            if image_field == "image" and "images" in schema.names:
+                return None  # ShareGPT-style 'images' lists: read_pool reads them
+            col = sources.image_column_of(schema, image_field, s)  # the only bytes column, or a clear error
         if sources.column_kind(schema.field(col).type) in ("bytes", "struct") or is_url(s):
             return TableSource([s], _parent(s), image_field, id_field, format="parquet")
     return None
