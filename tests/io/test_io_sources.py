@@ -42,7 +42,8 @@ def write_shards(d: Path, images: list[bytes], per_shard: int = 4) -> str:
         write_tar(d / f"shards-{s // per_shard:06d}.tar",
                   [(f"{i:09d}", {"png": images[i], "json": json.dumps({"task": TASKS[i]}).encode(),
                                  "txt": b"a caption"}) for i in range(s, min(len(images), s + per_shard))])
-    return str(d / ("shards-{000000..%06d}.tar" % ((len(images) - 1) // per_shard)))
+    last = (len(images) - 1) // per_shard
+    return str(d / f"shards-{{000000..{last:06d}}}.tar")
 
 
 def annotations(path: Path, ids: list[str]) -> Path:
