@@ -161,21 +161,34 @@ def export_training_set(train: str | os.PathLike, image_root: str | os.PathLike,
     if not root.is_dir():
         raise PreselError(f"--image-root {root}: not a directory; give the folder the training set's image paths "
                           "are relative to")
+    from presel.io import sources
+
     rows = _load(cfg)
     images = sorted({r["image"] for r in rows if "image" in r})
-    missing = [im for im in images if not (root / im).is_file()]
+    missing = [im for im in images if not sources.exists(sources.locate(im, root))]
     if missing:
         raise PreselError(f"{len(missing)} of {len(images)} images of {cfg.train} are missing under {root} "
                           f"(first: {missing[0]}); fix --image-root or the image paths")
+    # images inside Parquet/Arrow tables or tar shards become files: <container>/<row or member>.<ext>
+    packed = {im: sources.export_name(im, root) for im in images if sources.split_ref(im)[0] is not None}
+    if packed:
+        if cfg.image_mode != "copy":
+            raise PreselError(f"{cfg.train}: {len(packed)} images live inside tables or tar shards (e.g. "
+                              f"{next(iter(packed))}); export them as files with --image-mode copy")
+        rows = [dict(r, image=packed[r["image"]]) if r.get("image") in packed else r for r in rows]
     out = Path(out)
     out_abs = Path(os.path.abspath(out))
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if cfg.image_mode != "none":
-            _place_images(images, root, tmp / IMAGE_DIR, cfg.image_mode)
+            _place_images([im for im in images if im not in packed], root, tmp / IMAGE_DIR, cfg.image_mode)
+            for im, name in packed.items():
+                target = tmp / IMAGE_DIR / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(sources.read_bytes(sources.locate(im, root)))
             image_folder = out_abs / IMAGE_DIR
         else:
             image_folder = Path(os.path.abspath(root))
-        info: dict[str, Any] = {"format": cfg.to, "records": len(rows), "images": len(images),
+        info: dict[str, Any] = {"format": cfg.to, "records": len(rows), "images": len(images), "unpacked": len(packed),
                                 "text_only": sum(1 for r in rows if "image" not in r), "image_mode": cfg.image_mode}
         if cfg.to == "llava":
             write_llava_json(tmp / "train.json", rows)

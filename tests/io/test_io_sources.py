@@ -95,6 +95,15 @@ def test_parquet_with_bytes_structs_runs_the_pipeline(tmp_path, tiny_dinov2):
     # the stored hash is the hash of the image bytes, whatever the container
     idx = {r["key"]: r["hash"] for r in pq.read_table(feats / "index.parquet").to_pylist()}
     assert idx["parquet:pool.parquet#image/3"] == sources.hash_bytes(images[3])
+    # export for a trainer: the images come out of the table as files (symlinks cannot point into a table)
+    exp = ["prepare", "export", "--train", str(gen / "train.json"), "--image-root", str(tmp_path), "--to", "llava"]
+    assert main([*exp, "--out", str(tmp_path / "exp0")]) == 2
+    assert main([*exp, "--image-mode", "copy", "--out", str(tmp_path / "exp")]) == 0
+    rows = json.loads((tmp_path / "exp" / "train.json").read_text())
+    for r in rows:
+        row = int(r["image"].rsplit("/", 1)[1].split(".")[0])
+        assert r["image"] == f"pool/image/{row}.png"
+        assert (tmp_path / "exp" / "images" / r["image"]).read_bytes() == images[row]
 
 
 def test_parquet_folder_with_raw_bytes_and_named_columns(tmp_path, tiny_dinov2):

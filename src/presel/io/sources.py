@@ -99,13 +99,16 @@ def locate(image: str, root: str | os.PathLike) -> str:
     return full if kind is None else make_ref(kind, full, member)  # type: ignore[arg-type]
 
 
-def display_name(image: str) -> str:
-    """A short file-like name for a reference (used when images are exported or attached)."""
+def export_name(image: str, root: str | os.PathLike) -> str:
+    """A relative file name for an image written out of its container: ``<container path without suffix>/<tar
+    member>`` or ``<container path without suffix>/<column>/<row><suffix from the image bytes>``."""
     kind, container, member = split_ref(image)
     if kind is None:
         return container
-    stem = posixpath.basename(container).rsplit(".", 1)[0]
-    return f"{stem}/{member}" if kind == "tar" else f"{stem}/{member}"
+    stem = posixpath.splitext(posixpath.normpath(container.replace("\\", "/")))[0].lstrip("./") or "images"
+    if kind == "tar":
+        return f"{stem}/{member}"
+    return f"{stem}/{member}{image_suffix(read_bytes(locate(image, root)))}"
 
 
 # ------------------------------------------------------------------------------------------ opening
