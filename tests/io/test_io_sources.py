@@ -242,3 +242,32 @@ def test_references_and_root_policy(tmp_path):
     from presel.io.pools import expand_braces
 
     assert expand_braces("s-{000..002}.tar") == ["s-000.tar", "s-001.tar", "s-002.tar"]
+
+
+def test_dataset_pools_are_hashed_in_the_workers(tmp_path, tiny_dinov2, monkeypatch):
+    """No image is read before the plan (the driver's hashing pass is skipped); byte-identical members are
+    still stored once, and a rerun finds everything done."""
+    from presel.features import extract
+    from presel.features.extract import EmbedConfig, embed_pool
+    from presel.io.manifest import read_pool
+
+    d = tmp_path / "wds"
+    d.mkdir()
+    a, b = png(1), png(2)
+    write_tar(d / "s-000000.tar", [("k0", {"png": a}), ("k1", {"png": b}), ("k2", {"png": a})])
+    write_tar(d / "s-000001.tar", [("k3", {"png": b}), ("k4", {"png": png(3)})])
+
+    def no_driver_hashing(*args, **kwargs):
+        raise AssertionError("the driver hashed images")
+
+    monkeypatch.setattr(extract, "hash_keys", no_driver_hashing)
+    pool = read_pool(str(d / "s-{000000..000001}.tar"), default_task="t")
+    cfg = EmbedConfig(model=str(tiny_dinov2), workers=0, batch_size=2, shard_size=2, progress=False)
+    st = embed_pool(pool, tmp_path / "f", cfg)
+    assert st["distinct_images"] == 5 and st["distinct_contents"] == 3 and st["content_duplicates"] == 2
+    assert st["store_vectors"] == 3 and st["store_keys"] == 5 and st["embedded_now"] == 3
+    idx = {r["key"]: (r["shard"], r["row"]) for r in pq.read_table(tmp_path / "f" / "index.parquet").to_pylist()}
+    assert idx["tar:s-000000.tar#k2.png"] == idx["tar:s-000000.tar#k0.png"]
+    assert idx["tar:s-000001.tar#k3.png"] == idx["tar:s-000000.tar#k1.png"]
+    st2 = embed_pool(pool, tmp_path / "f", cfg)
+    assert st2["embedded_now"] == 0 and st2["shards_now"] == 0 and st2["store_keys"] == 5
