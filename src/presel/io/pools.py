@@ -136,10 +136,10 @@ class TableSource:
         n = 0
         for f in self.files:
             kind = TABLE_SUFFIXES.get(_suffix(f), "parquet")
-            table = _read_table(f, kind)
+            table = _read_table(f, kind, self.image_column)
             col = sources.image_column_of(table.schema, self.image_column, f)
             ckind = sources.column_kind(table.schema.field(col).type)
-            others = [c for c in table.schema.names if c != col]
+            others = [c for c in table.schema.names if c not in (col, "__row")]
             rows = table.select(others).to_pylist()
             paths = table.column(col).to_pylist() if ckind == "path" else None
             rel = _rel(f, self.root)
@@ -158,16 +158,28 @@ class TableSource:
                 yield n, rec
 
 
-def _read_table(f: str, kind: str):
+def _read_table(f: str, kind: str, image_column: str):
+    """The table at ``f``; for Parquet without the bytes of its image column (only their row count matters
+    here; workers read the bytes row group by row group). Arrow files are memory-mapped, so nothing is copied."""
     try:
         if kind == "arrow":
             return sources.read_arrow(f)
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if is_url(f):
-            with sources._fs_open(f) as fh:
-                return pq.read_table(fh)
-        return pq.read_table(f)
+        fh = sources._fs_open(f)
+        try:
+            pf = pq.ParquetFile(fh)
+            schema = pf.schema_arrow
+            col = sources.image_column_of(schema, image_column, f)
+            if sources.column_kind(schema.field(col).type) not in ("bytes", "struct"):
+                return pf.read()
+            others = [c for c in schema.names if c != col]
+            t = pf.read(columns=others) if others else pa.table({"__row": pa.nulls(pf.metadata.num_rows)})
+            # a placeholder image column of the right type and length (nulls): no bytes are read
+            return t.append_column(schema.field(col), pa.nulls(pf.metadata.num_rows, schema.field(col).type))
+        finally:
+            fh.close()
     except FileNotFoundError:
         raise PreselError(f"{f}: file not found; check --pool") from None
     except PreselError:
