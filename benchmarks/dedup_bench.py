@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import tempfile
 import time
@@ -49,6 +50,12 @@ def make_pool(path: Path, n: int, dim: int, copies: int, seed: int) -> tuple[np.
     return orig, np.arange(base, n)
 
 
+def _cpu() -> float:
+    """CPU seconds (user + system) of this process: on a shared machine, wall time / threads overstates work."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=665_000)
@@ -76,9 +83,9 @@ def main() -> None:
         x = np.load(path, mmap_mode="r")
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         cfg = DedupConfig(threshold=a.threshold, nprobe=a.nprobe, nlist=a.nlist, exact_max=0, threads=a.threads)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         i, j, s = range_pairs(lambda lo, hi: x[lo:hi], a.n, a.dim, cfg)
-        t_search = time.perf_counter() - t0
+        t_search, c_search = time.perf_counter() - t0, _cpu() - c0
         label = components(a.n, i, j)
         sizes = np.bincount(label, minlength=a.n)
         groups = int((sizes > 1).sum())
@@ -113,6 +120,7 @@ def main() -> None:
         print(json.dumps({
             "n": a.n, "dim": a.dim, "dtype": "float16", "threads": a.threads, "threshold": a.threshold,
             "nprobe": a.nprobe, "generate_s": round(t_gen, 1), "search_s": round(t_search, 1),
+            "search_cpu_s": round(c_search, 1), "load_avg_1m": round(os.getloadavg()[0], 1),
             "pairs_found": len(found), "groups": groups, "planted_pairs_above_threshold": len(planted),
             "planted_recall": round(planted_recall, 4), "sample_queries": int(len(q_rows)),
             "sample_true_pairs": len(truth), "sample_recall": round(sample_recall, 4),
