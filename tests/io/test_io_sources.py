@@ -271,3 +271,26 @@ def test_dataset_pools_are_hashed_in_the_workers(tmp_path, tiny_dinov2, monkeypa
     assert idx["tar:s-000001.tar#k3.png"] == idx["tar:s-000000.tar#k1.png"]
     st2 = embed_pool(pool, tmp_path / "f", cfg)
     assert st2["embedded_now"] == 0 and st2["shards_now"] == 0 and st2["store_keys"] == 5
+
+
+def test_forked_workers_do_not_share_open_shards(tmp_path):
+    """A tar shard opened by the parent (reading the pool) is reopened in each worker process: a shared file
+    offset would hand one worker another worker's bytes."""
+    import multiprocessing as mp
+
+    images = [png(i) for i in range(6)]
+    write_tar(tmp_path / "s.tar", [(f"k{i}", {"png": b}) for i, b in enumerate(images)])
+    loc = [f"tar:{tmp_path}/s.tar#k{i}.png" for i in range(6)]
+    parent = sources.tar_shard(f"{tmp_path}/s.tar")
+    assert sources.read_bytes(loc[0]) == images[0]
+    with mp.get_context("fork").Pool(2) as p:
+        got = p.map(sources.read_bytes, loc * 20, chunksize=1)
+        reopened = p.map(_reopened, [(f"{tmp_path}/s.tar", id(parent))] * 4, chunksize=1)
+    assert got == images * 20
+    assert reopened == [True] * 4
+    assert sources.tar_shard(f"{tmp_path}/s.tar") is parent
+
+
+def _reopened(arg) -> bool:
+    path, parent_id = arg
+    return id(sources.tar_shard(path)) != parent_id

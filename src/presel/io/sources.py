@@ -210,9 +210,17 @@ class TarShard:
         if member not in self.members:
             raise ImageRejected(f"missing: no member '{member}' in {self.path}")
         off, size = self.members[member]
-        with self.lock:
-            self.f.seek(off)
-            data = self.f.read(size)
+        fileno = getattr(self.f, "fileno", None)
+        try:
+            fd = fileno() if fileno is not None else None
+        except (OSError, ValueError, io.UnsupportedOperation):
+            fd = None
+        if fd is not None:  # a local file: positioned read, no shared offset
+            data = os.pread(fd, size, off)
+        else:
+            with self.lock:
+                self.f.seek(off)
+                data = self.f.read(size)
         if len(data) != size:
             raise ImageRejected(f"truncated: member '{member}' of {self.path} is cut short")
         return data
@@ -222,7 +230,8 @@ class TarShard:
 
 
 def tar_shard(path: str) -> TarShard:
-    return _tar_cache.get(path, lambda: TarShard(path))
+    # keyed by process: a forked DataLoader worker must not share the parent's file offset
+    return _tar_cache.get((os.getpid(), path), lambda: TarShard(path))
 
 
 class _Table:
@@ -346,7 +355,7 @@ def read_bytes(locator: str) -> bytes:
         row = int(row_s)
     except ValueError:
         raise ImageRejected(f"bad reference: row '{row_s}' is not a number") from None
-    tab = _table_cache.get((kind, container), lambda: _Table(kind, container))
+    tab = _table_cache.get((os.getpid(), kind, container), lambda: _Table(kind, container))
     if column not in tab.schema.names:
         raise PreselError(f"{container}: no image column '{column}' (columns: {', '.join(tab.schema.names)})")
     return _cell_bytes(tab.value(row, column))
