@@ -12,7 +12,7 @@ def add_pool_arguments(p: argparse.ArgumentParser, *, required: bool = True) -> 
     g.add_argument("--pool", required=required,
                    help="pool manifest: LLaVA JSON/JSONL, Vision-FLAN JSON, ShareGPT/messages JSONL, CSV, Parquet, or an "
                         "image folder; or a dataset: Parquet/Arrow with image bytes, a save_to_disk folder, WebDataset "
-                        "tar shards ('shards-{000000..000099}.tar'), a hub id when reachable; local or s3://, gs://, "
+                        "tar shards ('shards-{000000..000099}.tar'), a hub dataset as hf:ORG/NAME[:SPLIT] when reachable; local or s3://, gs://, "
                         "https:// through fsspec")
     g.add_argument("--image-root", default=None, help="folder that image paths are relative to (default: the manifest's folder)")
     g.add_argument("--image-column", dest="image_field", default="image",

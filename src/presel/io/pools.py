@@ -27,7 +27,6 @@ from presel.io.sources import IMAGE_EXTENSIONS, is_url
 
 _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 TABLE_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow"}
-KNOWN_SUFFIXES = {".json", ".jsonl", ".ndjson", ".csv", ".tar", ".txt", ".yaml", ".yml", *TABLE_SUFFIXES}
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -243,10 +242,9 @@ def detect(pool: str | os.PathLike, *, image_field: str = "image", id_field: str
             raise PreselError(f"--pool {s}: {len(missing) if files else 'no'} file(s) not found"
                               + (f" (e.g. {missing[0]})" if missing else "") + "; check the pattern")
         return _source_for(files, _parent(s), image_field, id_field, s)
+    if s.startswith("hf:") and not os.path.exists(s):
+        return _hub_dataset(s[3:], image_field, id_field)
     if not _exists(s):
-        hub = _hub_dataset(s, image_field, id_field)
-        if hub is not None:
-            return hub
         return None
     if _isdir(s):
         names = _listdir(s)
@@ -327,16 +325,17 @@ def _state_files(root: str) -> list[str]:
 
 
 def _hub_dataset(name: str, image_field: str, id_field: str) -> TableSource | None:
-    """A Hugging Face hub id (``org/name`` or ``org/name:split``) loaded with ``datasets`` when it is installed
-    and the hub is reachable; its cached Arrow files become the pool."""
+    """A Hugging Face hub id (``--pool hf:org/name`` or ``hf:org/name:split``) loaded with ``datasets`` when it is
+    installed and the hub is reachable; its cached Arrow files become the pool. Explicit, so that a mistyped
+    local path never goes to the network."""
     m = re.fullmatch(r"([\w.-]+/[\w.-]+)(?::([\w.-]+))?", name)
-    if (m is None or os.path.sep in name.replace("/", "", 1) or _suffix(name) in KNOWN_SUFFIXES
-            or os.path.isdir(name.split("/")[0])):
-        return None
+    if m is None:
+        raise PreselError(f"--pool hf:{name}: a hub dataset is named hf:ORG/NAME or hf:ORG/NAME:SPLIT")
     try:
         import datasets
     except ImportError:
-        return None
+        raise PreselError(f"--pool hf:{name}: reading hub datasets needs the datasets package "
+                          "(pip install 'presel[datasets]')") from None
     try:
         ds = datasets.load_dataset(m.group(1), split=m.group(2) or "train")
     except Exception as e:  # noqa: BLE001 - offline, unknown id: one clear error
