@@ -47,10 +47,8 @@ def expand_braces(pattern: str) -> list[str]:
 
 def _glob(pattern: str) -> list[str]:
     if is_url(pattern):
-        import fsspec
-
+        fs, _ = sources.url_fs(pattern)
         try:
-            fs, _ = fsspec.core.url_to_fs(pattern)
             proto = pattern.split("://", 1)[0]
             return sorted(p if "://" in p else f"{proto}://{p.lstrip('/')}" for p in fs.glob(pattern))
         except Exception as e:  # noqa: BLE001
@@ -63,10 +61,8 @@ def _glob(pattern: str) -> list[str]:
 def _listdir(path: str) -> list[str]:
     """Files under a local folder or URL prefix (recursive), as full paths / URLs."""
     if is_url(path):
-        import fsspec
-
+        fs, p = sources.url_fs(path)
         try:
-            fs, p = fsspec.core.url_to_fs(path)
             proto = path.split("://", 1)[0]
             return sorted(f"{proto}://{q.lstrip('/')}" for q in fs.find(p))
         except Exception as e:  # noqa: BLE001
@@ -80,10 +76,8 @@ def _listdir(path: str) -> list[str]:
 
 def _isdir(path: str) -> bool:
     if is_url(path):
-        import fsspec
-
+        fs, p = sources.url_fs(path)
         try:
-            fs, p = fsspec.core.url_to_fs(path)
             return bool(fs.isdir(p))
         except Exception as e:  # noqa: BLE001
             raise sources._remote_error(path, e) from None
@@ -92,10 +86,8 @@ def _isdir(path: str) -> bool:
 
 def _exists(path: str) -> bool:
     if is_url(path):
-        import fsspec
-
+        fs, p = sources.url_fs(path)
         try:
-            fs, p = fsspec.core.url_to_fs(path)
             return bool(fs.exists(p))
         except Exception as e:  # noqa: BLE001
             raise sources._remote_error(path, e) from None

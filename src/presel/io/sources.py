@@ -123,14 +123,30 @@ def _fs_open(path: str):
     try:
         return fsspec.open(path, "rb").open()
     except (ImportError, ValueError) as e:
-        scheme = path.split("://", 1)[0]
-        pkg = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "http": "aiohttp", "https": "aiohttp",
-               "az": "adlfs", "abfs": "adlfs"}.get(scheme, f"the fsspec filesystem for {scheme}://")
-        raise PreselError(f"{path}: cannot open {scheme}:// URLs ({e}); install {pkg}") from None
+        raise missing_filesystem(path, e) from None
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - credentials, network: one clear error
         raise _remote_error(path, e) from None
+
+
+def missing_filesystem(path: str, e: BaseException) -> PreselError:
+    scheme = path.split("://", 1)[0]
+    pkg = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "http": "aiohttp", "https": "aiohttp",
+           "az": "adlfs", "abfs": "adlfs"}.get(scheme, f"the fsspec filesystem for {scheme}://")
+    return PreselError(f"{path}: cannot open {scheme}:// URLs ({e}); install {pkg}")
+
+
+def url_fs(url: str) -> tuple[Any, str]:
+    """``(filesystem, path)`` of an fsspec URL; a missing filesystem package is one clear error."""
+    try:
+        import fsspec
+    except ImportError:  # pragma: no cover - fsspec comes with the datasets extra (and most installs)
+        raise PreselError(f"{url}: reading URLs needs fsspec (pip install 'presel[datasets]')") from None
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as e:
+        raise missing_filesystem(url, e) from None
 
 
 def _remote_error(path: str, e: BaseException) -> PreselError:
@@ -399,10 +415,8 @@ def exists(locator: str) -> bool:
     kind, container, member = split_ref(locator)
     if kind is None:
         if is_url(container):
-            import fsspec
-
+            fs, p = url_fs(container)
             try:
-                fs, p = fsspec.core.url_to_fs(container)
                 return bool(fs.isfile(p))
             except Exception as e:  # noqa: BLE001
                 raise _remote_error(container, e) from None
