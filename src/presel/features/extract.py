@@ -4,7 +4,9 @@ Steps of ``embed_pool``:
 
 1. distinct image keys of the pool (records sharing a path share a key);
 2. content hashes (blake2b of the file bytes, in a pool of worker threads) for keys the store does not
-   know yet; missing and zero-byte files are rejected here;
+   know yet; missing and zero-byte files are rejected here. Dataset pools (Parquet/Arrow bytes, tar shards,
+   URLs) skip this pass: their images are hashed by the decode workers, and a content already stored is
+   recorded as an alias of that vector;
 3. plan: keys whose content is already embedded (or appears earlier in this run) point to that vector;
    the rest are cut into shards of ``shard_size`` numbered after the store's finished shards;
 4. the executor (local DataLoader workers or Ray) decodes, preprocesses and embeds shard by shard, and
