@@ -294,3 +294,28 @@ def test_forked_workers_do_not_share_open_shards(tmp_path):
 def _reopened(arg) -> bool:
     path, parent_id = arg
     return id(sources.tar_shard(path)) != parent_id
+
+
+def test_ray_executor_on_tar_shards_equals_local(tmp_path, tiny_dinov2):
+    """Worker-side hashing through Ray Data gives the same store as the local executor (aliases included)."""
+    ray = pytest.importorskip("ray")
+    from presel.features.extract import EmbedConfig, embed_pool
+    from presel.io.manifest import read_pool
+
+    d = tmp_path / "wds"
+    d.mkdir()
+    a = png(1)
+    write_tar(d / "s-000000.tar", [("k0", {"png": a}), ("k1", {"png": png(2)}), ("k2", {"png": a}),
+                                   ("k3", {"jpg": b"not an image"})])
+    pool = read_pool(str(d / "s-000000.tar"), default_task="t")
+    kw = dict(model=str(tiny_dinov2), batch_size=2, workers=2, shard_size=2, progress=False)
+    embed_pool(pool, tmp_path / "local", EmbedConfig(**kw))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        st = embed_pool(pool, tmp_path / "ray", EmbedConfig(executor="ray", **kw))
+    finally:
+        ray.shutdown()
+    assert st["store_vectors"] == 2 and st["store_keys"] == 3 and st["rejected_images"] == 1
+    files = lambda r: {p.relative_to(r).as_posix(): p.read_bytes() for p in sorted(r.rglob("*"))  # noqa: E731
+                       if p.is_file() and p.name not in ("config.json", ".lock")}
+    assert files(tmp_path / "local") == files(tmp_path / "ray")

@@ -251,8 +251,21 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
     have = set(embedded)  # contents with a stored vector (grows shard by shard)
     unreadable: dict[str, str] = {}  # lazily hashed keys whose bytes could not be read: retried on a rerun
 
+    waiting: dict[int, tuple] = {}
+    order_of = {t.index: i for i, t in enumerate(tasks)}
+    next_up = [0]
+
     def on_shard(task: ShardTask, vectors, ok: list[int], rejects: dict[int, str],
                  hashes: dict[int, str] | None = None) -> None:
+        """Shards are written in plan order whatever order they finish in (Ray): which key of a content is
+        stored and which become aliases must not depend on timing."""
+        waiting[order_of[task.index]] = (task, vectors, ok, rejects, hashes)
+        while next_up[0] in waiting:
+            _write_shard(*waiting.pop(next_up[0]))
+            next_up[0] += 1
+
+    def _write_shard(task: ShardTask, vectors, ok: list[int], rejects: dict[int, str],
+                     hashes: dict[int, str] | None = None) -> None:
         import numpy as np
 
         order = np.argsort(np.asarray(ok, dtype=np.int64), kind="stable")
