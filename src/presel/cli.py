@@ -13,6 +13,7 @@ from presel.errors import PreselError
 # command name -> module under presel.commands (one file per command keeps them independent)
 COMMANDS: dict[str, str] = {
     "select": "select",
+    "dedup": "dedup",
     "embed": "embed",
     "reference": "reference",
     "score": "score",

@@ -148,12 +148,12 @@ def _load(cfg: ExportConfig) -> list[dict[str, Any]]:
 
 
 def _place_images(images: list[str], root: Path, dest: Path, mode: str) -> None:
-    from presel.io.paths import resolve_image
+    from presel.io.sources import locate
 
     for rel in images:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        src = resolve_image(root, rel)  # checked before anything was written; resolved again here
+        src = locate(rel, root)  # checked before anything was written; resolved again here
         if mode == "symlink":
             os.symlink(os.path.abspath(src), target)
         else:
@@ -176,29 +176,42 @@ def export_training_set(train: str | os.PathLike, image_root: str | os.PathLike,
     if not root.is_dir():
         raise PreselError(f"--image-root {root}: not a directory; give the folder the training set's image paths "
                           "are relative to")
+    from presel.io import sources
+
     rows = _load(cfg)
     images = sorted({r["image"] for r in rows if "image" in r})
-    from presel.io.paths import ImagePathRefused, resolve_image
+    from presel.io.paths import ImagePathRefused
 
     for im in images:  # never copy or link a file outside the image root (a '..' path or a symlink out of it)
         try:
-            resolve_image(root, im)
+            sources.locate(im, root)
         except ImagePathRefused as e:
             rid = next(r["id"] for r in rows if r.get("image") == im)
             raise PreselError(f"{cfg.train}: record '{rid}': {e}") from None
-    missing = [im for im in images if not (root / im).is_file()]
+    missing = [im for im in images if not sources.exists(sources.locate(im, root))]
     if missing:
         raise PreselError(f"{len(missing)} of {len(images)} images of {cfg.train} are missing under {root} "
                           f"(first: {missing[0]}); fix --image-root or the image paths")
+    # images inside Parquet/Arrow tables or tar shards become files: <container>/<row or member>.<ext>
+    packed = {im: sources.export_name(im, root) for im in images if sources.split_ref(im)[0] is not None}
+    if packed and cfg.to != "hf-datasets":  # (an hf-datasets export embeds the bytes as they are)
+        if cfg.image_mode != "copy":
+            raise PreselError(f"{cfg.train}: {len(packed)} images live inside tables or tar shards (e.g. "
+                              f"{next(iter(packed))}); export them as files with --image-mode copy")
+        rows = [dict(r, image=packed[r["image"]]) if r.get("image") in packed else r for r in rows]
     out = Path(out)
     out_abs = Path(os.path.abspath(out))
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if cfg.image_mode != "none" and cfg.to != "hf-datasets":
-            _place_images(images, root, tmp / IMAGE_DIR, cfg.image_mode)
+            _place_images([im for im in images if im not in packed], root, tmp / IMAGE_DIR, cfg.image_mode)
+            for im, name in packed.items():
+                target = tmp / IMAGE_DIR / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(sources.read_bytes(sources.locate(im, root)))
             image_folder = out_abs / IMAGE_DIR
         else:
             image_folder = Path(os.path.abspath(root))
-        info: dict[str, Any] = {"format": cfg.to, "records": len(rows), "images": len(images),
+        info: dict[str, Any] = {"format": cfg.to, "records": len(rows), "images": len(images), "unpacked": len(packed),
                                 "text_only": sum(1 for r in rows if "image" not in r), "image_mode": cfg.image_mode}
         if cfg.to == "hf-datasets":
             info["image_mode"] = "embedded"

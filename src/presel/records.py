@@ -45,8 +45,8 @@ class Pool:
     """A pool manifest after reading: image records plus what was left out."""
 
     records: list[PoolRecord]
-    source: Path
-    image_root: Path
+    source: Path  # a str for a URL or a file pattern
+    image_root: Path  # a str for a URL root (s3://bucket/prefix)
     text_only: int = 0  # records without an image, counted and left out
     format: str = "jsonl"
     _by_id: dict[str, int] | None = field(default=None, repr=False)
@@ -67,6 +67,13 @@ class Pool:
     def distinct_images(self) -> list[str]:
         """Distinct image keys in first-seen order."""
         return list(dict.fromkeys(r.image_key for r in self.records))
+
+    def locator(self, record: PoolRecord) -> str:
+        """Where to read the record's image (a path or URL inside the image root, or a bytes / tar-member
+        locator; see :mod:`presel.io.sources`)."""
+        from presel.io.sources import locate
+
+        return locate(record.image, self.image_root)
 
     def image_path(self, record: PoolRecord) -> Path:
         """The record's image file, resolved inside the image root (:func:`presel.io.paths.resolve_image`);

@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kmeans-niter", type=int, default=None, help="faiss k-means iterations (default 25)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--allow-repeats", action="store_true", help="an image used by several tasks may be selected once per task")
+    g.add_argument("--dedup", default=None, metavar="DIR",
+                   help="output of `presel dedup`: keep one image per group of near-duplicates before clustering")
     from presel.protocol import add_protocol_argument
 
     add_protocol_argument(g)
@@ -51,8 +53,13 @@ def run(args: argparse.Namespace) -> int:
                        protocol=args.protocol)
     pool = load_pool(args)
     features = load_features(args.features, args.feature_ids)
-    summary = select_to_dir(pool, features, args.weights, args.reference, cfg, args.out, overwrite=args.overwrite)
+    summary = select_to_dir(pool, features, args.weights, args.reference, cfg, args.out, overwrite=args.overwrite,
+                            dedup=args.dedup)
     print(format_table(summary))
+    tot = summary["totals"]
+    if tot.get("content_duplicate_images") or tot.get("near_duplicate_images_dropped"):
+        print(f"duplicates: {tot.get('content_duplicate_images', 0)} images identical to another (counted once), "
+              f"{tot.get('near_duplicate_images_dropped', 0)} near-copies dropped by --dedup")
     print(f"wrote {args.out}")
     return 0
 

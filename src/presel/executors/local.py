@@ -13,7 +13,8 @@ from presel.executors import ShardTask, batches_of
 
 
 class DecodeDataset:
-    """Index -> (index, uint8 H x W x 3 array or None, reject reason or None). Never raises for one image."""
+    """Index -> (index, uint8 H x W x 3 array or None, reject reason or None, content hash or None). Never raises
+    for one image."""
 
     def __init__(self, paths: list[str], preprocess: Any, max_pixels: int):
         self.paths = paths
@@ -28,24 +29,36 @@ class DecodeDataset:
 
 
 def decode_one(i: int, path: str, preprocess: Any, max_pixels: int):
-    from presel.features.images import ImageRejected, load_rgb
+    """``(i, pixels or None, reject reason or None, content hash or None)``: the bytes are read once, hashed
+    (so large pools are hashed here, in the workers) and decoded (``path``: any locator of presel.io.sources)."""
+    import io
 
+    from presel.errors import PreselError
+    from presel.features.images import ImageRejected, load_rgb
+    from presel.io.sources import hash_bytes, read_bytes
+
+    h = None
     try:
-        return i, preprocess(load_rgb(path, max_pixels=max_pixels)), None
+        data = read_bytes(path)
+        h = hash_bytes(data)
+        return i, preprocess(load_rgb(io.BytesIO(data), max_pixels=max_pixels)), None, h
     except ImageRejected as e:
-        return i, None, e.reason
+        return i, None, e.reason, h
+    except PreselError:  # an unreadable shard / unreachable storage: one clear error, not a reject per image
+        raise
     except Exception as e:  # noqa: BLE001 - one bad image must never stop the run
-        return i, None, f"error: {type(e).__name__}: {e}"
+        return i, None, f"error: {type(e).__name__}: {e}", h
 
 
 def collate(items):
     import torch
 
-    ok = [(i, a) for i, a, _ in items if a is not None]
+    ok = [(i, a) for i, a, _, _ in items if a is not None]
     idx = np.asarray([i for i, _ in ok], dtype=np.int64)
     pixels = torch.from_numpy(np.stack([a for _, a in ok])) if ok else None
-    rejects = [(i, r) for i, a, r in items if a is None]
-    return idx, pixels, rejects
+    rejects = [(i, r) for i, a, r, _ in items if a is None]
+    hashes = [(i, h) for i, _, _, h in items if h is not None]
+    return idx, pixels, rejects, hashes
 
 
 def _worker_init(_: int) -> None:
@@ -93,21 +106,23 @@ def run(tasks: list[ShardTask], spec: Any, config: Any,
     t1 = time.perf_counter()
     buf: dict[int, dict[str, Any]] = {}
     try:
-        for b, (idx, pixels, rejects) in enumerate(it):
+        for b, (idx, pixels, rejects, hashes) in enumerate(it):
             t_i = batch_task[b]
-            st = buf.setdefault(t_i, {"vecs": [], "ok": [], "rej": {}, "seen": 0})
+            st = buf.setdefault(t_i, {"vecs": [], "ok": [], "rej": {}, "hash": {}, "seen": 0})
             off = offsets[t_i]
             if pixels is not None:
                 st["vecs"].append(backend.embed(pixels))
                 st["ok"].extend(int(i) - off for i in idx)
             for i, r in rejects:
                 st["rej"][int(i) - off] = r
+            for i, h in hashes:
+                st["hash"][int(i) - off] = h
             st["seen"] += 1
             if progress is not None:
                 progress.update(len(batch_index[b]))
             if st["seen"] == n_batches[t_i]:
                 vecs = np.concatenate(st["vecs"]) if st["vecs"] else np.zeros((0, 0), np.float32)
-                on_shard(tasks[t_i], vecs, st["ok"], st["rej"])
+                on_shard(tasks[t_i], vecs, st["ok"], st["rej"], st["hash"])
                 del buf[t_i]
     finally:
         del it

@@ -24,9 +24,11 @@ def decode_batch(row: dict[str, Any], preprocess: Any, max_pixels: int) -> dict[
 
     paths = json.loads(row["paths"])
     pos = json.loads(row["pos"])
-    ok, arrs, rej = [], [], {}
+    ok, arrs, rej, hashes = [], [], {}, {}
     for p, path in zip(pos, paths):
-        _, a, why = decode_one(p, path, preprocess, max_pixels)
+        _, a, why, h = decode_one(p, path, preprocess, max_pixels)
+        if h is not None:
+            hashes[str(p)] = h
         if a is None:
             rej[str(p)] = why
         else:
@@ -34,7 +36,7 @@ def decode_batch(row: dict[str, Any], preprocess: Any, max_pixels: int) -> dict[
             arrs.append(a)
     pixels = np.stack(arrs) if arrs else np.zeros((0, 1, 1, 3), np.uint8)
     return {"shard": row["shard"], "batch": row["batch"], "ok": json.dumps(ok), "rejects": json.dumps(rej),
-            "pixels": pixels.tobytes(), "shape": json.dumps(list(pixels.shape))}
+            "hashes": json.dumps(hashes), "pixels": pixels.tobytes(), "shape": json.dumps(list(pixels.shape))}
 
 
 class EmbedActor:
@@ -61,7 +63,7 @@ class EmbedActor:
             vecs.append(v.tobytes())
             dims.append(json.dumps(list(v.shape)))
         return {"shard": batch["shard"], "batch": batch["batch"], "ok": batch["ok"], "rejects": batch["rejects"],
-                "vectors": np.array(vecs, dtype=object), "vshape": np.array(dims, dtype=object)}
+                "hashes": batch["hashes"], "vectors": np.array(vecs, dtype=object), "vshape": np.array(dims, dtype=object)}
 
 
 def run(tasks: list[ShardTask], spec: Any, config: Any,
@@ -107,13 +109,13 @@ def run(tasks: list[ShardTask], spec: Any, config: Any,
         ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={"spec": spec}, batch_size=1, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpu else 0,
                             num_cpus=0 if gpu else 1)
-        buf: dict[int, dict[int, tuple[list[int], np.ndarray, dict[str, str]]]] = {}
+        buf: dict[int, dict[int, tuple[list[int], np.ndarray, dict[str, str], dict[str, str]]]] = {}
         for row in with_progress_timeout(ds.iter_rows(), config.ray_progress_timeout, "embed"):
             s, b = int(row["shard"]), int(row["batch"])
             ok = json.loads(row["ok"])
             shape = json.loads(row["vshape"])
             vec = np.frombuffer(row["vectors"], dtype=np.float32).reshape(shape) if ok else None
-            buf.setdefault(s, {})[b] = (ok, vec, json.loads(row["rejects"]))
+            buf.setdefault(s, {})[b] = (ok, vec, json.loads(row["rejects"]), json.loads(row["hashes"]))
             if progress is not None:
                 progress.update(len(ok) + len(buf[s][b][2]))
             if len(buf[s]) == n_batches[s]:
@@ -121,7 +123,9 @@ def run(tasks: list[ShardTask], spec: Any, config: Any,
                 ok_all = [p for part in parts for p in part[0]]
                 vecs = [part[1] for part in parts if part[1] is not None]
                 rej = {int(k): v for part in parts for k, v in part[2].items()}
-                on_shard(by_index[s], np.concatenate(vecs) if vecs else np.zeros((0, 0), np.float32), ok_all, rej)
+                hashes = {int(k): v for part in parts for k, v in part[3].items()}
+                on_shard(by_index[s], np.concatenate(vecs) if vecs else np.zeros((0, 0), np.float32), ok_all, rej,
+                         hashes)
                 del buf[s]
     finally:
         if started:

@@ -4,7 +4,9 @@ Steps of ``embed_pool``:
 
 1. distinct image keys of the pool (records sharing a path share a key);
 2. content hashes (blake2b of the file bytes, in a pool of worker threads) for keys the store does not
-   know yet; missing and zero-byte files are rejected here;
+   know yet; missing and zero-byte files are rejected here. Dataset pools (Parquet/Arrow bytes, tar shards,
+   URLs) skip this pass: their images are hashed by the decode workers, and a content already stored is
+   recorded as an alias of that vector;
 3. plan: keys whose content is already embedded (or appears earlier in this run) point to that vector;
    the rest are cut into shards of ``shard_size`` numbered after the store's finished shards;
 4. the executor (local DataLoader workers or Ray) decodes, preprocesses and embeds shard by shard, and
@@ -30,6 +32,7 @@ from presel.features.store import STORE_DTYPES
 from presel.records import Pool
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
+DATASET_FORMATS = ("parquet", "arrow", "hf-disk", "hf-hub", "webdataset")  # pools read by presel.io.pools
 
 
 @dataclass
@@ -57,6 +60,9 @@ class EmbedConfig:
     ray_progress_timeout: seconds without any finished batch after which a Ray run stops with an error.
     threads: intra-op CPU threads for the model (None: library default).
     progress: show a progress bar.
+    hash_in_workers: hash images in the decode workers instead of before planning (None: yes for dataset pools
+        -- Parquet/Arrow bytes, tar shards, URLs -- so the driver never reads every image before work starts;
+        byte-identical images are then decoded more than once but stored once).
 
     No setting is random: extraction is deterministic, so there is no seed.
     """
@@ -79,6 +85,7 @@ class EmbedConfig:
     ray_progress_timeout: float = 600.0
     threads: int | None = None
     progress: bool = True
+    hash_in_workers: bool | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, fix: str) -> PreselError:
@@ -153,12 +160,13 @@ def hash_keys(items: list[tuple[str, str]], workers: int) -> dict[str, tuple[str
     """key -> (content hash, None) or (None, reject reason); hashed by ``workers`` threads."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from presel.features.images import ImageRejected, hash_file
+    from presel.features.images import ImageRejected
+    from presel.io.sources import content_hash
 
     def one(item: tuple[str, str]) -> tuple[str, tuple[str | None, str | None]]:
         key, path = item
         try:
-            return key, (hash_file(path), None)
+            return key, (content_hash(path), None)
         except ImageRejected as e:
             return key, (None, e.reason)
 
@@ -203,14 +211,19 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
     for r in pool.records:
         if r.image_key not in key_path and r.image_key not in refused:
             try:
-                key_path[r.image_key] = str(pool.image_path(r))
+                key_path[r.image_key] = pool.locator(r)
             except ImagePathRefused as e:
                 refused[r.image_key] = e.reason
 
-    # 2. content hashes for keys not known to the store
+    # 2. content hashes for keys not known to the store (dataset pools: later, in the decode workers)
     known = store.known_keys()
+    from presel.io.sources import is_url, split_ref
+
+    lazy = config.hash_in_workers
+    if lazy is None:
+        lazy = pool.format in DATASET_FORMATS or any(is_url(p) or split_ref(p)[0] for p in key_path.values())
     to_hash = [(k, p) for k, p in key_path.items() if k not in known]
-    hashed = hash_keys(to_hash, max(1, config.workers))
+    hashed = {} if lazy else hash_keys(to_hash, max(1, config.workers))
 
     # 3. plan
     embedded = store.embedded()
@@ -221,6 +234,9 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
     for k, p in key_path.items():
         if k in known:
             h = known[k]
+        elif lazy:
+            planned[f"key:{k}"] = (k, p)  # hashed by the worker that decodes it
+            continue
         else:
             h, why = hashed[k]
             if h is None:
@@ -233,7 +249,7 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
             reject_reason[k] = rejected_hash[h]
             continue
         planned[h] = (k, p)
-    items = [(k, p, h) for h, (k, p) in planned.items()]
+    items = [(k, p, "" if h.startswith("key:") else h) for h, (k, p) in planned.items()]
     first = store.next_shard_index()
     tasks = []
     for j, s in enumerate(range(0, len(items), config.shard_size)):
@@ -243,8 +259,24 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
 
     # 4. execute
     stats_now = {"embedded": 0, "rejected": 0}
+    have = set(embedded)  # contents with a stored vector (grows shard by shard)
+    unreadable: dict[str, str] = {}  # lazily hashed keys whose bytes could not be read: retried on a rerun
 
-    def on_shard(task: ShardTask, vectors, ok: list[int], rejects: dict[int, str]) -> None:
+    waiting: dict[int, tuple] = {}
+    order_of = {t.index: i for i, t in enumerate(tasks)}
+    next_up = [0]
+
+    def on_shard(task: ShardTask, vectors, ok: list[int], rejects: dict[int, str],
+                 hashes: dict[int, str] | None = None) -> None:
+        """Shards are written in plan order whatever order they finish in (Ray): which key of a content is
+        stored and which become aliases must not depend on timing."""
+        waiting[order_of[task.index]] = (task, vectors, ok, rejects, hashes)
+        while next_up[0] in waiting:
+            _write_shard(*waiting.pop(next_up[0]))
+            next_up[0] += 1
+
+    def _write_shard(task: ShardTask, vectors, ok: list[int], rejects: dict[int, str],
+                     hashes: dict[int, str] | None = None) -> None:
         import numpy as np
 
         order = np.argsort(np.asarray(ok, dtype=np.int64), kind="stable")
@@ -253,11 +285,28 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
         if len(ok_sorted) + len(rejects) != len(task.keys):
             raise RuntimeError(f"shard {task.index}: {len(ok)} vectors + {len(rejects)} rejects for "
                                f"{len(task.keys)} images")
-        rej = [{"key": task.keys[p], "hash": task.hashes[p], "reason": rejects[p]} for p in sorted(rejects)]
-        store.write_shard(task.index, [task.keys[p] for p in ok_sorted], [task.hashes[p] for p in ok_sorted],
-                          vecs, rej)
-        stats_now["embedded"] += len(ok_sorted)
-        stats_now["rejected"] += len(rej)
+        hashes = hashes or {}
+
+        def h_of(p: int) -> str:
+            return task.hashes[p] or hashes.get(p) or ""
+
+        rej = []
+        for p in sorted(rejects):
+            if h_of(p):
+                rej.append({"key": task.keys[p], "hash": h_of(p), "reason": rejects[p]})
+            else:
+                unreadable[task.keys[p]] = rejects[p]
+        rows, aliases = [], []
+        for j, p in enumerate(ok_sorted):  # content seen before (worker-side hashing): point to that vector
+            if h_of(p) in have:
+                aliases.append({"key": task.keys[p], "hash": h_of(p)})
+            else:
+                have.add(h_of(p))
+                rows.append(j)
+        store.write_shard(task.index, [task.keys[ok_sorted[j]] for j in rows], [h_of(ok_sorted[j]) for j in rows],
+                          vecs[rows] if len(rows) else np.zeros((0, 0), np.float32), rej, aliases)
+        stats_now["embedded"] += len(rows)
+        stats_now["rejected"] += len(rejects)
 
     n_new = len(items)
     timings: dict[str, float] = {}
@@ -277,7 +326,14 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
     # 5. finalise: index over every key the store knows, rejects of this pool, summary, manifest
     embedded = store.embedded()
     rejected_hash = store.rejected()
-    all_keys = {**store.known_keys(), **key_hash}
+    known_now = store.known_keys()
+    for k in key_path:  # keys hashed by the workers in this run
+        if k not in key_hash and k not in reject_reason:
+            if k in known_now:
+                key_hash[k] = known_now[k]
+            elif k in unreadable:
+                reject_reason[k] = unreadable[k]
+    all_keys = {**known_now, **key_hash}
     index_rows = []
     for k, h in all_keys.items():
         if h in embedded:

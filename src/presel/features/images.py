@@ -85,13 +85,13 @@ def _to_rgb(img: Any) -> Any:
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
-def load_rgb(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
-    """Decode ``path`` into an 8-bit RGB PIL image (EXIF orientation applied), or raise ImageRejected."""
+def load_rgb(path: str | os.PathLike | Any, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
+    """Decode ``path`` (or an in-memory file such as ``io.BytesIO``) into an 8-bit RGB PIL image (EXIF orientation applied), or raise ImageRejected."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    p = Path(path)
+    p = path if hasattr(path, "read") else Path(path)  # a file object (image bytes) or a path
     try:
-        size = p.stat().st_size
+        size = len(p.getbuffer()) if hasattr(p, "getbuffer") else p.stat().st_size  # type: ignore[union-attr]
     except FileNotFoundError:
         raise ImageRejected("missing: file not found") from None
     except OSError as e:

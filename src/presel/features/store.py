@@ -48,6 +48,7 @@ class ShardInfo:
     rejects: list[dict[str, str]]  # {"key", "hash", "reason"}
     dim: int
     dtype: str
+    aliases: list[dict[str, str]] = field(default_factory=list)  # {"key", "hash"}: content stored by an earlier row
 
 
 @dataclass
@@ -166,11 +167,12 @@ class FeatureStore:
         for i in sorted(self.shards):
             out.update(zip(self.shards[i].keys, self.shards[i].hashes))
             out.update((r["key"], r["hash"]) for r in self.shards[i].rejects)
+            out.update((r["key"], r["hash"]) for r in self.shards[i].aliases)
         return out
 
     # ---------------------------------------------------------------- writing
     def write_shard(self, index: int, keys: list[str], hashes: list[str], vectors: np.ndarray,
-                    rejects: list[dict[str, str]]) -> ShardInfo:
+                    rejects: list[dict[str, str]], aliases: list[dict[str, str]] | None = None) -> ShardInfo:
         """Write one shard: the array first (fsynced, renamed), then its completion marker."""
         dtype = self.identity["store_dtype"]
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -184,10 +186,12 @@ class FeatureStore:
         if keys:
             with atomic_file(base.with_suffix(".npy"), "wb") as f:
                 np.save(f, vectors.astype(dtype), allow_pickle=False)
-        info = ShardInfo(index, list(keys), list(hashes), list(rejects), dim, dtype)
-        write_json(base.with_suffix(".json"), {"index": index, "rows": len(keys), "keys": info.keys,
-                                               "hashes": info.hashes, "rejects": info.rejects, "dim": dim,
-                                               "dtype": dtype})
+        info = ShardInfo(index, list(keys), list(hashes), list(rejects), dim, dtype, list(aliases or []))
+        marker = {"index": index, "rows": len(keys), "keys": info.keys, "hashes": info.hashes,
+                  "rejects": info.rejects, "dim": dim, "dtype": dtype}
+        if info.aliases:
+            marker["aliases"] = info.aliases
+        write_json(base.with_suffix(".json"), marker)
         self.shards[index] = info
         return info
 
@@ -215,7 +219,7 @@ def read_marker(path: Path) -> ShardInfo:
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
         return ShardInfo(int(d["index"]), list(d["keys"]), list(d["hashes"]), list(d["rejects"]), int(d["dim"]),
-                         str(d["dtype"]))
+                         str(d["dtype"]), list(d.get("aliases", [])))
     except (ValueError, KeyError, TypeError) as e:
         raise PreselError(f"{path}: unreadable shard marker ({e}); delete it and its .npy and rerun") from None
 
@@ -265,7 +269,9 @@ def load_feature_matrix(path: str | os.PathLike):
         parts.append(([a[0] for a in alias], arr))
     if not parts:
         raise PreselError(f"{root}: the feature store holds no vectors (every image was rejected; see rejects.jsonl)")
-    return FeatureMatrix(parts, source=str(root))
+    fm = FeatureMatrix(parts, source=str(root))
+    fm.content_hashes = dict(zip(keys, idx.column("hash").to_pylist()))  # exact duplicates: one image in select
+    return fm
 
 
 def rejected_images(path: str | os.PathLike) -> dict[str, str]:

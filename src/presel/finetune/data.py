@@ -94,7 +94,8 @@ def check_image_files(pool: Pool, records: Sequence[PoolRecord], *, threads: int
     """``image_key -> reason`` for the distinct images of ``records`` that cannot be decoded."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from presel.features.images import ImageRejected, load_rgb
+    from presel.features.images import ImageRejected
+    from presel.io.sources import load_image
 
     first: dict[str, PoolRecord] = {}
     for rec in records:
@@ -104,7 +105,7 @@ def check_image_files(pool: Pool, records: Sequence[PoolRecord], *, threads: int
         from presel.io.paths import ImagePathRefused
 
         try:
-            load_rgb(pool.image_path(rec))
+            load_image(pool.locator(rec))
         except (ImageRejected, ImagePathRefused) as e:
             return e.reason
         return None
@@ -132,14 +133,15 @@ class ConversationDataset:
         return len(self.samples)
 
     def __getitem__(self, item: tuple[int, bool]) -> Any:
-        from presel.features.images import ImageRejected, load_rgb
+        from presel.features.images import ImageRejected
+        from presel.io.sources import load_image
         from presel.vlm.render import encode_conversation
 
         index, masked = item
         rec = self.samples[index]
-        path = self.pool.image_path(rec)
+        path = self.pool.locator(rec)
         try:
-            image = load_rgb(path)
+            image = load_image(path)
         except ImageRejected as e:
             raise PreselError(f"{self.pool.source} line {rec.line} (id {rec.id}): image {path} became unusable "
                               f"during training ({e.reason}); fix or remove it and rerun (training resumes)") from None

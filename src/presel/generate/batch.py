@@ -193,7 +193,13 @@ def _image_ref(row: Any, root: Path, batch: BatchConfig) -> str:
     if batch.image_transport == "base64":
         return image_data_url(image_file(row, root))
     if batch.image_transport == "path":
-        return image_file(row, root).resolve().as_uri()
+        from presel.io.sources import is_url, split_ref
+
+        loc = image_file(row, root)
+        if split_ref(loc)[0] is not None or is_url(loc):
+            raise PreselError(f"image {row.image}: --image-transport path needs image files on this machine; use "
+                              "--image-transport base64 for images inside Parquet/Arrow tables, tar shards or buckets")
+        return Path(loc).resolve().as_uri()
     return (batch.image_url_prefix or "").rstrip("/") + "/" + row.image.lstrip("/")
 
 
@@ -309,9 +315,15 @@ def _image_tokens(path: Path, batch: BatchConfig, model: str | None = None, deta
     if batch.image_tokens is not None:
         return batch.image_tokens, True
     try:
+        import io
+
         from PIL import Image
 
-        with Image.open(path) as im:
+        from presel.io.sources import is_url, read_bytes, split_ref
+
+        loc = str(path)
+        src = loc if split_ref(loc)[0] is None and not is_url(loc) else io.BytesIO(read_bytes(loc))
+        with Image.open(src) as im:
             w, h = im.size
         known = True
     except Exception:

@@ -69,7 +69,13 @@ def image_mime(path: str | Path, head: bytes = b"") -> str:
 
 
 def image_data_url(path: str | Path) -> str:
-    data = Path(path).read_bytes()
+    from presel.features.images import ImageRejected
+    from presel.io.sources import read_bytes
+
+    try:
+        data = read_bytes(str(path))  # a file, a URL, or image bytes in a Parquet/Arrow row or a tar member
+    except ImageRejected as e:
+        raise OSError(e.reason) from None
     return f"data:{image_mime(path, data[:8])};base64,{base64.b64encode(data).decode('ascii')}"
 
 

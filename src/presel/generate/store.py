@@ -67,9 +67,15 @@ def resolve_image_root(selection_path: str | os.PathLike, image_root: str | os.P
                        pool: str | os.PathLike | None = None) -> Path:
     """``image_root`` if given, else the pool manifest's folder (the folder itself for an image-folder pool),
     else the selection file's folder."""
+    from presel.io.pools import source_root
+    from presel.io.sources import is_url
+
     if image_root is not None:
-        return Path(image_root)
+        return str(image_root) if is_url(image_root) else Path(image_root)  # type: ignore[return-value]
     if pool is not None:
+        root = source_root(pool)  # a dataset pool (tables, tar shards, URLs): the folder its references start from
+        if root is not None:
+            return root  # type: ignore[return-value]
         p = Path(pool)
         return p if p.is_dir() else p.parent
     return Path(selection_path).parent
@@ -77,7 +83,16 @@ def resolve_image_root(selection_path: str | os.PathLike, image_root: str | os.P
 
 def check_images(rows: Iterable[SelectionRow], root: Path) -> None:
     """Every image must exist; else one error naming the count, examples and the fix."""
-    missing = [r for r in rows if not (Path(r.image) if Path(r.image).is_absolute() else root / r.image).is_file()]
+    from presel.io.paths import ImagePathRefused
+    from presel.io.sources import exists
+
+    def absent(r: SelectionRow) -> bool:
+        try:
+            return not exists(image_file(r, root))
+        except ImagePathRefused:  # refused per item (recorded as a failure), not a missing file
+            return False
+
+    missing = [r for r in rows if absent(r)]
     if missing:
         ex = "; ".join(f"id {r.id}: {r.image}" for r in missing[:3])
         raise PreselError(f"{len(missing)} selected image(s) not found under the image root {root} (e.g. {ex}); "
@@ -91,21 +106,22 @@ def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "[api key redacted]")
 
 
-def image_file(row: SelectionRow, root: Path) -> Path:
-    """The row's image, resolved inside the image root (raises :class:`presel.io.paths.ImagePathRefused`)."""
-    from presel.io.paths import resolve_image
+def image_file(row: SelectionRow, root: Path) -> str:
+    """Where to read the row's image: a path (inside ``root``, symlinks resolved), URL, or bytes / tar-member
+    locator (raises :class:`presel.io.paths.ImagePathRefused` for a path that leaves the image root)."""
+    from presel.io.sources import locate
 
-    return resolve_image(root, row.image)
+    return locate(row.image, root)
 
 
-def upload_file(row: SelectionRow, root: Path) -> Path:
-    """The row's image as it may leave the machine: inside the image root and decoding as an image
+def upload_file(row: SelectionRow, root: Path) -> str:
+    """The row's image locator as it may leave the machine: inside the image root and decoding as an image
     (raises :class:`presel.io.paths.ImagePathRefused` otherwise)."""
-    from presel.io.paths import check_decodes
+    from presel.io.sources import check_decodes
 
-    path = image_file(row, root)
-    check_decodes(path)
-    return path
+    loc = image_file(row, root)
+    check_decodes(loc)
+    return loc
 
 
 def refuse_unsafe(rows: Sequence[SelectionRow], root: Path, out: Path, *, decode: bool = True) -> list[SelectionRow]:

@@ -167,7 +167,8 @@ class Scorer:
     def prepare(self, items: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Any, Any] | dict[str, Any]]:
         """Per item: ``(item, encoded_q, encoded_noq)`` or a rejection ``{"id", "task", "reason"}``.
         The image is decoded once and rendered for both passes."""
-        from presel.features.images import ImageRejected, load_rgb
+        from presel.features.images import ImageRejected
+        from presel.io.sources import load_image
         from presel.records import Turn
         from presel.vlm.render import encode_pairs
 
@@ -180,7 +181,7 @@ class Scorer:
                 try:
                     if it.get("refused"):
                         raise ImageRejected(it["refused"])
-                    todo.append((i, load_rgb(it["path"]), turns))
+                    todo.append((i, load_image(it["path"]), turns))
                 except ImageRejected as e:
                     problem = f"unreadable image: {e.reason}"
             if problem is not None:
@@ -395,11 +396,11 @@ def _model_identity(model: str) -> str:
 
 
 def _checked_path(pool: Any, rec: Any) -> dict[str, Any]:
-    """``{"path": ...}``, or ``{"path": None, "refused": reason}`` for an image path outside the image root."""
+    """``{"path": <locator>}``, or ``{"path": None, "refused": reason}`` for an image path outside the image root."""
     from presel.io.paths import ImagePathRefused
 
     try:
-        return {"path": str(pool.image_path(rec))}
+        return {"path": pool.locator(rec)}
     except ImagePathRefused as e:
         return {"path": None, "refused": e.reason}
 

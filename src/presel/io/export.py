@@ -186,6 +186,22 @@ def to_hf_messages(turns: Sequence[Turn]) -> list[dict[str, Any]]:
     return out
 
 
+def _hf_image(rid: str, image: str, root: Any) -> dict[str, Any]:
+    """``{path, bytes}`` for ``datasets.Image()``: a file inside the image root (read by ``save_to_disk``), or
+    the bytes of an image inside a table or tar shard (:mod:`presel.io.sources`; the same root policy)."""
+    from presel.io import sources
+
+    try:
+        loc = sources.locate(image, root)  # refuses paths that leave the image root (symlinks resolved)
+    except PreselError as e:
+        raise PreselError(f"record '{rid}': {e}") from None
+    if not sources.exists(loc):
+        raise PreselError(f"record '{rid}': image {image} not found under {root}; fix the image root")
+    if sources.split_ref(loc)[0] is None and not sources.is_url(loc):
+        return {"path": loc, "bytes": None}
+    return {"path": sources.export_name(image, root), "bytes": sources.read_bytes(loc)}
+
+
 def write_hf_dataset(path: str | os.PathLike, records: Iterable[PoolRecord | Mapping[str, Any]],
                      image_root: str | os.PathLike) -> int:
     """A Hugging Face dataset (``save_to_disk``, atomically) with the images embedded: columns ``id``,
@@ -208,10 +224,8 @@ def write_hf_dataset(path: str | os.PathLike, records: Iterable[PoolRecord | Map
             k = next((i for i, t in enumerate(turns) if t.role == "user"), 0)
             turns = list(turns)
             turns[k] = Turn(turns[k].role, f"{IMAGE_TOKEN}\n{turns[k].text}")
-        if image is not None and not (root / image).is_file():
-            raise PreselError(f"record '{rid}': image {image} not found under {root}; fix the image root")
         rows["id"].append(rid)
-        rows["images"].append([{"path": str(root / image), "bytes": None}] if image is not None else [])
+        rows["images"].append([_hf_image(rid, image, root)] if image is not None else [])
         rows["messages"].append(to_hf_messages(turns))
         rows["task"].append(task)
     part = {"type": datasets.Value("string"), "text": datasets.Value("string")}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from presel.errors import PreselError
+from presel.io.sources import is_url
 from presel.records import Pool, PoolRecord, Turn, image_key
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -244,20 +245,31 @@ def read_pool(
     whose ids are not unique (LLaVA-665K). ``flag`` names the file's option and ``task_fix`` the ways to give
     a record its task, in error messages of commands whose options differ from ``presel select``'s.
     """
-    path = Path(path)
-    if not path.exists():
-        raise PreselError(f"{path}: {'pool manifest' if flag == '--pool' else 'file'} not found; check {flag}")
-    fmt = _format_of(path)
-    root = Path(image_root) if image_root is not None else (path if fmt == "folder" else path.parent)
-    if fmt == "folder":
-        return _read_folder(path, root, default_task)
+    from presel.io.pools import detect
+
+    source = detect(path, image_field=image_field, id_field=id_field)
+    if source is not None:  # Parquet/Arrow with image bytes, save_to_disk folders, tar shards, URLs
+        fmt = source.format
+        root = image_root if image_root is not None else source.root
+        raw_records = source.records()
+        path = str(path) if is_url(path) or not Path(path).exists() else Path(path)
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise PreselError(f"{path}: {'pool manifest' if flag == '--pool' else 'file'} not found; check {flag}")
+        fmt = _format_of(path)
+        root = image_root if image_root is not None else (path if fmt == "folder" else path.parent)
+        if fmt == "folder":
+            return _read_folder(path, _root(root), default_task)
+        raw_records = iter_raw_records(path)
+    root = _root(root)
 
     tmap = load_task_map(task_map) if isinstance(task_map, (str, os.PathLike)) else (dict(task_map) if task_map else None)
     rules = parse_task_rules(task_rules)
     records: list[PoolRecord] = []
     first_line: dict[str, int] = {}
     text_only = 0
-    for pos, (line, rec) in enumerate(iter_raw_records(path)):
+    for pos, (line, rec) in enumerate(raw_records):
         where = f"{path} line {line}" if fmt in ("jsonl", "csv") else f"{path} record {line}"
         if id_field == "@index":
             rid = str(pos)
@@ -299,6 +311,11 @@ def read_pool(
     if not records:
         raise PreselError(f"{path}: no image records found ({text_only} text-only); a pool needs images")
     return Pool(records, path, root, text_only=text_only, format=fmt)
+
+
+def _root(root: str | os.PathLike) -> Any:
+    """The image root: a Path, or the URL string for a root under fsspec (``s3://bucket/prefix``)."""
+    return str(root).rstrip("/") if is_url(root) else Path(root)
 
 
 def _read_folder(path: Path, root: Path, default_task: str | None) -> Pool:

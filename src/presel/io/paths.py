@@ -44,12 +44,17 @@ def resolve_image(root: str | os.PathLike, path: str | os.PathLike) -> Path:
     return Path(real)
 
 
-def check_decodes(path: str | os.PathLike) -> None:
-    """Refuse a file that does not decode as an image (before it is uploaded or written into a request)."""
+def check_decodes(path: str | os.PathLike, data: bytes | None = None) -> None:
+    """Refuse a file that does not decode as an image (before it is uploaded or written into a request).
+
+    ``data``: the image bytes already read (an image inside a table, a tar shard or a bucket); ``path`` then
+    only names it. :func:`presel.io.sources.check_decodes` is the entry point for any image reference."""
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
             im.verify()
     except FileNotFoundError:
         raise ImagePathRefused("missing: file not found", path) from None

@@ -390,13 +390,15 @@ def select(pool: Pool, features, *, weights: Mapping[str, Any] | None = None, re
     ``config.task_weights == "irs"``. ``reference``: record ids or image paths of the reference set.
     ``*_source`` name the inputs in error messages. Pure: reads no files, writes nothing.
     """
+    from presel.selection.duplicates import content_keys
+
     cfg = config
     if cfg.protocol == "official":
         from presel.selection.official import select_official
 
         return select_official(pool, features, weights=weights, reference=reference, config=cfg,
                                weights_source=weights_source, reference_source=reference_source)
-    keys = [r.image_key for r in pool.records]
+    keys, content_dups = content_keys(pool, features)  # byte-identical images under several paths: one image
     tasks, img_index = _items(pool, keys)
     n_images = len(img_index)
     refs = _resolve_reference(pool, keys, reference, reference_source)
@@ -448,7 +450,9 @@ def select(pool: Pool, features, *, weights: Mapping[str, Any] | None = None, re
         for i in order:
             remaining -= _take(tasks[i], int(extra[i]), taken)
         rounds += 1
-    return _result(pool, tasks, refs, cfg, budget=budget, new_budget=new_budget, n_images=n_images, rounds=rounds)
+    result = _result(pool, tasks, refs, cfg, budget=budget, new_budget=new_budget, n_images=n_images, rounds=rounds)
+    result.summary["totals"]["content_duplicate_images"] = content_dups
+    return result
 
 
 def _result(pool: Pool, tasks: list[_Task], refs: dict[str, tuple[str, str]], cfg: SelectConfig, *, budget: int,
@@ -545,7 +549,7 @@ def write_selection(result: SelectionResult, out_dir, *, extra_config: dict[str,
 
 
 def select_to_dir(pool: Pool, features, weights_path=None, reference_path=None, config: SelectConfig | None = None,
-                  out=None, overwrite: bool = False) -> dict[str, Any]:
+                  out=None, overwrite: bool = False, dedup=None) -> dict[str, Any]:
     """Read the weights and reference files, :func:`select`, write everything to ``out`` atomically.
 
     Returns the summary. Nothing is left in ``out`` if anything fails.
@@ -575,16 +579,23 @@ def select_to_dir(pool: Pool, features, weights_path=None, reference_path=None, 
     if dropped:
         pool = Pool([r for r in pool.records if r.image_key not in rejected], pool.source, pool.image_root,
                     text_only=pool.text_only, format=pool.format)
+    dedup_stats: dict[str, int] = {}
+    if dedup is not None:  # near-duplicates: one image per group of `presel dedup`
+        from presel.selection.duplicates import apply_dedup
+
+        pool, dedup_stats = apply_dedup(pool, dedup)
     result = select(pool, features, weights=weights, reference=reference, config=config,
                     weights_source=str(weights_path) if weights_path is not None else "weights",
                     reference_source=str(reference_path) if reference_path is not None else "reference")
     if dropped:
         result.summary["totals"]["rejected_images"] = len({r.image_key for r in dropped})
         result.summary["totals"]["rejected_records"] = len(dropped)
+    result.summary["totals"].update(dedup_stats)
     inputs = {"pool": str(pool.source), "image_root": str(pool.image_root),
               "features": str(getattr(features, "source", "features")),
               "weights": None if weights_path is None else str(weights_path),
-              "reference": None if reference_path is None else str(reference_path)}
+              "reference": None if reference_path is None else str(reference_path),
+              **({"dedup": str(dedup)} if dedup is not None else {})}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_selection(result, tmp, extra_config={"inputs": inputs})
     return result.summary
