@@ -10,7 +10,7 @@ from typing import Any
 from presel.errors import PreselError
 from presel.pipeline.base import require_path
 
-POOL_KEYS = ("path", "image_root", "task_field", "task_map", "task_rules", "default_task", "id_field")
+POOL_KEYS = ("path", "image_root", "image_column", "task_field", "task_map", "task_rules", "default_task", "id_field")
 POOL_PATHS = ("path", "image_root", "task_map")
 EXTRA_SECTIONS = ("out", "pool", "estimate")
 # top-level settings written into the section of every stage that takes a key of that name (a field of its

@@ -38,7 +38,7 @@ class Pipeline:
             self._pool = read_pool(self.cfg.path(p["path"]), image_root=self.cfg.path(p.get("image_root")),
                                    task_field=p.get("task_field"), task_map=self.cfg.path(p.get("task_map")),
                                    task_rules=p.get("task_rules"), default_task=p.get("default_task"),
-                                   id_field=p.get("id_field", "id"))
+                                   id_field=p.get("id_field", "id"), image_field=p.get("image_column", "image"))
         return self._pool
 
     def stages(self) -> list[Stage]:
