@@ -10,6 +10,7 @@ from pathlib import Path
 
 from presel.pipeline.base import Stage
 from presel.pipeline.stages.annotate import Annotate
+from presel.pipeline.stages.dedup import Dedup
 from presel.pipeline.stages.embed import Embed
 from presel.pipeline.stages.finetune import FinalModel, RefModel
 from presel.pipeline.stages.generate import Generate
@@ -26,6 +27,7 @@ REGISTRY: tuple[type[Stage], ...] = (
     Score,
     Weights,
     Embed,
+    Dedup,
     Select,
     Generate,
     FinalModel,

@@ -16,7 +16,7 @@ class Select(Stage):
     # inputs given as files when their stage is not in the run
     extra = ("features", "feature_ids", "weights", "reference")
     paths = extra
-    needs = ("reference", "weights", "embed")
+    needs = ("reference", "weights", "embed", "dedup")
     outputs = {"selection": "selection.parquet"}
 
     def settings(self) -> dict[str, Any]:  # the input files are in the key as files
@@ -36,7 +36,7 @@ class Select(Stage):
             raise PreselError(f"{self.cfg.source}: select.task_weights is 'irs' but there are no task weights: add "
                               "'score' and 'weights' sections, give select.weights, or set task_weights: uniform|size")
         self.inputs = {"features": features, "ids": self.cfg.path(sec.get("feature_ids")), "weights": weights,
-                       "reference": ref}
+                       "reference": ref, "dedup": out.get("dedup")}
         self.files = {"weights": weights, "reference": ref, "features_ids": self.inputs["ids"],
                       **({} if "embed" in self.ctx.planned else {"features": features})}
         return True
@@ -47,4 +47,4 @@ class Select(Stage):
 
         i = self.inputs
         select_to_dir(self.ctx.pool(), load_features(i["features"], i["ids"]), i["weights"], i["reference"],
-                      self.conf, self.out_dir, overwrite=True)
+                      self.conf, self.out_dir, overwrite=True, dedup=i["dedup"])
