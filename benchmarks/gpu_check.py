@@ -314,7 +314,7 @@ def model_only(spec: Any, paths: list[Path], batch_size: int, workers: int, repe
     backend = load_backend(spec)
     loader = torch.utils.data.DataLoader(DecodeDataset([str(p) for p in paths], backend.preprocess, DEFAULT_MAX_PIXELS),
                                          batch_size=batch_size, num_workers=workers, collate_fn=collate)
-    batches = [px for _, px, _ in loader if px is not None]
+    batches = [px for _, px, *_ in loader if px is not None]  # (indices, pixels, rejects, hashes)
     if _cuda(spec.device):
         batches = [b.pin_memory() for b in batches]
     backend.embed(batches[0])  # warm-up (kernel selection, allocator)
