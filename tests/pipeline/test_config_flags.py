@@ -63,3 +63,87 @@ def test_from_dict_names_key_value_and_fix(data, needle):
 def test_from_dict_accepts_what_yaml_gives():
     c = from_dict(FinetuneConfig, {"lr": 1, "target_modules": "q_proj,v_proj", "max_length": None}, source="x")
     assert c.lr == 1 and c.target_modules == ("q_proj", "v_proj") and c.max_length is None
+
+
+# ---- embed and score: the same helper, the YAML key is the flag, old flags still work
+
+
+def _flags(module):
+    p = argparse.ArgumentParser()
+    module.add_arguments(p)
+    return p, {s for a in p._actions for s in a.option_strings}
+
+
+def _embed(*argv):
+    from presel.commands import embed
+    from presel.features.extract import EmbedConfig
+
+    p, _ = _flags(embed)
+    return config_from_args(EmbedConfig, p.parse_args(["--pool", "p.jsonl", "--out", "o", *argv]))
+
+
+def _score(*argv):
+    from presel.commands import score
+    from presel.importance.scoring import ScoreConfig
+
+    p, _ = _flags(score)
+    args = p.parse_args(["--data", "d", "--model", "m", "--out", "o", *argv])
+    return config_from_args(ScoreConfig, args), args
+
+
+def test_every_embed_and_score_field_is_a_flag_named_like_its_yaml_key():
+    import dataclasses
+
+    from presel.commands import embed, score
+    from presel.features.extract import EmbedConfig
+    from presel.importance.scoring import ScoreConfig
+
+    for module, cls in ((embed, EmbedConfig), (score, ScoreConfig)):
+        _, flags = _flags(module)
+        for f in dataclasses.fields(cls):
+            assert "--" + f.name.replace("_", "-") in flags, (cls.__name__, f.name)
+    assert _embed() == EmbedConfig()
+    assert _score()[0] == ScoreConfig(model="m")
+
+
+def test_embed_booleans_are_flag_pairs_and_old_no_progress_still_works():
+    assert _embed("--no-progress").progress is False
+    assert _embed("--progress").progress is True
+    cfg = _embed("--workers", "0", "--ray-actors", "3", "--image-size", "none", "--dtype", "fp32", "--device", "cpu")
+    assert (cfg.workers, cfg.ray_actors, cfg.image_size, cfg.dtype, cfg.device) == (0, 3, None, "fp32", "cpu")
+    with pytest.raises(PreselError, match="command line: batch_size=0"):
+        _embed("--batch-size", "0")
+
+
+def test_score_old_flags_are_hidden_aliases_of_the_new_names():
+    from presel.commands import score
+
+    new, new_args = _score("--ray-actors", "3", "--no-prefetch", "--no-progress")
+    old, old_args = _score("--workers", "3", "--no-prefetch", "--quiet")
+    assert new == old and new.ray_actors == 3 and new.prefetch is False
+    assert new_args.progress is old_args.progress is False
+    p, _ = _flags(score)
+    shown = p.format_help()
+    assert "--ray-actors" in shown and "--workers" not in shown and "--quiet" not in shown
+
+
+def test_score_workers_is_a_deprecated_yaml_alias_of_ray_actors(capsys):
+    from presel.importance.scoring import ScoreConfig
+
+    cfg = from_dict(ScoreConfig, {"workers": 2}, source="run.yaml: score")
+    assert cfg.ray_actors == 2 and cfg == ScoreConfig(ray_actors=2)
+    assert "'workers' is deprecated, write 'ray_actors'" in capsys.readouterr().err
+    assert "workers" not in {f.name for f in __import__("dataclasses").fields(ScoreConfig)}
+    with pytest.raises(PreselError, match="disagree"):
+        from_dict(ScoreConfig, {"workers": 2, "ray_actors": 3}, source="x")
+    with pytest.raises(PreselError, match="workers=0"):
+        ScoreConfig(workers=0)
+
+
+def test_score_ray_actors_under_either_name_never_invalidates_the_stage():
+    from presel.pipeline.stages.score import Score
+
+    assert "ray_actors" in Score.neutral and "workers" in Score.takes()
+    stage = Score.__new__(Score)
+    stage.section = {"dtype": "fp32", "workers": 4, "ray_actors": 4, "batch_size": 2}
+    assert stage.settings() == {"dtype": "fp32"}
