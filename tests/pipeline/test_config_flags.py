@@ -147,3 +147,48 @@ def test_score_ray_actors_under_either_name_never_invalidates_the_stage():
     stage = Score.__new__(Score)
     stage.section = {"dtype": "fp32", "workers": 4, "ray_actors": 4, "batch_size": 2}
     assert stage.settings() == {"dtype": "fp32"}
+
+
+# ---- one dtype vocabulary, one device resolver
+
+
+def test_every_stage_takes_its_dtype_names_from_the_one_table():
+    from presel import devices
+    from presel.commands import finetune, score
+    from presel.features import extract
+    from presel.finetune import train
+    from presel.importance.scoring import ScoreConfig
+    from presel.vlm import load
+
+    assert load.DTYPES is devices.DTYPES and load.resolve_dtype is devices.resolve_dtype
+    assert extract.DTYPES == ("auto", "fp32", "bf16", "fp16") == devices.dtype_choices()
+    assert train.DTYPES == ("auto", "fp32", "bf16")  # fp16 training would need loss scaling
+    for name in extract.DTYPES[1:]:
+        assert name in devices.DTYPES
+    for module, cls, dtypes in ((score, ScoreConfig, devices.dtype_choices()), (finetune, FinetuneConfig, train.DTYPES)):
+        p = argparse.ArgumentParser()
+        module.add_arguments(p)
+        action = next(a for a in p._actions if "--dtype" in a.option_strings)
+        assert tuple(action.choices) == dtypes
+    assert ScoreConfig(dtype="bfloat16").dtype == "bfloat16"  # long names stay accepted where they were
+    with pytest.raises(PreselError, match="dtype='fp8' must be one of auto, bf16"):
+        ScoreConfig(dtype="fp8")
+
+
+def test_one_device_and_dtype_resolver():
+    torch = pytest.importorskip("torch")
+    from presel import devices
+
+    assert devices.resolve_dtype("auto", "cpu") == torch.float32
+    assert devices.resolve_dtype("bfloat16", "cpu") == devices.resolve_dtype("bf16", "cpu") == torch.bfloat16
+    assert devices.resolve_dtype_name("float16", "cuda:0") == "fp16"
+    assert devices.resolve_device("cpu") == "cpu"
+    with pytest.raises(PreselError, match="dtype='int8' must be one of auto"):
+        devices.resolve_dtype("int8", "cpu")
+    if not torch.cuda.is_available():
+        assert devices.resolve_device("auto") == devices.resolve_device("auto", rank=1) == "cpu"
+        assert devices.resolve_dtype_name("auto", "cuda:0") == "bf16"
+        with pytest.raises(PreselError, match="device='cuda:1' but CUDA is not available"):
+            devices.resolve_device("cuda:1")
+    else:
+        assert devices.resolve_device("auto", rank=1) == devices.resolve_device("cuda", rank=1) == "cuda:1"

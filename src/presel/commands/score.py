@@ -36,10 +36,11 @@ INPUTS = ("image_root", "default_task", "task_field", "id_field")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from presel.config import add_config_arguments, add_deprecated_alias
+    from presel.devices import dtype_choices
     from presel.importance.scoring import EXECUTORS, ScoreConfig
     from presel.protocol import PROTOCOLS
 
-    choices = {"dtype": ("auto", "fp32", "bf16", "fp16"), "executor": EXECUTORS, "chat_format": ("llava-v1",),
+    choices = {"dtype": dtype_choices(), "executor": EXECUTORS, "chat_format": ("llava-v1",),
                "protocol": tuple(PROTOCOLS)}
     g = p.add_argument_group("inputs")
     g.add_argument("--data", required=True, help="annotated reference samples: LLaVA JSON/JSONL with id, image, task, conversations")

@@ -79,8 +79,8 @@ class ScoreConfig:
     DEPRECATED: ClassVar[dict[str, str]] = {"workers": "ray_actors"}
 
     def __post_init__(self, workers: int | None = None) -> None:
+        from presel.devices import DTYPES
         from presel.protocol import check_protocol
-        from presel.vlm.load import DTYPES
         from presel.vlm.render import check_chat_format
 
         check_protocol(self.protocol)
