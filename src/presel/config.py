@@ -50,6 +50,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, source: str = "confi
     errors naming the source, the key, the value and the fix; then the dataclass's own checks run."""
     data = dict(data or {})
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for old, new in deprecated_names(cls).items():
+        if old in data:
+            print(f"presel: {source}: '{old}' is deprecated, write '{new}'", file=sys.stderr)
+            names.add(old)  # an InitVar of the dataclass, mapped to the new name in its __post_init__
     unknown = sorted(set(data) - names)
     if unknown:
         raise PreselError(f"{source}: unknown setting(s) {', '.join(unknown)} for {cls.__name__}; "
@@ -63,6 +67,11 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, source: str = "confi
         if str(e).startswith(source):
             raise
         raise PreselError(f"{source}: {e}") from None
+
+
+def deprecated_names(cls: type) -> dict[str, str]:
+    """Old setting names a config dataclass still accepts (its ``DEPRECATED`` class attribute): old -> new."""
+    return dict(getattr(cls, "DEPRECATED", {}) or {})
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -161,14 +170,16 @@ def _cli_type(base: type, name: str, zero_is_none: bool) -> Callable[[str], Any]
 
 
 def add_config_arguments(group: Any, cls: type, *, skip: tuple[str, ...] = (), helps: dict[str, str] | None = None,
-                         choices: dict[str, tuple[str, ...]] | None = None, zero_is_none: tuple[str, ...] = ()) -> None:
+                         choices: dict[str, tuple[str, ...]] | None = None, zero_is_none: tuple[str, ...] = (),
+                         only: tuple[str, ...] | None = None) -> None:
     """One ``--field-name`` flag per field of the config dataclass ``cls`` (the YAML key with ``-``): default from the
     dataclass, type from its annotation (``none`` for an optional value), help from ``helps`` or the field's
-    ``metadata['help']``; booleans get ``--x/--no-x``. ``zero_is_none``: fields where ``0`` still means none (old flags)."""
+    ``metadata['help']``; booleans get ``--x/--no-x``. ``zero_is_none``: fields where ``0`` still means none (old flags).
+    ``only``: just these fields (one argument group each), in the dataclass's order."""
     helps = dict(helps or {})
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name in skip:
+        if f.name in skip or (only is not None and f.name not in only):
             continue
         hint = hints.get(f.name, str)
         args = [a for a in typing.get_args(hint) if a is not type(None)]

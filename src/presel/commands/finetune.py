@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     from presel.commands._common import add_out_arguments
     from presel.config import add_config_arguments, add_deprecated_alias
-    from presel.finetune.train import SCHEDULERS, FinetuneConfig
+    from presel.finetune.train import DTYPES, SCHEDULERS, FinetuneConfig
 
     g = p.add_argument_group("data and model")
     g.add_argument("--data", required=True, help="training conversations: LLaVA JSON/JSONL (or ShareGPT/messages JSONL)")
@@ -61,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_out_arguments(p)
     from presel.protocol import PROTOCOLS
 
-    choices = {"scheduler": SCHEDULERS, "dtype": ("auto", "fp32", "bf16"), "protocol": PROTOCOLS}
+    choices = {"scheduler": SCHEDULERS, "dtype": DTYPES, "protocol": PROTOCOLS}
     t = p.add_argument_group("training (flags are the keys of a run's ref_model / final_model section)")
     add_config_arguments(t, FinetuneConfig, skip=RUNTIME, helps=HELPS, choices=choices,
                          zero_is_none=("max_length", "max_grad_norm"))

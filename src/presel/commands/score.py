@@ -9,51 +9,60 @@ DESCRIPTION = (HELP + ". Writes irs.parquet (id, task, loss_q, loss_noq, irs, n_
                "summary.json and config.json to --out. Resumable: rerun the same command after an interruption.")
 
 
+# help of each ScoreConfig field; the flag is the YAML key of a run's score section
+HELPS = {
+    "image_root": "folder the image paths are relative to (none: the data file's folder)",
+    "default_task": "task for records without a 'task' field",
+    "task_field": "record field holding the task (none: task, then task_name)",
+    "id_field": "record id field; '@index' keys records by position",
+    "batch_size": "samples per forward pass",
+    "dtype": "auto: bf16 on CUDA, fp32 on CPU",
+    "device": "auto, cpu, cuda or cuda:N",
+    "max_length": "truncate rendered samples to this many tokens (none: no limit)",
+    "seed": "torch seed (scoring itself is deterministic)",
+    "executor": "ray: one model per Ray actor / GPU",
+    "ray_actors": "Ray actors of --executor ray, one model each (none: one per GPU, else 1)",
+    "ray_address": "address of an existing Ray cluster",
+    "ray_progress_timeout": "stop with an error when no batch finished for this many seconds on Ray",
+    "render_workers": "processes decoding and rendering batches ahead of the model (none: 0 on CPU, up to 4 with a GPU)",
+    "prefetch": "render the next batch while the model runs (with --render-workers 0)",
+    "chat_format": "llava-v1: LLaVA-1.5's conversation format, as the PreSel authors score (none: the model's own chat "
+                   "template; llava-v1 under --protocol official)",
+    "protocol": "paper: the paper's text, counted in distinct images (default); official: the authors' code, counted in "
+                "records (docs/reproduce.md lists the differences)",
+}
+INPUTS = ("image_root", "default_task", "task_field", "id_field")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from presel.config import add_config_arguments, add_deprecated_alias
+    from presel.devices import dtype_choices
+    from presel.importance.scoring import EXECUTORS, ScoreConfig
+    from presel.protocol import PROTOCOLS
+
+    choices = {"dtype": dtype_choices(), "executor": EXECUTORS, "chat_format": ("llava-v1",),
+               "protocol": tuple(PROTOCOLS)}
     g = p.add_argument_group("inputs")
     g.add_argument("--data", required=True, help="annotated reference samples: LLaVA JSON/JSONL with id, image, task, conversations")
     g.add_argument("--model", required=True,
                    help="reference model: a directory, a hub id (from the local cache) or an offline name (llava-small, tiny-llava)")
-    g.add_argument("--image-root", default=None, help="folder the image paths are relative to (default: the data file's folder)")
-    g.add_argument("--default-task", default=None, help="task for records without a 'task' field")
-    g.add_argument("--task-field", default=None, help="record field holding the task (default: task, then task_name)")
-    g.add_argument("--id-field", default="id", help="record id field; '@index' keys records by position")
-    g = p.add_argument_group("scoring")
-    g.add_argument("--batch-size", type=int, default=8, help="samples per forward pass")
-    g.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="auto: bf16 on CUDA, fp32 on CPU")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--max-length", type=int, default=None, help="truncate rendered samples to this many tokens")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--executor", default="local", choices=["local", "ray"], help="ray: one model per Ray actor / GPU")
-    g.add_argument("--workers", type=int, default=None, help="Ray actors (default: one per GPU, else 1)")
-    g.add_argument("--ray-address", default=None, help="address of an existing Ray cluster")
-    g.add_argument("--ray-progress-timeout", type=float, default=600.0,
-                   help="stop with an error when no batch finished for this many seconds on Ray")
-    g.add_argument("--render-workers", type=int, default=None,
-                   help="processes decoding and rendering batches ahead of the model (default: 0 on CPU, up to 4 with a GPU)")
-    g.add_argument("--no-prefetch", action="store_true", help="do not render the next batch while the model runs")
-    g.add_argument("--chat-format", default=None, choices=["llava-v1"],
-                   help="llava-v1: LLaVA-1.5's conversation format, as the PreSel authors score (default: the model's "
-                        "own chat template; llava-v1 under --protocol official)")
-    from presel.protocol import add_protocol_argument
-
-    add_protocol_argument(g)
+    add_config_arguments(g, ScoreConfig, only=INPUTS, helps=HELPS)
+    g = p.add_argument_group("scoring (flags are the keys of a run's score section)")
+    add_config_arguments(g, ScoreConfig, helps=HELPS, choices=choices, skip=("model", *INPUTS))
+    # old names, kept working
+    add_deprecated_alias(g, "--workers", "ray_actors", type=int)
     p.add_argument("--out", required=True, help="output directory (resumable: rerun to continue)")
     p.add_argument("--overwrite", action="store_true", help="discard results of other settings in --out and start over")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress line")
+    add_deprecated_alias(p, "--quiet", "progress", action="store_false")
 
 
 def run(args: argparse.Namespace) -> int:
+    from presel.config import config_from_args
     from presel.importance.scoring import ScoreConfig, score_to_dir
 
-    cfg = ScoreConfig(model=args.model, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-                      max_length=args.max_length, seed=args.seed, image_root=args.image_root,
-                      default_task=args.default_task, id_field=args.id_field, task_field=args.task_field,
-                      executor=args.executor, workers=args.workers, ray_address=args.ray_address,
-                      ray_progress_timeout=args.ray_progress_timeout,
-                      render_workers=args.render_workers, prefetch=not args.no_prefetch,
-                      chat_format=args.chat_format, protocol=args.protocol)
-    s = score_to_dir(args.data, args.out, cfg, overwrite=args.overwrite, progress=not args.quiet)
+    cfg = config_from_args(ScoreConfig, args)
+    s = score_to_dir(args.data, args.out, cfg, overwrite=args.overwrite, progress=args.progress)
     width = max([4] + [len(t) for t in s["tasks"]])
     print(f"{'task':<{width}}  scored  rejected  mean IRS")
     for t, v in s["tasks"].items():

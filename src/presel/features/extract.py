@@ -25,13 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from presel.devices import dtype_choices
 from presel.errors import PreselError
 from presel.features.backends import BACKENDS, POOLINGS, BackendSpec
 from presel.features.images import DEFAULT_MAX_PIXELS
 from presel.features.store import STORE_DTYPES
 from presel.records import Pool
 
-DTYPES = ("auto", "fp32", "bf16", "fp16")
+DTYPES = dtype_choices()
 DATASET_FORMATS = ("parquet", "arrow", "hf-disk", "hf-hub", "webdataset")  # pools read by presel.io.pools
 
 

@@ -49,9 +49,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from presel.devices import dtype_choices
 from presel.errors import PreselError
 
-DTYPES = ("auto", "fp32", "bf16")
+DTYPES = dtype_choices(exclude=("fp16",))  # fp16 training would need loss scaling
 # the model's own config.json (transformers) owns that name in a model directory; presel's resolved config goes here
 PRESEL_CONFIG = "presel_config.json"
 SCHEDULERS = ("cosine", "linear", "constant")
@@ -173,31 +174,21 @@ def _dist_env() -> _Dist:
 
 
 def _resolve_device(cfg: FinetuneConfig, dist: _Dist) -> str:
-    import torch
+    from presel.devices import resolve_device
 
-    if cfg.device == "auto":
-        return f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"
-    if cfg.device == "cuda":
-        return f"cuda:{dist.local_rank}"
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise PreselError(f"device={cfg.device!r} but CUDA is not available; use --device cpu")
-    return cfg.device
+    return resolve_device(cfg.device, rank=dist.local_rank)
 
 
 def _resolve_dtype(cfg: FinetuneConfig, device: str) -> str:
-    import torch
+    from presel.devices import resolve_dtype_name
 
-    if cfg.dtype != "auto":
-        return cfg.dtype
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
+    return resolve_dtype_name(cfg.dtype, device)
 
 
 def _torch_dtype(name: str) -> Any:
-    import torch
+    from presel.devices import torch_dtype
 
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+    return torch_dtype(name)
 
 
 @dataclass

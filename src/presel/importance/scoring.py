@@ -26,9 +26,9 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from presel.errors import PreselError
 
@@ -44,8 +44,8 @@ class ScoreConfig:
     batch_size: samples per forward pass (each pass of the two); dtype: auto (bf16 on CUDA, fp32 on CPU),
     fp32, bf16, fp16; device: auto, cpu, cuda, cuda:N; max_length: truncate rendered samples to this many
     tokens (None: no limit); seed: torch seed (scoring itself is deterministic); image_root / default_task /
-    id_field / task_field: how to read the data file; executor: local or ray; workers: Ray actors (default:
-    one per GPU, else 1); ray_address: an existing Ray cluster; render_workers: processes that decode and
+    id_field / task_field: how to read the data file; executor: local or ray; ray_actors: Ray actors, one
+    model each (default: one per GPU, else 1; ``workers`` is its deprecated old name); ray_address: an existing Ray cluster; render_workers: processes that decode and
     render batches ahead of the model (0: in the main process; None: 0 on CPU, up to 4 with a GPU); prefetch: with render_workers=0, render the
     next batch in a background thread while the model runs the current one; chat_format: ``llava-v1`` (LLaVA-1.5's
     conversation format, as the authors score) or None (the model's own chat template; ``llava-v1`` under
@@ -68,17 +68,19 @@ class ScoreConfig:
     id_field: str = "id"
     task_field: str | None = None
     executor: str = "local"
-    workers: int | None = None
+    ray_actors: int | None = None
     ray_address: str | None = None
     render_workers: int | None = None
     prefetch: bool = True
     chat_format: str | None = None  # llava-v1, or None: the model's own chat template
     protocol: str = "paper"  # official: chat_format defaults to llava-v1 (the authors' scoring)
     ray_progress_timeout: float = 600.0
+    workers: InitVar[int | None] = None  # deprecated name of ray_actors
+    DEPRECATED: ClassVar[dict[str, str]] = {"workers": "ray_actors"}
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, workers: int | None = None) -> None:
+        from presel.devices import DTYPES
         from presel.protocol import check_protocol
-        from presel.vlm.load import DTYPES
         from presel.vlm.render import check_chat_format
 
         check_protocol(self.protocol)
@@ -107,9 +109,17 @@ class ScoreConfig:
         if self.render_workers is not None and (isinstance(self.render_workers, bool)
                                                 or not isinstance(self.render_workers, int) or self.render_workers < 0):
             raise PreselError(f"render_workers={self.render_workers!r} must be an integer >= 0 or null (auto)")
-        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
-                                         or self.workers < 1):
-            raise PreselError(f"workers={self.workers!r} must be an integer >= 1 or null (one per GPU)")
+        if workers is not None:
+            if self.ray_actors is not None and self.ray_actors != workers:
+                raise PreselError(f"workers={workers!r} and ray_actors={self.ray_actors!r} disagree; workers is the "
+                                  "deprecated name of ray_actors, keep only ray_actors")
+            if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+                raise PreselError(f"workers={workers!r} (deprecated name of ray_actors) must be an integer >= 1 or "
+                                  "null (one per GPU)")
+            object.__setattr__(self, "ray_actors", workers)
+        if self.ray_actors is not None and (isinstance(self.ray_actors, bool) or not isinstance(self.ray_actors, int)
+                                            or self.ray_actors < 1):
+            raise PreselError(f"ray_actors={self.ray_actors!r} must be an integer >= 1 or null (one per GPU)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -348,9 +358,9 @@ def _ray_stream(batches: list[list[dict[str, Any]]], config: ScoreConfig, model:
         resources = ray.cluster_resources()
         gpu = config.device.startswith("cuda") or (config.device == "auto" and resources.get("GPU", 0) > 0)
         n_gpus = int(resources.get("GPU", 0))
-        actors = config.workers or (max(1, n_gpus) if gpu else 1)
+        actors = config.ray_actors or (max(1, n_gpus) if gpu else 1)
         check_resources(resources, actors=actors, actor_cpus=0 if gpu else 1, actor_gpus=1 if gpu else 0,
-                        decode_cpus=0, actors_flag="--workers")
+                        decode_cpus=0, actors_flag="--ray-actors")
         cfg = {"model": model, "dtype": config.dtype, "device": "cuda" if gpu else "cpu",
                "max_length": config.max_length, "seed": config.seed, "chat_format": config.effective_chat_format}
         rows = [{"batch": i, "items": json.dumps(b)} for i, b in enumerate(batches)]

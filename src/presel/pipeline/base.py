@@ -82,8 +82,11 @@ class Stage:
     @classmethod
     def takes(cls) -> set[str]:
         """Every key its section may hold: the config dataclass's fields and the declared ``extra`` keys."""
-        fields = {f.name for f in dataclasses.fields(cls.config)} if cls.config is not None else set()
-        return fields | set(cls.extra)
+        if cls.config is None:
+            return set(cls.extra)
+        from presel.config import deprecated_names
+
+        return {f.name for f in dataclasses.fields(cls.config)} | set(deprecated_names(cls.config)) | set(cls.extra)
 
     def known_keys(self) -> set[str]:
         return self.takes()
@@ -93,8 +96,12 @@ class Stage:
         return {k: v for k, v in self.section.items() if k not in self.extra}
 
     def settings(self) -> dict[str, Any]:
-        """The settings in the stage key: the section without its result-neutral settings."""
-        return {k: v for k, v in self.section.items() if k not in self.neutral}
+        """The settings in the stage key: the section without its result-neutral settings (under either name of a
+        setting that was renamed)."""
+        from presel.config import deprecated_names
+
+        old = deprecated_names(self.config) if self.config is not None else {}
+        return {k: v for k, v in self.section.items() if k not in self.neutral and old.get(k) not in self.neutral}
 
     def legacy_settings(self) -> dict[str, Any]:
         return dict(self.section)

@@ -6,30 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+# the one dtype table and device resolver of every stage, still importable from here
+from presel.devices import DTYPES, resolve_device, resolve_dtype  # noqa: F401
 from presel.errors import PreselError
-
-DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-          "fp16": "float16", "float16": "float16"}
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else is returned unchanged."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> Any:
-    """A torch dtype from ``auto`` (bf16 on CUDA, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``."""
-    import torch
-
-    if dtype == "auto":
-        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    if dtype not in DTYPES:
-        raise PreselError(f"dtype={dtype!r} must be one of auto, {', '.join(sorted(DTYPES))}")
-    return getattr(torch, DTYPES[dtype])
 
 
 def load_processor(model: str | os.PathLike) -> Any:

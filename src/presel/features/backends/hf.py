@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from presel.devices import torch_dtype
 from presel.errors import PreselError
 from presel.features.backends import BackendSpec
 from presel.features.images import Preprocess
 
 NO_CLS_MODEL_TYPES = {"siglip", "siglip_vision_model", "siglip2", "siglip2_vision_model"}
-TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def processor_dict(model: str) -> dict[str, Any]:
@@ -49,7 +49,7 @@ class HFBackend:
         self.preprocess = hf_preprocess(spec)
         if spec.threads and spec.device == "cpu":
             torch.set_num_threads(spec.threads)
-        dtype = getattr(torch, TORCH_DTYPES[spec.dtype])
+        dtype = torch_dtype(spec.dtype)
         try:
             model = AutoModel.from_pretrained(spec.model, dtype=dtype)
         except OSError as e:

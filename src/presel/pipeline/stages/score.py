@@ -13,7 +13,7 @@ class Score(Stage):
     config = ScoreConfig
     needs = ("annotate", "ref_model")
     # scoring's own resume state leaves these out: they change how fast, not what
-    neutral = frozenset({"batch_size", "executor", "workers", "ray_address", "render_workers", "prefetch"})
+    neutral = frozenset({"batch_size", "executor", "ray_actors", "ray_address", "render_workers", "prefetch"})
     resumable = True
     outputs = {"irs": ""}
 
