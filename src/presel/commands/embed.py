@@ -31,12 +31,14 @@ HELPS = {
     "shard_size": "distinct images per shard (unit of resume)",
     "max_image_pixels": "reject larger images as decompression bombs (Pillow's limit)",
     "progress": "show a progress bar",
+    "hash_in_workers": "hash images in the decode workers instead of before planning (none: yes for dataset, "
+                       "shard and URL pools, no for local files)",
 }
 GROUPS = {
     "model (flags are the keys of a run's embed section)": ("model", "backend", "pooling", "image_size", "onnx_output"),
     "throughput and device": (
         "batch_size", "workers", "dtype", "device", "threads", "executor", "ray_address", "ray_actors",
-        "ray_progress_timeout", "progress"),
+        "ray_progress_timeout", "progress", "hash_in_workers"),
     "store": ("store_dtype", "shard_size", "max_image_pixels"),
 }
 
