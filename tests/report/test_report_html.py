@@ -72,7 +72,8 @@ def test_every_section_renders_from_a_real_run(tiny_run, report):
     assert path == tiny_run / "report.html"
     st = _parse(text).sections
     assert list(st) == SECTION_IDS
-    assert {s: v for s, v in st.items() if v != "ok"} == {"quality": "not-run"}  # no benchmark in this run
+    # no benchmark and no dedup stage in this run
+    assert {s: v for s, v in st.items() if v != "ok"} == {"quality": "not-run", "neardup": "not-run"}
     # the task table carries the selection's own numbers (selection/summary.json, weights/task_weights.json)
     summary = json.loads((tiny_run / "selection" / "summary.json").read_text())
     weights = json.loads((tiny_run / "weights" / "task_weights.json").read_text())
@@ -334,7 +335,7 @@ def test_chromium_renders_every_section_without_errors(report, tmp_path):
     dom = res.stdout
     root = dict(re.findall(r'([\w-]+)="([^"]*)"', re.search(r"<html([^>]*)>", dom).group(1))) if "<html" in dom else {}
     assert root.get("data-loaded") == "yes", res.stderr[-2000:]
-    assert root["data-sections"] == str(len(SECTIONS)) and root["data-sections-ok"] == str(len(SECTIONS) - 1)
+    assert root["data-sections"] == str(len(SECTIONS)) and root["data-sections-ok"] == str(len(SECTIONS) - 2)
     assert root["data-broken-images"] == "0" and root["data-images"] == str(_parse(text).imgs)
     assert "data-js-errors" not in root
     assert re.search(r'<div id="js-errors"></div>', dom)

@@ -131,6 +131,8 @@ class SelectionSummary:
     reference: int
     selected: int
     rejected_images: int = 0
+    content_duplicate_images: int | None = None  # totals written since exact duplicates count once
+    near_duplicate_images_dropped: int | None = None  # totals of a selection run with a dedup keep-list
 
 
 def read_selection_summary(path: Path) -> SelectionSummary | None:
@@ -150,7 +152,10 @@ def read_selection_summary(path: Path) -> SelectionSummary | None:
     return SelectionSummary(need(d, "method", "str", where), need(d, "task_weights", "str", where), tasks,
                             *(need(tot, k, "int", w) for k in ("records", "distinct_images", "budget", "reference",
                                                                 "selected")),
-                            rejected_images=need(tot, "rejected_images", "int", w, optional=True) or 0)
+                            rejected_images=need(tot, "rejected_images", "int", w, optional=True) or 0,
+                            content_duplicate_images=need(tot, "content_duplicate_images", "int", w, optional=True),
+                            near_duplicate_images_dropped=need(tot, "near_duplicate_images_dropped", "int", w,
+                                                               optional=True))
 
 
 ASSIGNMENT_COLUMNS = ("id", "image", "task", "cluster", "nc_score", "selected", "reference")
@@ -330,6 +335,56 @@ def read_features(folder: Path) -> FeatureStoreInfo | None:
                             need(d, "dim", "int", w, optional=True))
 
 
+# ----------------------------------------------------------------------------- near duplicates
+
+
+DEDUP_GROUP_COLUMNS = ("group", "key", "keep", "size", "sim_to_kept", "tasks")
+
+
+@dataclass(frozen=True)
+class DedupGroups:
+    """``dedup/groups.parquet``: one row per image in a group of near-copies, group 0 the largest."""
+
+    group: list[int]
+    key: list[str]  # the image reference (pool image key)
+    keep: list[bool]  # the one image of its group that selection keeps
+    size: list[int]
+    sim_to_kept: list[float]
+    tasks: list[str]  # comma-separated; empty without the pool
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+
+@dataclass(frozen=True)
+class Dedup:
+    """``dedup/`` (``presel.selection.neardup.dedup_to_dir``): summary.json counts and groups.parquet."""
+
+    images: int
+    pairs: int
+    groups: int
+    images_in_groups: int
+    dropped: int
+    kept: int
+    largest_group: int
+    threshold: float
+    scope: str
+    rows: DedupGroups
+
+
+def read_dedup(folder: Path) -> Dedup | None:
+    d = read_json(folder / "summary.json")
+    if d is None:
+        return None
+    w = str(folder / "summary.json")
+    cols = read_parquet(folder / "groups.parquet", DEDUP_GROUP_COLUMNS)
+    if cols is None:
+        raise PreselError(f"{folder / 'groups.parquet'}: missing next to summary.json; rerun presel dedup")
+    return Dedup(*(need(d, k, "int", w) for k in ("images", "pairs", "groups", "images_in_groups", "dropped", "kept",
+                                                   "largest_group")),
+                 need(d, "threshold", "num", w), need(d, "scope", "str", w), DedupGroups(**cols))
+
+
 # ----------------------------------------------------------------------------- generation, fine-tuning, evaluation
 
 
@@ -490,6 +545,12 @@ class RunOutputs:
     @property
     def selection_inputs(self) -> SelectionInputs | None:
         return self._get("selection_inputs", lambda: read_selection_inputs(self.path("selection", "config.json")))
+
+    @property
+    def dedup(self) -> Dedup | None:
+        from presel.pipeline import STAGE_DIRS
+
+        return self._get("dedup", lambda: read_dedup(self.path(STAGE_DIRS["dedup"])))
 
     @property
     def reference(self) -> ReferenceSet | None:

@@ -63,10 +63,17 @@ def image_data_uri(path: Any, size: int = 112) -> str:
 
     with Image.open(path) as im:
         im.draft("RGB", (size * 2, size * 2))  # JPEG: decode at a reduced scale, much faster for big photos
-        im = im.convert("RGB")
-        im.thumbnail((size, size), Image.BICUBIC)
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=85)
+        return thumbnail_uri(im, size)
+
+
+def thumbnail_uri(image: Any, size: int = 112) -> str:
+    """A JPEG thumbnail (longest side ``size`` px) of a PIL image as a ``data:`` URI."""
+    from PIL import Image
+
+    im = image.convert("RGB")
+    im.thumbnail((size, size), Image.BICUBIC)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

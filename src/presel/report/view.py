@@ -20,6 +20,8 @@ from presel.report.data import Assignments, RunOutputs
 
 MAX_TASK_PANELS = 24  # maps, centrality and galleries show the largest tasks up to this many
 GALLERY_K = 8
+DEDUP_GROUPS = 8  # the near-duplicates section shows this many of the largest groups
+DEDUP_THUMBS = 12  # images shown per group (the kept one first)
 MAP_POINTS = 4000  # per task; selected and reference points are always drawn
 
 
@@ -95,17 +97,38 @@ class View:
             self._roots = _image_roots(self)
         return self._roots
 
-    def image_path(self, image: str) -> Path | None:
-        """The file of a selection image; a relative path must stay inside its root (after symlinks), so a
-        report never embeds a file outside the image folders the run was given."""
-        p = Path(image)
-        if p.is_absolute():
-            return p if p.is_file() else None
+    def image_locator(self, image: str) -> str | None:
+        """The :mod:`presel.io.sources` locator of a run image (a file, or a table row / tar member) under the
+        first image root that holds it; ``None`` when none does. ``locate`` applies the inside-the-root policy
+        (symlinks included), so a report never embeds a file outside the image folders the run was given."""
+        from presel.errors import PreselError
+        from presel.io.sources import is_url, locate, split_ref
+
         for r in self.image_roots():
-            f = (r / p).resolve()
-            if f.is_file() and f.is_relative_to(r.resolve()):
-                return f
+            try:
+                loc = locate(image, r)
+            except PreselError:  # refused under this root
+                continue
+            container = split_ref(loc)[1]
+            if not is_url(container) and Path(container).is_file():
+                return loc
         return None
+
+    def thumbnail(self, image: str) -> str | None:
+        """A ``data:`` URI thumbnail of a run image, ``None`` (a placeholder) when it is refused, missing or
+        does not decode."""
+        from presel.errors import PreselError
+        from presel.features.images import ImageRejected
+        from presel.io.sources import load_image
+        from presel.report.plots import thumbnail_uri
+
+        loc = self.image_locator(image)
+        if loc is None:
+            return None
+        try:
+            return thumbnail_uri(load_image(loc))
+        except (ImageRejected, PreselError, OSError, ValueError):  # an unreadable image shows as missing
+            return None
 
 
 def _image_roots(v: View) -> list[Path]:
@@ -345,16 +368,33 @@ def gallery(v: View) -> dict[str, Any]:
 
 
 def _thumb(v: View, score: float, rid: str, image: str, selected: bool) -> dict[str, Any]:
-    from presel.report.plots import image_data_uri
+    return {"uri": v.thumbnail(image), "id": rid, "score": score, "selected": selected}
 
-    path = v.image_path(image)
-    uri = None
-    if path is not None:
-        try:
-            uri = image_data_uri(path)
-        except Exception:  # an unreadable image shows as "missing"; the report goes on
-            uri = None
-    return {"uri": uri, "id": rid, "score": score, "selected": selected}
+
+# ----------------------------------------------------------------------------- near duplicates
+
+
+def neardup(v: View) -> dict[str, Any]:
+    d = v.out.dedup
+    if d is None:
+        raise v.absent("dedup", "dedup/ (presel dedup, or a 'dedup' section in presel run)")
+    sel = v.out.selection
+    rows: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    g = d.rows
+    for gid, key, keep, size, sim, tasks in zip(g.group, g.key, g.keep, g.size, g.sim_to_kept, g.tasks, strict=True):
+        if gid < DEDUP_GROUPS:
+            rows[gid].append({"key": key, "keep": bool(keep), "size": size, "sim": sim, "tasks": tasks or ""})
+    groups, shown, missing = [], 0, 0
+    for gid in sorted(rows):
+        members = sorted(rows[gid], key=lambda m: not m["keep"])  # the kept image first
+        for m in members[:DEDUP_THUMBS]:
+            m["uri"] = v.thumbnail(m["key"])
+            shown += 1
+            missing += m["uri"] is None
+        groups.append({"group": gid, "size": members[0]["size"], "members": members[:DEDUP_THUMBS]})
+    return {"d": d, "groups": groups, "missing": missing, "shown": shown,
+            "content_duplicates": sel.content_duplicate_images if sel else None,
+            "near_dropped": sel.near_duplicate_images_dropped if sel else None}
 
 
 # ----------------------------------------------------------------------------- rejects, timings, training
@@ -463,6 +503,7 @@ SECTIONS = (
     ("centrality", "Neighbour centrality", centrality),
     ("maps", "Feature maps", maps),
     ("gallery", "Most and least central images", gallery),
+    ("neardup", "Near-duplicates", neardup),
     ("rejects", "Rejects", rejects),
     ("timings", "Stage timings", timings),
     ("training", "Fine-tuning loss", training),
