@@ -41,6 +41,35 @@ def tiny_dinov2(tmp_path_factory) -> Path:
     return d
 
 
+def build_offline_model(tmp_path_factory, name: str) -> Path:
+    """presel's offline model ``name`` (tiny-llava, llava-small, ...) built into a session-tmp PRESEL_CACHE."""
+    from presel.cache import offline_model
+
+    cache = tmp_path_factory.mktemp(f"presel_cache_{name}")
+    old = os.environ.get("PRESEL_CACHE")
+    os.environ["PRESEL_CACHE"] = str(cache)
+    try:
+        return Path(offline_model(name))
+    finally:
+        if old is None:
+            os.environ.pop("PRESEL_CACHE", None)
+        else:
+            os.environ["PRESEL_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory) -> Path:
+    """presel's tiny LLaVA (presel.vlm.build), built once per session."""
+    return build_offline_model(tmp_path_factory, "tiny-llava")
+
+
+@pytest.fixture(scope="session")
+def small_llava(tmp_path_factory) -> Path:
+    """The small real LLaVA (offline DINOv2-S + SmolLM2-135M), built once per session (about 1-2 minutes)."""
+    pytest.importorskip("gguf")
+    return build_offline_model(tmp_path_factory, "llava-small")
+
+
 def _has_cuda() -> bool:
     try:
         import torch

@@ -3,7 +3,6 @@ fine-tuning with a resume. Skipped without CUDA (tests/conftest.py); ``scripts/g
 same paths at size."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,22 +10,6 @@ import pytest
 
 pytestmark = pytest.mark.gpu
 torch = pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def tiny_llava(tmp_path_factory) -> Path:
-    from presel.cache import offline_model
-
-    cache = tmp_path_factory.mktemp("presel_cache")
-    old = os.environ.get("PRESEL_CACHE")
-    os.environ["PRESEL_CACHE"] = str(cache)
-    try:
-        return Path(offline_model("tiny-llava"))
-    finally:
-        if old is None:
-            os.environ.pop("PRESEL_CACHE", None)
-        else:
-            os.environ["PRESEL_CACHE"] = old
 
 
 def _images(root: Path, n: int) -> list[str]:

@@ -1,28 +1,10 @@
-import os
 from pathlib import Path
 
 import pytest
 
 
-@pytest.fixture(scope="session")
-def report_tiny_llava(tmp_path_factory) -> Path:
-    """presel's tiny LLaVA, built once per session into a session-tmp PRESEL_CACHE."""
-    from presel.cache import offline_model
-
-    cache = tmp_path_factory.mktemp("presel_cache_report")
-    old = os.environ.get("PRESEL_CACHE")
-    os.environ["PRESEL_CACHE"] = str(cache)
-    try:
-        return Path(offline_model("tiny-llava"))
-    finally:
-        if old is None:
-            os.environ.pop("PRESEL_CACHE", None)
-        else:
-            os.environ["PRESEL_CACHE"] = old
-
-
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, report_tiny_llava, tiny_dinov2) -> Path:
+def tiny_run(tmp_path_factory, tiny_llava, tiny_dinov2) -> Path:
     """A real `presel run` of every stage with tiny models (see report_run.py), plus an evaluation.json
     written the way `presel demo --compare` writes it."""
     from report_run import build_tiny_run
@@ -31,7 +13,7 @@ def tiny_run(tmp_path_factory, report_tiny_llava, tiny_dinov2) -> Path:
     from presel.io.atomic import write_json
 
     root = tmp_path_factory.mktemp("report_run")
-    run = build_tiny_run(root, report_tiny_llava, tiny_dinov2)
+    run = build_tiny_run(root, tiny_llava, tiny_dinov2)
     cfg = EvalConfig(batch_size=8, max_new_tokens=4, limit_per_task=1, device="cpu")
     results = {name: evaluate_model(run / name, root / "data" / "heldout.json", cfg, progress=False)
                for name in ("final_model", "ref_model")}
