@@ -87,4 +87,6 @@ def test_import_faiss_sets_kernel_then_restores_env():
         assert chosen in arch
     env["OPENBLAS_CORETYPE"] = "Haswell"  # a value the environment sets is left alone
     out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True).stdout.split()
-    assert out[0] == "Haswell" and "Haswell" in " ".join(out[2:])
+    assert out[0] == "Haswell"
+    if arch != "[]":  # faiss wheels that bundle no OpenBLAS of their own (some 1.7-1.13 builds) have no kernel to check
+        assert "Haswell" in " ".join(out[2:])
