@@ -44,18 +44,7 @@ def iter_raw_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, A
         raise PreselError(f"{path}: file not found; check the path")
     fmt = _format_of(path)
     if fmt == "jsonl":
-        with open(path, "rb") as f:
-            for n, raw in enumerate(f, 1):
-                line = utf8_line(raw, path, n)
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise PreselError(f"{path} line {n}: not valid JSON ({e.msg}); fix or remove that line") from None
-                if not isinstance(rec, dict):
-                    raise PreselError(f"{path} line {n}: expected a JSON object, got {type(rec).__name__}; fix that line")
-                yield n, rec
+        yield from iter_jsonl(path)
     elif fmt == "json":
         from presel.io.jsonlist import iter_json_list
 
@@ -77,6 +66,23 @@ def iter_raw_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, A
             yield n, rec
     else:  # pragma: no cover - folders are handled by read_pool
         raise PreselError(f"{path}: not a record file")
+
+
+def iter_jsonl(path: str | os.PathLike, *, fix: str = "fix or remove that line") -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of a JSON Lines file; blank lines skipped, anything else that is not a JSON
+    object is a PreselError naming the file and line (``fix`` says what to do)."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            line = utf8_line(raw, path, n)
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PreselError(f"{path} line {n}: not valid JSON ({e.msg}); {fix}") from None
+            if not isinstance(rec, dict):
+                raise PreselError(f"{path} line {n}: expected a JSON object, got {type(rec).__name__}; {fix}")
+            yield n, rec
 
 
 def utf8_line(raw: bytes, path: str | os.PathLike, n: int) -> str:

@@ -36,24 +36,11 @@ def read_json(path: Path) -> Any | None:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]] | None:
     """One JSON object per line, ``None`` when the file does not exist."""
+    from presel.io.manifest import iter_jsonl
+
     if not path.is_file():
         return None
-    rows = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise PreselError(f"{path}: not UTF-8 text ({e}); rerun the stage that wrote it") from None
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PreselError(f"{path} line {n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise PreselError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
+    return [row for _, row in iter_jsonl(path, fix="rerun the stage that wrote it")]
 
 
 def read_parquet(path: Path, columns: tuple[str, ...]) -> dict[str, list[Any]] | None:
