@@ -125,12 +125,7 @@ class FakeAnthropic(_Scripted):
             self.send_json(h, 404, {"type": "error", "error": {"type": "not_found_error", "message": "no batch"}})
             return
         if len(parts) > 5 and parts[5] == "results":
-            data = self.results[bid]
-            h.send_response(200)
-            h.send_header("Content-Type", "application/binary")
-            h.send_header("Content-Length", str(len(data)))
-            h.end_headers()
-            h.wfile.write(data)
+            self.send_bytes(h, 200, self.results[bid], "application/binary")
             return
         b = self.batches[bid]
         self.polls[bid] += 1
@@ -302,9 +297,4 @@ class FakeGemini(_Scripted):
         if not m or m.group(1) not in self.files or dict(parse_qsl(urlsplit(h.path).query)).get("alt") != "media":
             self.send_json(h, 404, {"error": {"code": 404, "message": "no file"}})
             return
-        data = self.files[m.group(1)][1]
-        h.send_response(200)
-        h.send_header("Content-Type", "application/octet-stream")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
+        self.send_bytes(h, 200, self.files[m.group(1)][1])

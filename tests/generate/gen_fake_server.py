@@ -104,15 +104,19 @@ class FakeOpenAI:
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
-    def send_json(h: BaseHTTPRequestHandler, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(obj).encode()
+    def send_bytes(h: BaseHTTPRequestHandler, status: int, data: bytes, content_type: str = "application/octet-stream",
+                   headers: dict[str, str] | None = None) -> None:
         h.send_response(status)
-        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Type", content_type)
         h.send_header("Content-Length", str(len(data)))
         for k, v in (headers or {}).items():
             h.send_header(k, v)
         h.end_headers()
         h.wfile.write(data)
+
+    @classmethod
+    def send_json(cls, h: BaseHTTPRequestHandler, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        cls.send_bytes(h, status, json.dumps(obj).encode(), "application/json", headers)
 
     @staticmethod
     def item_of(body: dict[str, Any]) -> str:
@@ -325,12 +329,7 @@ class FakeBatchAPI(FakeOpenAI):
         if not m or m.group(1) not in self.files:
             self.send_json(h, 404, {"error": {"message": "no such file"}})
             return
-        data = self.files[m.group(1)][1]
-        h.send_response(200)
-        h.send_header("Content-Type", "application/octet-stream")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
+        self.send_bytes(h, 200, self.files[m.group(1)][1])
 
     def _create(self, h: BaseHTTPRequestHandler, raw: bytes) -> None:
         body = json.loads(raw)
