@@ -9,6 +9,7 @@ import sys
 
 from presel import __version__
 from presel.errors import PreselError
+from presel.io.text import cut
 
 # command name -> module under presel.commands (one file per command keeps them independent)
 COMMANDS: dict[str, str] = {
@@ -57,9 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from presel.io.guard import check_args
+
+        check_args(args)  # never write where this call reads (before anything is deleted)
         return int(args._run(args) or 0)
     except PreselError as e:
-        print(f"presel {args.command}: error: {e}", file=sys.stderr)
+        print(f"presel {args.command}: error: {cut(str(e), 4000)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"presel {args.command}: interrupted; finished work is kept, rerun the same command to resume",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ class Pipeline:
         self.timings: dict[str, float] = {}
         self.waiting: str | None = None
         self._pool = None
+        self._published: set[str] = set()  # realpaths of what the planned stages publish for later ones
 
     # the pool is read once per run
     def pool(self):
@@ -46,6 +48,7 @@ class Pipeline:
         self.cfg.check_pool()
         self.cfg.check_estimate()
         ctx = Context(self.cfg, self.pool)
+        self._published = set()
         out: list[Stage] = []
         for cls in REGISTRY:
             section = self.cfg.sections.get(cls.name)
@@ -56,6 +59,7 @@ class Pipeline:
             st.validate()
             if planned:
                 st.publish()
+                self._published.update(os.path.realpath(v) for v in ctx.outputs.values() if v is not None)
                 ctx.planned.append(st.name)
                 out.append(st)
         return out
@@ -94,6 +98,19 @@ class Pipeline:
             return False
         return pending.get("key") == parts.key or ("version" not in pending and pending.get("key") == self.legacy[st.name])
 
+    def _check_apart(self, plans: list[StagePlan]) -> None:
+        """No stage folder may be, lie inside or contain an input file of the run (presel.io.guard)."""
+        from presel.io.guard import check_apart
+
+        p = self.cfg.pool
+        inputs: dict[str, Any] = {"pool.path": self.cfg.path(p.get("path")), "pool.image_root": self.cfg.path(p.get("image_root")),
+                                  "pool.task_map": self.cfg.path(p.get("task_map"))}
+        for st in plans:  # what an upstream stage of this run publishes is not an outside input
+            inputs.update({f"{st.name}.{k}": v for k, v in (st.files or {}).items()
+                           if v is None or os.path.realpath(v) not in self._published})
+        check_apart({f"stage folder {st.name}": self._stage_dir(st.name).path for st in plans}, inputs,
+                    {"pool.image_root": "root"})
+
     def _stage_dir(self, name: str) -> StageDir:
         return StageDir(self.cfg.out, name, self.cfg.stage_dir(name))
 
@@ -102,6 +119,7 @@ class Pipeline:
         plans = self.plan()
         if not plans:
             raise PreselError(f"{self.cfg.source}: no stage to run; add stage sections (reference, embed, select, ...)")
+        self._check_apart(plans)
         for st in plans:  # a folder presel did not write stops the run before anything changes
             self._stage_dir(st.name).check_owned()
         self.cfg.out.mkdir(parents=True, exist_ok=True)
@@ -146,6 +164,7 @@ class Pipeline:
     def status(self) -> list[tuple[str, str, list[str]]]:
         """(stage, 'up to date' | 'will run' | 'will resume' | 'will rerun', reasons) for every planned stage."""
         stages = self.stages()
+        self._check_apart([st.plan() for st in stages])
         self._pool_key()
         rows: list[tuple[str, str, list[str]]] = []
         reruns: set[str] = set()

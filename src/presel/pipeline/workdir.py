@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,9 +133,45 @@ class StageDir:
                           f"{self.pending_path.parent}) and stage '{self.stage}' would replace it: move it away, or "
                           "choose another `out` for the run; nothing was changed")
 
+    def foreign_files(self) -> list[Path]:
+        """Files in a finished stage folder that the stage did not write (a user's notes.txt): not in the
+        marker's list of outputs, or (markers without that list) newer than the marker."""
+        marker = self.marker()
+        if marker is None or not self.path.is_dir():
+            return []
+        listed = marker.get("outputs")
+        mark_time = (self.path / MARKER).stat().st_mtime_ns
+        out = []
+        for p in sorted(self.path.rglob("*")):
+            if p.name == MARKER or (p.is_dir() and not p.is_symlink()):
+                continue
+            rel = p.relative_to(self.path).as_posix()
+            if (rel not in listed) if isinstance(listed, list) else p.lstat().st_mtime_ns > mark_time:
+                out.append(p)
+        return out
+
+    def keep_foreign(self) -> Path | None:
+        """Move the user's files out of this stage folder (to ``<run>/<stage>.kept-N/``) before it is replaced."""
+        files = self.foreign_files()
+        if not files:
+            return None
+        n = 1
+        while (dest := self.path.parent / f"{self.path.name}.kept-{n}").exists():
+            n += 1
+        for p in files:
+            target = dest / p.relative_to(self.path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(p, target)
+        names = ", ".join(p.relative_to(self.path).as_posix() for p in files[:5]) + (" ..." if len(files) > 5 else "")
+        print(f"stage '{self.stage}' reruns: {len(files)} file(s) in {self.path} that presel did not write "
+              f"({names}) moved to {dest}", file=sys.stderr)
+        return dest
+
     def clear(self) -> None:
-        """Remove this stage's output and the work leftovers that presel names beside it (``LEFTOVERS``)."""
+        """Remove this stage's output and the work leftovers that presel names beside it (``LEFTOVERS``); files a
+        user added to a finished stage folder are moved aside first (:meth:`keep_foreign`)."""
         self.check_owned()
+        self.keep_foreign()
         proven = self.proven()
         victims = [self.path]
         if proven:
@@ -152,5 +190,7 @@ class StageDir:
 
     def finish(self, parts: KeyParts) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        write_json(self.path / MARKER, parts.record())
+        outputs = sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*")
+                         if p.name != MARKER and not (p.is_dir() and not p.is_symlink()))
+        write_json(self.path / MARKER, {**parts.record(), "outputs": outputs})
         self.pending_path.unlink(missing_ok=True)
