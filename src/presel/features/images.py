@@ -15,7 +15,6 @@ import hashlib
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +36,9 @@ def hash_file(path: str | os.PathLike) -> str:
     try:
         h = hashlib.blake2b(digest_size=16)
         n = 0
-        with open(path, "rb") as f:
+        from presel.io.paths import open_regular
+
+        with open_regular(path) as f:
             while True:
                 chunk = f.read(HASH_CHUNK)
                 if not chunk:
@@ -48,11 +49,21 @@ def hash_file(path: str | os.PathLike) -> str:
         raise ImageRejected("missing: file not found") from None
     except IsADirectoryError:
         raise ImageRejected("not a file: is a directory") from None
+    except ValueError:
+        raise ImageRejected("bad path: the path holds a NUL byte") from None
     except OSError as e:
-        raise ImageRejected(f"unreadable: {e.strerror or e}") from None
+        raise ImageRejected(_os_reason(e)) from None
     if n == 0:
         raise ImageRejected("zero-byte: the file is empty")
     return h.hexdigest()
+
+
+def _os_reason(e: OSError) -> str:
+    from presel.io.paths import NotRegularFile
+
+    if isinstance(e, NotRegularFile):
+        return "not a file: is a directory" if e.kind == "a directory" else f"not a file: {e.kind}, not a regular file"
+    return f"unreadable: {e.strerror or e}"
 
 
 def _to_rgb(img: Any) -> Any:
@@ -89,11 +100,25 @@ def load_rgb(path: str | os.PathLike | Any, *, max_pixels: int = DEFAULT_MAX_PIX
     """Decode ``path`` (or an in-memory file such as ``io.BytesIO``) into an 8-bit RGB PIL image (EXIF orientation applied), or raise ImageRejected."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    p = path if hasattr(path, "read") else Path(path)  # a file object (image bytes) or a path
+    if not hasattr(path, "read"):  # a path: opened as a regular file only (a FIFO would block)
+        from presel.io.paths import open_regular
+
+        try:
+            f = open_regular(path)
+        except FileNotFoundError:
+            raise ImageRejected("missing: file not found") from None
+        except ValueError:
+            raise ImageRejected("bad path: the path holds a NUL byte") from None
+        except OSError as e:
+            raise ImageRejected(_os_reason(e)) from None
+        with f:
+            return load_rgb(f, max_pixels=max_pixels)
+    p = path
     try:
-        size = len(p.getbuffer()) if hasattr(p, "getbuffer") else p.stat().st_size  # type: ignore[union-attr]
-    except FileNotFoundError:
-        raise ImageRejected("missing: file not found") from None
+        if hasattr(p, "getbuffer"):
+            size = len(p.getbuffer())
+        else:
+            size = os.fstat(p.fileno()).st_size
     except OSError as e:
         raise ImageRejected(f"unreadable: {e.strerror or e}") from None
     if size == 0:

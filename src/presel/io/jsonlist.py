@@ -22,7 +22,10 @@ def iter_json_list(path: str | os.PathLike, *, flag: str = "--annotations",
     Anything but one JSON list (an object, JSONL, truncated or invalid JSON, trailing data) is a
     :class:`PreselError` naming the file, the record and the line.
     """
+    from presel.io.paths import require_regular
+
     path = Path(path)
+    require_regular(path, flag if flag.startswith("--") else "file")
     if not path.is_file():
         raise PreselError(f"{path}: file not found; check {flag}")
     scan = json.JSONDecoder().raw_decode
@@ -81,6 +84,9 @@ def iter_json_list(path: str | os.PathLike, *, flag: str = "--annotations",
                 try:
                     obj, end = scan(buf, pos)
                     break
+                except RecursionError:
+                    raise PreselError(f"{path} record {n} (line {line()}): JSON nested too deeply (more than Python "
+                                      "can read); fix or remove that record") from None
                 except json.JSONDecodeError as e:
                     incomplete = e.pos >= len(buf) - 16 or e.msg.startswith("Unterminated string")
                     if not (incomplete and more()):

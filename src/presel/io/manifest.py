@@ -39,9 +39,12 @@ def _format_of(path: Path) -> str:
 
 def iter_raw_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line, record)`` from a JSON list, JSONL, CSV or Parquet file; ``line`` is 1-based."""
+    from presel.io.paths import require_regular
+
     path = Path(path)
     if not path.exists():
         raise PreselError(f"{path}: file not found; check the path")
+    require_regular(path, "file")
     fmt = _format_of(path)
     if fmt == "jsonl":
         yield from iter_jsonl(path)
@@ -53,13 +56,14 @@ def iter_raw_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, A
                 raise PreselError(f"{path} record {pos + 1}: expected a JSON object, got {type(rec).__name__}; fix that record")
             yield pos + 1, rec
     elif fmt == "csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            n = 1
+        with open(path, "rb") as f:
+            lines = (utf8_line(raw, path, n) for n, raw in enumerate(f, 1))  # bad UTF-8: its exact line
+            reader = csv.DictReader(lines)
             try:
-                for n, rec in enumerate(csv.DictReader(f), 2):
-                    yield n, {k: v for k, v in rec.items() if k is not None}
-            except UnicodeDecodeError as e:
-                raise PreselError(f"{path} near line {n + 1}: not UTF-8 text ({e.reason}); save the file as UTF-8") from None
+                for rec in reader:
+                    yield reader.line_num, {k: v for k, v in rec.items() if k is not None}
+            except csv.Error as e:
+                raise PreselError(f"{path} line {reader.line_num}: not valid CSV ({e}); fix that line") from None
     elif fmt == "parquet":
         table = read_parquet(path)
         for n, rec in enumerate(table.to_pylist(), 1):
@@ -71,6 +75,9 @@ def iter_raw_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, A
 def iter_jsonl(path: str | os.PathLike, *, fix: str = "fix or remove that line") -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) of a JSON Lines file; blank lines skipped, anything else that is not a JSON
     object is a PreselError naming the file and line (``fix`` says what to do)."""
+    from presel.io.paths import require_regular
+
+    require_regular(path, "file")
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             line = utf8_line(raw, path, n)
@@ -80,6 +87,8 @@ def iter_jsonl(path: str | os.PathLike, *, fix: str = "fix or remove that line")
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 raise PreselError(f"{path} line {n}: not valid JSON ({e.msg}); {fix}") from None
+            except RecursionError:
+                raise PreselError(f"{path} line {n}: JSON nested too deeply (more than Python can read); {fix}") from None
             if not isinstance(rec, dict):
                 raise PreselError(f"{path} line {n}: expected a JSON object, got {type(rec).__name__}; {fix}")
             yield n, rec
@@ -120,13 +129,18 @@ def read_parquet(path: str | os.PathLike, *, columns: Sequence[str] | None = Non
 def read_json_file(path: str | os.PathLike, *, missing: str, fix: str = "fix the file") -> Any:
     """A whole (small) JSON file; a missing file or invalid JSON is a :class:`PreselError` naming the path,
     the line and ``missing`` / ``fix`` (what to do)."""
+    from presel.io.paths import require_regular
+
     path = Path(path)
+    require_regular(path, "file")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PreselError(f"{path}: {missing}") from None
     except json.JSONDecodeError as e:
         raise PreselError(f"{path} line {e.lineno}: not valid JSON ({e.msg}); {fix}") from None
+    except RecursionError:
+        raise PreselError(f"{path}: JSON nested too deeply (more than Python can read); {fix}") from None
     except UnicodeDecodeError as e:
         raise PreselError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8") from None
 
@@ -228,7 +242,34 @@ def _image_of(rec: dict[str, Any], image_field: str, where: str) -> str | None:
         return None
     if not isinstance(img, str):
         raise PreselError(f"{where}: '{image_field}' must be a path string, got {type(img).__name__}")
+    check_text(img, f"{where}: '{image_field}'", nul=True)
     return img
+
+
+def check_text(value: str, where: str, *, nul: bool = False) -> None:
+    """A string from a manifest that presel will store and write: valid Unicode (no lone surrogate such as a
+    non-UTF-8 file name), and for paths no NUL byte."""
+    from presel.io.text import short
+
+    if nul and "\0" in value:
+        raise PreselError(f"{where} {short(value)} holds a NUL byte, which no file name can; fix that record")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PreselError(f"{where} {short(value)} is not valid Unicode (a lone surrogate, e.g. a file name that is "
+                          "not UTF-8); rename the file to UTF-8 (e.g. with convmv) and fix that record") from None
+
+
+def scalar_text(value: Any, where: str, what: str) -> str:
+    """An id or task from a record as text: a string or a number; a list, object or boolean is an error."""
+    from presel.io.text import short
+
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise PreselError(f"{where}: '{what}' must be a string or a number, got {type(value).__name__} "
+                          f"{short(value)}; fix that record")
+    text = str(value)
+    check_text(text, f"{where}: '{what}'")
+    return text
 
 
 def read_pool(
@@ -260,9 +301,12 @@ def read_pool(
         raw_records = source.records()
         path = str(path) if is_url(path) or not Path(path).exists() else Path(path)
     else:
+        from presel.io.paths import require_regular
+
         path = Path(path)
         if not path.exists():
             raise PreselError(f"{path}: {'pool manifest' if flag == '--pool' else 'file'} not found; check {flag}")
+        require_regular(path, flag, folder_ok=True)
         fmt = _format_of(path)
         root = image_root if image_root is not None else (path if fmt == "folder" else path.parent)
         if fmt == "folder":
@@ -284,7 +328,7 @@ def read_pool(
             if raw is None or raw == "":
                 raise PreselError(f"{where}: missing '{id_field}'; add ids, name the id column with --id-field, "
                                   "or pass --id-field @index to key records by position")
-            rid = str(raw)
+            rid = scalar_text(raw, where, id_field)
         image = _image_of(rec, image_field, where)
         if image is None:
             text_only += 1
@@ -301,9 +345,9 @@ def read_pool(
             task = next((t for prefix, t in rules if key.startswith(prefix)), None)
         if task is None and task_field:
             v = rec.get(task_field)
-            task = None if v is None or v == "" else str(v)
+            task = None if v is None or v == "" else scalar_text(v, where, task_field)
         if task is None and not task_field:
-            task = next((str(rec[f]) for f in AUTO_TASK_FIELDS if rec.get(f) not in (None, "")), None)
+            task = next((scalar_text(rec[f], where, f) for f in AUTO_TASK_FIELDS if rec.get(f) not in (None, "")), None)
         if task is None:
             task = default_task
         if task is None:
@@ -334,6 +378,7 @@ def _read_folder(path: Path, root: Path, default_task: str | None) -> Pool:
                 continue
             n += 1
             rel = Path(dirpath, name).relative_to(path).as_posix()
+            check_text(rel, f"{path}: image file name")
             parts = rel.split("/")
             task = parts[0] if len(parts) > 1 else default_task
             if task is None:
@@ -347,9 +392,12 @@ def _read_folder(path: Path, root: Path, default_task: str | None) -> Pool:
 
 def read_id_list(path: str | os.PathLike) -> list[str]:
     """Ids from a text file (one per line) or from the ``id`` field of a manifest."""
+    from presel.io.paths import require_regular
+
     path = Path(path)
     if not path.exists():
         raise PreselError(f"{path}: file not found")
+    require_regular(path, "file")
     if path.suffix.lower() in (".txt", ".ids", ""):
         with open(path, "rb") as f:
             return [s for s in (utf8_line(raw, path, n).strip() for n, raw in enumerate(f, 1)) if s]
@@ -357,5 +405,5 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
     for n, rec in iter_raw_records(path):
         if rec.get("id") in (None, ""):
             raise PreselError(f"{path} line {n}: missing 'id'")
-        out.append(str(rec["id"]))
+        out.append(scalar_text(rec["id"], f"{path} line {n}", "id"))
     return out

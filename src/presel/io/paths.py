@@ -54,11 +54,75 @@ def check_decodes(path: str | os.PathLike, data: bytes | None = None) -> None:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path if data is None else io.BytesIO(data)) as im:
+        with (open_regular(path) if data is None else io.BytesIO(data)) as f, Image.open(f) as im:
             im.verify()
     except FileNotFoundError:
         raise ImagePathRefused("missing: file not found", path) from None
+    except NotRegularFile as e:
+        raise ImagePathRefused(f"not a file: {e.kind}, not a regular file", path) from None
     except UnidentifiedImageError:
         raise ImagePathRefused("not an image: format not recognised", path) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImagePathRefused(f"not a valid image: {e}", path) from None
+
+
+# ------------------------------------------------------------------------------------------ regular files only
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words (for reasons and errors)."""
+    import stat
+
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+class NotRegularFile(OSError):
+    """A path that is not a regular file (a FIFO, a device, a socket, a directory): never read from it,
+    it may block forever."""
+
+    def __init__(self, path: str | os.PathLike, kind: str):
+        super().__init__(f"{kind}, not a regular file")
+        self.kind = kind
+        self.filename = os.fspath(path)
+
+
+def open_regular(path: str | os.PathLike):
+    """A binary file object for the regular file ``path``; opened non-blocking and checked with fstat first, so
+    a FIFO or device never blocks: :class:`NotRegularFile`. A NUL byte in the path is ``ValueError``."""
+    import fcntl
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(path, file_kind(st.st_mode))
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def require_regular(path: str | os.PathLike, what: str, *, folder_ok: bool = False) -> None:
+    """PreselError unless ``path`` (an input file named by ``what``, e.g. '--pool') is a regular file (or a folder
+    with ``folder_ok``); a missing path is left to the caller's own 'not found' error."""
+    import stat
+
+    s = os.fspath(path)
+    if "\0" in s:
+        raise PreselError(f"{what} {s!r}: the path holds a NUL byte; fix the path")
+    try:
+        mode = os.stat(s).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        raise PreselError(f"{what} {s}: cannot read it ({e.strerror or e}); check the path") from None
+    if stat.S_ISREG(mode) or (folder_ok and stat.S_ISDIR(mode)):
+        return
+    kind = file_kind(mode)
+    raise PreselError(f"{what} {s} is {kind}, not a regular file{' or folder' if folder_ok else ''}; presel reads only "
+                      "regular files (a pipe or device could block forever): give the file itself")

@@ -236,6 +236,10 @@ def detect(pool: str | os.PathLike, *, image_field: str = "image", id_field: str
     """The dataset source at ``pool`` (file, folder, brace pattern, glob, URL), or None for a manifest or image
     folder that :func:`presel.io.manifest.read_pool` reads itself."""
     s = str(pool)
+    if not is_url(s):
+        from presel.io.paths import require_regular
+
+        require_regular(s, "--pool", folder_ok=True)  # a FIFO or device would block: refused before opening
     if _BRACE.search(s) or any(c in s.split("://")[-1] for c in "*?["):
         files = [g for p in expand_braces(s) for g in (_glob(p) if any(c in p for c in "*?[") else [p])]
         missing = [f for f in files if not _exists(f)]

@@ -114,7 +114,9 @@ def export_name(image: str, root: str | os.PathLike) -> str:
 def _fs_open(path: str):
     """A binary file object for a local path or an fsspec URL (errors: see :func:`_remote_error`)."""
     if not is_url(path):
-        return open(path, "rb")  # noqa: SIM115 - caller closes
+        from presel.io.paths import open_regular
+
+        return open_regular(path)  # a FIFO or device is refused, never read (it could block forever)
     try:
         import fsspec
     except ImportError:  # pragma: no cover - fsspec is a dependency
@@ -161,9 +163,15 @@ def _read_file(path: str) -> bytes:
         raise ImageRejected("missing: file not found") from None
     except IsADirectoryError:
         raise ImageRejected("not a file: is a directory") from None
+    except ValueError:
+        raise ImageRejected("bad path: the path holds a NUL byte") from None
     except PreselError:
         raise
     except OSError as e:
+        from presel.io.paths import NotRegularFile
+
+        if isinstance(e, NotRegularFile):
+            raise ImageRejected(f"not a file: {e.kind}, not a regular file") from None
         if is_url(path):
             raise _remote_error(path, e) from None
         raise ImageRejected(f"unreadable: {e.strerror or e}") from None
