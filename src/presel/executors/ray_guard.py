@@ -68,3 +68,26 @@ def with_progress_timeout(items: Iterable[T], timeout: float, what: str) -> Iter
             yield x
     finally:
         stop.set()
+
+
+def check_reachable(address: str | None, timeout: float) -> None:
+    """Refuse a ``--ray-address HOST:PORT`` (or ``ray://HOST:PORT``) with nothing listening, within ``timeout``
+    seconds, before ``ray.init`` would wait on it for the whole run. ``auto``, ``local`` and None are Ray's own."""
+    import socket
+
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port_s = hostport.rpartition(":")
+    if not sep or not port_s.isdigit():
+        raise PreselError(f"--ray-address {address!r}: expected HOST:PORT (e.g. 10.0.0.5:6379), ray://HOST:PORT or "
+                          "'auto'")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        with socket.create_connection((host, int(port_s)), timeout=max(0.1, min(timeout, 30.0))):
+            return
+    except OSError as e:
+        why = "timed out" if isinstance(e, TimeoutError | socket.timeout) else (e.strerror or str(e))
+        raise PreselError(f"--ray-address {address}: cannot reach a Ray cluster there ({why}); start it "
+                          f"(`ray start --head --port {port_s}` on {host}), fix the address, or drop --executor ray "
+                          "to run locally") from None

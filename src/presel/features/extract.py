@@ -188,6 +188,10 @@ def embed_pool(pool: Pool, out: str | os.PathLike, config: EmbedConfig, *, overw
 
     t0 = time.perf_counter()
     out = Path(out)
+    if config.executor == "ray":  # a Ray address with nothing listening: one error now, before any output exists
+        from presel.executors.ray_guard import check_reachable
+
+        check_reachable(config.ray_address, config.ray_progress_timeout)
     spec = resolve_spec(config)
     pre = preprocess_for(spec)
     store = FeatureStore.open(out, _identity(config, spec, pre), overwrite=overwrite)

@@ -350,6 +350,9 @@ def _ray_stream(batches: list[list[dict[str, Any]]], config: ScoreConfig, model:
 
     started = False
     if not ray.is_initialized():
+        from presel.executors.ray_guard import check_reachable
+
+        check_reachable(config.ray_address, config.ray_progress_timeout)  # nothing listening: one error, no wait
         ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
         started = True
     try:

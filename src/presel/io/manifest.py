@@ -300,6 +300,9 @@ def read_pool(
         root = image_root if image_root is not None else source.root
         raw_records = source.records()
         path = str(path) if is_url(path) or not Path(path).exists() else Path(path)
+    elif is_url(path):
+        raise PreselError(f"{flag} {path}: a {Path(str(path)).suffix or 'plain'} manifest is not read from a URL; "
+                          "download it first, or keep the pool as Parquet / WebDataset tar shards / a dataset folder")
     else:
         from presel.io.paths import require_regular
 

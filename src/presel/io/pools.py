@@ -87,8 +87,21 @@ def _isdir(path: str) -> bool:
 def _exists(path: str) -> bool:
     if is_url(path):
         fs, p = sources.url_fs(path)
+
+        def info() -> bool:
+            try:
+                fs.info(p)  # unlike fs.exists, says why (refused, HTTP status, silence)
+            except FileNotFoundError as e:
+                cause = e.__cause__  # fsspec's http filesystem says "not found" for every failure
+                if cause is None or getattr(cause, "status", None) in (404, 410):
+                    return False
+                raise cause from None
+            return True
+
         try:
-            return bool(fs.exists(p))
+            return sources.url_call(path, info)
+        except PreselError:
+            raise
         except Exception as e:  # noqa: BLE001
             raise sources._remote_error(path, e) from None
     return os.path.exists(path)
@@ -250,6 +263,8 @@ def detect(pool: str | os.PathLike, *, image_field: str = "image", id_field: str
     if s.startswith("hf:") and not os.path.exists(s):
         return _hub_dataset(s[3:], image_field, id_field)
     if not _exists(s):
+        if is_url(s):
+            raise sources._remote_error(s, FileNotFoundError(s))
         return None
     if _isdir(s):
         names = _listdir(s)

@@ -122,10 +122,10 @@ def _fs_open(path: str):
     except ImportError:  # pragma: no cover - fsspec is a dependency
         raise PreselError(f"{path}: reading URLs needs fsspec (pip install fsspec)") from None
     try:
-        return fsspec.open(path, "rb").open()
+        return url_call(path, lambda: fsspec.open(path, "rb", **storage_options(path)).open())
     except (ImportError, ValueError) as e:
         raise missing_filesystem(path, e) from None
-    except FileNotFoundError:
+    except (FileNotFoundError, PreselError):
         raise
     except Exception as e:  # noqa: BLE001 - credentials, network: one clear error
         raise _remote_error(path, e) from None
@@ -145,13 +145,110 @@ def url_fs(url: str) -> tuple[Any, str]:
     except ImportError:  # pragma: no cover - fsspec comes with the datasets extra (and most installs)
         raise PreselError(f"{url}: reading URLs needs fsspec (pip install 'presel[datasets]')") from None
     try:
-        return fsspec.core.url_to_fs(url)
+        return fsspec.core.url_to_fs(url, **storage_options(url))
     except (ImportError, ValueError) as e:
         raise missing_filesystem(url, e) from None
 
 
+# ------------------------------------------------------------------------------------------ http(s) waits
+# How long an http(s) server may stay silent (connect, and between bytes) and how often a silent one is retried.
+# Environment settings, read when a URL is opened: PRESEL_HTTP_TIMEOUT (seconds, default 30), PRESEL_HTTP_RETRIES
+# (default 2).
+HTTP_TIMEOUT_ENV, HTTP_RETRIES_ENV = "PRESEL_HTTP_TIMEOUT", "PRESEL_HTTP_RETRIES"
+
+
+def http_settings() -> tuple[float, int]:
+    """(timeout in seconds, retries) for http(s) storage; a bad value is a PreselError naming the variable."""
+    out = []
+    for name, default, kind in ((HTTP_TIMEOUT_ENV, "30", float), (HTTP_RETRIES_ENV, "2", int)):
+        raw = os.environ.get(name, default)
+        try:
+            v = kind(raw)
+            if v < 0 or (kind is float and not (0 < v < float("inf"))):
+                raise ValueError
+        except ValueError:
+            raise PreselError(f"{name}={raw!r} must be a {'number of seconds > 0' if kind is float else 'count >= 0'}")\
+                from None
+        out.append(v)
+    return out[0], out[1]  # type: ignore[return-value]
+
+
+def _is_http(url: str) -> bool:
+    return str(url).split("://", 1)[0].lower() in ("http", "https")
+
+
+def storage_options(url: str) -> dict[str, Any]:
+    """fsspec options for ``url``: for http(s), a connect and read timeout (:func:`http_settings`)."""
+    if not _is_http(url):
+        return {}
+    try:
+        import aiohttp
+    except ImportError:
+        return {}  # fsspec's own error names the missing package
+    t, _ = http_settings()
+    return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, connect=t, sock_connect=t, sock_read=t)}}
+
+
+def _is_timeout(e: BaseException) -> bool:
+    import asyncio
+
+    if isinstance(e, TimeoutError | asyncio.TimeoutError):
+        return True
+    try:
+        import aiohttp
+
+        return isinstance(e, aiohttp.ServerTimeoutError)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def url_call(url: str, fn: Any, what: str = "storage") -> Any:
+    """``fn()`` (a call that talks to the server of ``url``), retried when the server stays silent past the
+    timeout, with a progress line on stderr while waiting; other errors pass through to the caller."""
+    import sys
+    import threading
+    import time
+
+    if not _is_http(url):
+        return fn()
+    timeout, retries = http_settings()
+    for attempt in range(retries + 1):
+        stop = threading.Event()
+        t0 = time.monotonic()
+
+        def tick(attempt: int = attempt, stop: threading.Event = stop, t0: float = t0) -> None:
+            step = max(1.0, min(10.0, timeout / 3))
+            while not stop.wait(step):
+                print(f"presel: waiting for {url}: no answer for {time.monotonic() - t0:.0f} s (try {attempt + 1} of "
+                      f"{retries + 1}, timeout {timeout:g} s)", file=sys.stderr, flush=True)
+
+        threading.Thread(target=tick, daemon=True).start()
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - only silence is retried
+            if not _is_timeout(e):
+                raise
+        finally:
+            stop.set()
+    raise PreselError(f"{url}: the server accepted the connection but sent no answer within {timeout:g} s "
+                      f"({retries + 1} tries); check the URL and the server, or raise {HTTP_TIMEOUT_ENV} / "
+                      f"{HTTP_RETRIES_ENV}")
+
+
 def _remote_error(path: str, e: BaseException) -> PreselError:
-    return PreselError(f"{path}: cannot reach the storage ({type(e).__name__}: {e}); check the URL, your network "
+    status = getattr(e, "status", None)
+    if isinstance(e, FileNotFoundError):
+        why = "HTTP 404 Not Found" if _is_http(path) else "not found"
+        return PreselError(f"{path}: {why}; check the URL")
+    if isinstance(status, int):
+        why = f"HTTP {status} {getattr(e, 'message', '') or ''}".rstrip()
+    elif _is_timeout(e):
+        why = f"no answer within {http_settings()[0]:g} s"
+    else:
+        from presel.io.text import cut
+
+        why = cut(f"{type(e).__name__}: {e}", 300)
+    return PreselError(f"{path}: cannot reach the storage ({why}); check the URL, your network "
                        "and your credentials (e.g. AWS_PROFILE / GOOGLE_APPLICATION_CREDENTIALS)")
 
 
