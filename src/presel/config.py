@@ -211,22 +211,9 @@ def config_from_args(cls: type[T], args: Any, *, skip: tuple[str, ...] = ()) -> 
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    import yaml
+    from presel.io.yamlfile import read_yaml  # strict: duplicate keys, non-UTF-8, folders, alias bombs
 
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PreselError(f"{p}: config file not found") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise PreselError(f"{p}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise PreselError(f"{p}: a config must be a YAML mapping")
-    return data
+    return read_yaml(path)
 
 
 def package_versions() -> dict[str, str]:

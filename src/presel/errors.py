@@ -16,3 +16,10 @@ class PreselError(Exception):
 def where(path: object, line: int | None = None) -> str:
     """Format a location for error messages: ``path`` or ``path line N``."""
     return f"{path} line {line}" if line is not None else f"{path}"
+
+
+class NothingUsable(PreselError):
+    """A command finished but produced nothing usable (every request failed, every result line is an error):
+    exit code 3, so that scripts never mistake it for success."""
+
+    exit_code = 3

@@ -145,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{summary['pending']} selected item(s) have no result yet: collect more result files, or write "
                   "request files for them with --mode batch-file")
         print(f"wrote {args.out}" + (f" ({summary['train_records']} training records)" if summary.get("train_records") else ""))
+        from presel.generate.usable import check_usable
+
+        check_usable(summary, args.out, allow_partial=args.allow_partial)  # every line an error: exit 3
         return 0
     if not args.selection:
         raise PreselError("--selection is required (the selection.parquet of presel select), except with --collect")
@@ -199,6 +202,9 @@ def run(args: argparse.Namespace) -> int:
         summary = batch_api_to_dir(args.selection, args.out, cfg, batch, allow_partial=args.allow_partial, **common)
     _print_summary(summary)
     print(f"wrote {args.out} ({summary.get('train_records')} training records in {', '.join(summary.get('outputs', []))})")
+    from presel.generate.usable import check_usable
+
+    check_usable(summary, args.out, allow_partial=args.allow_partial)  # every request failed: exit 3
     return 0
 
 

@@ -425,12 +425,27 @@ def outcome_line(o: Any, tpl: Any, seed: int) -> dict[str, Any]:
     return {"status": "ok", "conversations": conv, "usage": usage}
 
 
+def _parse_checked(obj: Any, provider: str | None, where: str) -> Any:
+    """parse_result of one line whose fields have the types of its shape; wrong types are a located error."""
+    from presel.generate.parse import result_line_problem
+    from presel.generate.providers import EXPECTED_SHAPES, parse_result, shape_of
+
+    shape = shape_of(obj)
+    bad = result_line_problem(obj, shape) if shape else None
+    if bad is None:
+        try:
+            return parse_result(obj, provider)
+        except (AttributeError, TypeError, ValueError, KeyError, IndexError) as e:
+            bad = f"fields of unexpected types ({type(e).__name__}: {str(e)[:160]})"
+    raise PreselError(f"{where}: not a valid {shape} batch result line: {bad}; expected one of: {EXPECTED_SHAPES}")
+
+
 def _iter_result_files(paths: Iterable[str | os.PathLike], provider: str | None = None
                        ) -> Iterable[tuple[Path, int, str, Any]]:
     """(file, line number, raw line, Outcome or None for a torn last line) of every non-empty line. A line of
     no known result shape is an error naming the file, the line and the shapes expected; only the last line
     of a file may be torn (a partial download), and it is skipped."""
-    from presel.generate.providers import EXPECTED_SHAPES, PROVIDERS, parse_result, shape_of
+    from presel.generate.providers import EXPECTED_SHAPES, PROVIDERS, shape_of
 
     for p in sorted({Path(x) for x in paths}, key=lambda q: str(q)):
         if not p.is_file():
@@ -448,7 +463,9 @@ def _iter_result_files(paths: Iterable[str | os.PathLike], provider: str | None 
                     continue
                 raise PreselError(f"{p} line {n}: not JSON ({raw[:80]!r}); a result file holds one JSON result per "
                                   f"line, one of: {EXPECTED_SHAPES}") from None
-            out = parse_result(obj, provider)
+            except RecursionError:
+                raise PreselError(f"{p} line {n}: JSON nested too deeply; fix or remove that line") from None
+            out = _parse_checked(obj, provider, f"{p} line {n}")
             if out is None:
                 got = shape_of(obj)
                 keys = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__

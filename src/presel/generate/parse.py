@@ -206,3 +206,28 @@ def build_conversation(template: Template, text: str, *, item_id: str, seed: int
     for q, a in pairs:
         turns += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
     return validate_conversation(turns)
+
+
+# ---------------------------------------------------------------------------------------------- result lines
+_RESULT_TYPES: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
+    # field -> the JSON types it may have (None = null) in each provider's batch result line
+    "openai": (("custom_id", (str,)), ("id", (str, type(None))), ("response", (dict, type(None))),
+               ("error", (dict, str, type(None)))),
+    "anthropic": (("custom_id", (str,)), ("result", (dict,))),
+    "gemini": (("key", (str,)), ("response", (dict, type(None))), ("error", (dict, str, type(None))),
+               ("status", (dict, str, type(None)))),
+}
+_JSON_NAMES = {str: "a string", dict: "an object", type(None): "null", list: "a list", int: "a number",
+               float: "a number", bool: "true/false"}
+
+
+def result_line_problem(obj: dict[str, Any], shape: str) -> str | None:
+    """What is wrong with the field types of a batch result line of ``shape`` (None: nothing)."""
+    for name, types in _RESULT_TYPES.get(shape, ()):
+        if name in obj and not isinstance(obj[name], types) or (isinstance(obj.get(name), bool) and bool not in types):
+            want = " or ".join(dict.fromkeys(_JSON_NAMES[t] for t in types))
+            from presel.io.text import short
+
+            return f"'{name}' must be {want}, got {_JSON_NAMES.get(type(obj[name]), type(obj[name]).__name__)} " \
+                   f"{short(obj[name], 80)}"
+    return None

@@ -26,9 +26,9 @@ def _read_irs(source: Any) -> tuple[list[str], list[float], str, list[dict[str, 
         if not table_path.exists():
             raise PreselError(f"{source}: no IRS table (irs.parquet); pass the output folder of presel score")
         if p.is_dir() and (p / "rejected.jsonl").exists():
-            import json
+            from presel.io.manifest import iter_jsonl
 
-            rejected = [json.loads(x) for x in (p / "rejected.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+            rejected = [rec for _, rec in iter_jsonl(p / "rejected.jsonl", fix="rescore with presel score")]
         from presel.io.manifest import read_parquet
 
         cols = read_parquet(table_path, what="--irs: the output folder of presel score, or its irs.parquet").to_pydict()
@@ -58,10 +58,22 @@ def softmax_weights(scores: Mapping[str, float], tau: float | None = None) -> di
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
         raise PreselError(f"tau={tau!r} must be a number > 0 (or 'auto' for 1/sqrt(number of tasks))")
     z = {t: -s / tau for t, s in scores.items()}
+    bad = next((t for t, v in z.items() if not math.isfinite(v)), None)
+    if bad is not None:
+        raise PreselError(f"task '{bad}': score {scores[bad]!r} / tau {tau!r} is too large to weight; IRS is a ratio of "
+                          "two losses (near 1): rescore with presel score, or raise tau")
     top = max(z.values())
     e = {t: math.exp(v - top) for t, v in z.items()}
     total = math.fsum(e.values())
     return {t: v / total for t, v in e.items()}
+
+
+def _mean(values: list[float]) -> float:
+    """The exact mean of finite values, without overflowing on values near the float limit (1e308)."""
+    try:
+        return math.fsum(values) / len(values)
+    except OverflowError:
+        return math.fsum(v / len(values) for v in values)
 
 
 def compute_weights(irs: Any, tau: float | None = None) -> dict[str, dict[str, Any]]:
@@ -76,6 +88,9 @@ def compute_weights(irs: Any, tau: float | None = None) -> dict[str, dict[str, A
     for t, v in zip(tasks, values):
         if v is None or not math.isfinite(float(v)):
             raise PreselError(f"{desc}: task '{t}' has a non-finite IRS ({v}); rescore with presel score")
+        if v < 0:
+            raise PreselError(f"{desc}: task '{t}' has a negative IRS ({v}); IRS is a ratio of two losses, never "
+                              "negative: rescore with presel score")
         by_task.setdefault(t, []).append(float(v))
     lost = sorted({str(r.get("task")) for r in rejected if r.get("task") is not None} - set(by_task))
     if lost:
@@ -84,7 +99,7 @@ def compute_weights(irs: Any, tau: float | None = None) -> dict[str, dict[str, A
                           "and rescore, or give task weights yourself")
     if not by_task:
         raise PreselError(f"{desc}: no scored samples; nothing to weight")
-    scores = {t: math.fsum(v) / len(v) for t, v in sorted(by_task.items())}
+    scores = {t: _mean(v) for t, v in sorted(by_task.items())}
     w = softmax_weights(scores, tau)
     return {t: {"score": scores[t], "weight": w[t], "n": len(by_task[t])} for t in scores}
 

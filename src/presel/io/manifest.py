@@ -169,19 +169,9 @@ def parse_task_rules(rules: Sequence[str] | Mapping[str, str] | str | os.PathLik
     if rules is None:
         return []
     if isinstance(rules, (str, os.PathLike)) and Path(rules).suffix.lower() in {".yaml", ".yml", ".json"}:
-        import yaml
+        from presel.io.yamlfile import read_yaml
 
-        try:
-            data = yaml.safe_load(Path(rules).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise PreselError(f"{rules}: task rules file not found") from None
-        except UnicodeDecodeError as e:
-            raise PreselError(f"{rules}: not UTF-8 text ({e.reason}); save the file as UTF-8") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f" line {mark.line + 1}" if mark is not None else ""
-            why = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise PreselError(f"{rules}{at}: not valid YAML ({why}); fix the task rules file") from None
+        data = read_yaml(rules, what="task rules file", mapping=False)
         if isinstance(data, dict):
             return [(str(k), str(v)) for k, v in data.items()]
         if isinstance(data, list):

@@ -111,8 +111,10 @@ class Stage:
         """Unknown keys, missing files and the config dataclass's own checks, before any stage runs."""
         unknown = sorted(set(self.section) - self.known_keys())
         if unknown:
+            known = sorted(self.known_keys())
             raise PreselError(f"{self.cfg.source}: unknown setting(s) {', '.join(unknown)} in '{self.name}'; "
-                              f"known: {', '.join(sorted(self.known_keys()))}")
+                              + (f"known: {', '.join(known)}" if known else
+                                 f"'{self.name}' takes no settings: write `{self.name}: {{}}`"))
         for key in self.paths:
             require_path(self.cfg, self.name, key, self.section.get(key))
         if self.config is not None:

@@ -174,7 +174,13 @@ def find_groups(features: Any, keys: Sequence[str], cfg: DedupConfig,
         sub = rows[members]
 
         def get(a: int, b: int, sub=sub) -> np.ndarray:
-            return features.rows(sub[a:b])
+            x = features.rows(sub[a:b])
+            bad = ~np.isfinite(x).all(axis=1)
+            if bad.any():  # as select refuses them: NaN would group nothing and keep every copy silently
+                k = keys[int(np.nonzero(rows == sub[a + int(np.argmax(bad))])[0][0])]
+                raise PreselError(f"{features.source}: features of '{k}' contain NaN or inf ({int(bad.sum())} row(s) "
+                                  f"in this block do); re-extract the features of those images (presel embed)")
+            return x
 
         i, j, s = range_pairs(get, len(sub), features.dim, cfg)
         pi.append(members[i])

@@ -1,0 +1,65 @@
+"""Nothing usable is no success (exit 3 with the counts, unless --allow-partial); result lines of the wrong types
+are one located error."""
+
+import json
+
+import pytest
+from gen_fake_server import make_selection
+
+from presel.cli import main
+
+
+def _requests(tmp_path, capsys, ids=("a", "b")):
+    sel = make_selection(tmp_path, {i: "vqa" for i in ids})
+    out = tmp_path / "gen"
+    assert main(["generate", "--selection", str(sel), "--mode", "batch-file", "--model", "m", "--out", str(out)]) == 0
+    capsys.readouterr()
+    return out, [json.loads(x) for x in (out / "requests-00000.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("line, needle", [
+    ({"custom_id": 123, "response": "oops"}, "'custom_id' must be a string, got a number 123"),
+    ({"custom_id": "a", "response": "oops"}, "'response' must be an object or null, got a string 'oops'"),
+    ({"custom_id": "a", "response": {"status_code": 200, "body": {"usage": {"prompt_tokens": "many"}}}},
+     "fields of unexpected types"),
+    ({"custom_id": ["a"], "result": {"type": "succeeded"}}, "'custom_id' must be a string, got a list"),
+    ({"key": {"k": 1}, "response": {}}, "'key' must be a string, got an object"),
+])
+def test_collect_line_of_wrong_types(tmp_path, capsys, line, needle):
+    out, _ = _requests(tmp_path, capsys)
+    res = tmp_path / "results.jsonl"
+    res.write_text(json.dumps({"custom_id": "x", "error": {"message": "e"}}) + "\n" + json.dumps(line) + "\n")
+    assert main(["generate", "--collect", str(res), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{res} line 2: not a valid" in err and needle in err and "Traceback" not in err, err
+
+
+def test_collect_where_every_line_is_an_error_exits_3(tmp_path, capsys):
+    out, reqs = _requests(tmp_path, capsys)
+    res = tmp_path / "results.jsonl"
+    res.write_text("".join(json.dumps({"custom_id": q["custom_id"], "response": {
+        "status_code": 500, "request_id": f"r{i}", "body": {"error": {"message": "boom"}}}, "error": None}) + "\n"
+        for i, q in enumerate(reqs)))
+    assert main(["generate", "--collect", str(res), "--out", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert "finished, nothing usable: 0 of 2 selected item(s) generated, 2 failed" in err and "--allow-partial" in err
+    assert main(["generate", "--collect", str(res), "--out", str(out), "--allow-partial"]) == 0
+
+
+def test_online_where_every_request_fails_exits_3(tmp_path, server, capsys):
+    sel = make_selection(tmp_path, {f"s{i}": "vqa" for i in range(3)})
+    server.script = {f"s{i}": ["500"] * 20 for i in range(3)}
+    args = ["generate", "--selection", str(sel), "--model", "fake-vlm", "--base-url", server.base_url,
+            "--max-retries", "1", "--backoff-base", "0.01", "--backoff-max", "0.02", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "gen")]) == 3
+    err = capsys.readouterr().err
+    assert "finished, nothing usable: 0 of 3 selected item(s) generated, 3 failed" in err
+    assert main([*args, "--out", str(tmp_path / "gen2"), "--allow-partial"]) == 0
+
+
+def test_online_where_every_answer_is_unparseable_exits_3(tmp_path, server, capsys):
+    sel = make_selection(tmp_path, {"s0": "vqa", "s1": "vqa"})
+    server.script = {"s0": ["malformed"] * 10, "s1": ["malformed"] * 10}
+    rc = main(["generate", "--selection", str(sel), "--model", "fake-vlm", "--base-url", server.base_url,
+               "--parse-retries", "0", "--no-progress", "--out", str(tmp_path / "gen")])
+    assert rc == 3 and "nothing usable" in capsys.readouterr().err
