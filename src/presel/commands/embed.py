@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_pool_arguments(p)
     p.add_argument("--out", required=True, help="feature store directory (created, or resumed / extended if it exists)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing store at --out and start over")
+    p.add_argument("--repair", action="store_true",
+                   help="re-embed only what is damaged in the store at --out (truncated, replaced or deleted shards; "
+                        "a broken manifest.json, index.parquet or rejects.jsonl is rewritten)")
     choices = {"backend": BACKENDS, "pooling": POOLINGS, "dtype": DTYPES, "executor": ("local", "ray"),
                "store_dtype": STORE_DTYPES}
     for title, names in GROUPS.items():
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(EmbedConfig, args)
     pool = load_pool(args)
-    st = embed_pool(pool, args.out, cfg, overwrite=args.overwrite)
+    st = embed_pool(pool, args.out, cfg, overwrite=args.overwrite, repair=args.repair)
     rate = f", {st['images_per_s']} images/s" if st["images_per_s"] else ""
     print(f"embedded {st['embedded_now']} new images in {st['seconds']} s{rate}; reused {st['reused']}; "
           f"{st['distinct_images']} distinct images in {st['records']} records, "

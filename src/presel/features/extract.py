@@ -19,6 +19,7 @@ a rerun on a grown pool embeds only the new contents.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from dataclasses import dataclass
@@ -181,8 +182,10 @@ def reason_kind(reason: str) -> str:
     return reason.split(":", 1)[0].strip()
 
 
-def embed_pool(pool: Pool, out: str | os.PathLike, config: EmbedConfig, *, overwrite: bool = False) -> dict[str, Any]:
-    """Embed every distinct image of ``pool`` into the feature store ``out``; return run statistics."""
+def embed_pool(pool: Pool, out: str | os.PathLike, config: EmbedConfig, *, overwrite: bool = False,
+               repair: bool = False) -> dict[str, Any]:
+    """Embed every distinct image of ``pool`` into the feature store ``out``; return run statistics.
+    ``repair``: re-embed what is damaged in an existing store (see :func:`presel.features.store.check_store`)."""
     from presel.features.backends import preprocess_for
     from presel.features.store import FeatureStore
 
@@ -194,11 +197,33 @@ def embed_pool(pool: Pool, out: str | os.PathLike, config: EmbedConfig, *, overw
         check_reachable(config.ray_address, config.ray_progress_timeout)
     spec = resolve_spec(config)
     pre = preprocess_for(spec)
-    store = FeatureStore.open(out, _identity(config, spec, pre), overwrite=overwrite)
+    store = FeatureStore.open(out, _identity(config, spec, pre), overwrite=overwrite, repair=repair)
     try:
         return _embed(pool, out, config, spec, pre, store, t0)
+    except (OSError, PreselError) as e:
+        if getattr(e, "errno", None) not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise _disk_full(out, pool, store) from None
     finally:
         store.close()
+
+
+def _disk_full(out: Path, pool: Pool, store: Any) -> PreselError:
+    """One error for a full disk during embed: the folder, the free space and about how much more is needed."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(out).free
+    except OSError:
+        free = 0
+    done = sum(len(s.keys) for s in store.shards.values())
+    dim = store.dim() or 1024
+    left = max(0, len({r.image_key for r in pool.records}) - done)
+    itemsize = 2 if store.identity.get("store_dtype") == "float16" else 4
+    need = left * dim * itemsize + 64 * 2**20  # the vectors left, plus room for the index and markers
+    return PreselError(f"{out}: no space left on the device while embedding ({free / 2**20:,.0f} MiB free; about "
+                       f"{need / 2**20:,.0f} MiB more needed for {left:,} images x {dim} x {itemsize} bytes); free "
+                       "space and rerun the same command: the finished shards are kept and reused")
 
 
 def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: Any, store: Any,
@@ -378,7 +403,8 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
     write_json(out / "manifest.json", {
         "format": FORMAT, "version": VERSION, "dim": store.dim(), "dtype": config.store_dtype,
         "ids": "image_key", "index": "index.parquet",
-        "shards": [{"index": i, "name": shard_name(i), "rows": len(store.shards[i].keys)}
+        "shards": [{"index": i, "name": shard_name(i), "rows": len(store.shards[i].keys),
+                    **({"sha256": store.shards[i].sha256} if store.shards[i].sha256 else {})}
                    for i in sorted(store.shards)],
         "identity": store.identity,
     })

@@ -20,8 +20,10 @@ A killed run leaves finished shards (array + marker) behind; the rerun loads the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,7 @@ class ShardInfo:
     dim: int
     dtype: str
     aliases: list[dict[str, str]] = field(default_factory=list)  # {"key", "hash"}: content stored by an earlier row
+    sha256: str | None = None  # of the .npy file (stores written before checksums have none)
 
 
 @dataclass
@@ -59,11 +62,14 @@ class FeatureStore:
 
     # ---------------------------------------------------------------- open / create
     @classmethod
-    def open(cls, root: str | os.PathLike, identity: dict[str, Any], *, overwrite: bool = False) -> FeatureStore:
+    def open(cls, root: str | os.PathLike, identity: dict[str, Any], *, overwrite: bool = False,
+             repair: bool = False) -> FeatureStore:
         """Open (resume) or create a store at ``root`` for vectors described by ``identity``.
 
         ``overwrite`` empties a store presel wrote, after taking its lock (a store another embed is writing
-        is never deleted); a folder that is not a feature store is never deleted."""
+        is never deleted); a folder that is not a feature store is never deleted. A damaged store (see
+        :func:`check_store`) is an error naming the damaged files, unless ``repair``: then the damaged shards are
+        removed (their images are embedded again) and the damaged index, manifest and rejects are rewritten."""
         from presel.io.owned import check_deletable, remove_owned
 
         root = Path(root)
@@ -77,16 +83,16 @@ class FeatureStore:
                                   f"identity.json); {'refusing to delete it with --overwrite, ' if overwrite else ''}"
                                   f"presel deletes only what it wrote: {fix}")
             if overwrite:
-                check_deletable(root, only=("identity.json",), fix=fix)
+                check_deletable(root, only=("identity.json", "manifest.json"), fix=fix)
         identity = {"format": FORMAT, "version": VERSION, **identity}
         store = cls(root, identity)
         root.mkdir(parents=True, exist_ok=True)
         store._lock()
         try:
             if overwrite and ident_path.is_file():
-                remove_owned(root, only=("identity.json",), keep=(".lock",), fix=fix)
+                remove_owned(root, only=("identity.json", "manifest.json"), keep=(".lock",), fix=fix)
             if ident_path.is_file():
-                old = json.loads(ident_path.read_text(encoding="utf-8"))
+                old = _read_identity(ident_path)
                 diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
                 if diff:
                     what = ", ".join(f"{k}={old.get(k)!r} (now {identity.get(k)!r})" for k in diff)
@@ -95,6 +101,7 @@ class FeatureStore:
             else:
                 (root / "shards").mkdir(parents=True, exist_ok=True)
                 write_json(ident_path, identity)
+            store._repair_or_refuse(repair)
             store._load_shards()
         except BaseException:
             store.close()
@@ -119,6 +126,21 @@ class FeatureStore:
         if f is not None:
             f.close()
             self._lock_file = None
+
+    def _repair_or_refuse(self, repair: bool) -> None:
+        """Stop on a damaged store (naming every damaged file and the fix), or with ``repair`` remove what is
+        damaged so that this run embeds it again."""
+        damage = check_store(self.root, finished=False)
+        if not damage:
+            return
+        if not repair:
+            raise damaged_error(self.root, damage)
+        for d in damage:
+            for f in d.remove:
+                f.unlink(missing_ok=True)
+        print(f"presel embed --repair: {self.root}: removed {len(damage)} damaged file(s) "
+              f"({', '.join(d.path.name for d in damage[:5])}{' ...' if len(damage) > 5 else ''}); their images are "
+              "embedded again", file=sys.stderr)
 
     def _load_shards(self) -> None:
         d = self.root / "shards"
@@ -183,12 +205,21 @@ class FeatureStore:
             raise PreselError(f"{bad}: the model produced non-finite features; check the model and --dtype")
         dim = int(vectors.shape[1])
         base = self.root / "shards" / shard_name(index)
+        digest = None
         if keys:
+            import io
+
+            buf = io.BytesIO()
+            np.save(buf, vectors.astype(dtype), allow_pickle=False)
+            data = buf.getbuffer()
+            digest = hashlib.sha256(data).hexdigest()
             with atomic_file(base.with_suffix(".npy"), "wb") as f:
-                np.save(f, vectors.astype(dtype), allow_pickle=False)
-        info = ShardInfo(index, list(keys), list(hashes), list(rejects), dim, dtype, list(aliases or []))
+                f.write(data)
+        info = ShardInfo(index, list(keys), list(hashes), list(rejects), dim, dtype, list(aliases or []), digest)
         marker = {"index": index, "rows": len(keys), "keys": info.keys, "hashes": info.hashes,
                   "rejects": info.rejects, "dim": dim, "dtype": dtype}
+        if digest:
+            marker["sha256"] = digest
         if info.aliases:
             marker["aliases"] = info.aliases
         write_json(base.with_suffix(".json"), marker)
@@ -218,10 +249,147 @@ class FeatureStore:
 def read_marker(path: Path) -> ShardInfo:
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-        return ShardInfo(int(d["index"]), list(d["keys"]), list(d["hashes"]), list(d["rejects"]), int(d["dim"]),
-                         str(d["dtype"]), list(d.get("aliases", [])))
-    except (ValueError, KeyError, TypeError) as e:
-        raise PreselError(f"{path}: unreadable shard marker ({e}); delete it and its .npy and rerun") from None
+        info = ShardInfo(int(d["index"]), list(d["keys"]), list(d["hashes"]), list(d["rejects"]), int(d["dim"]),
+                         str(d["dtype"]), list(d.get("aliases", [])), d.get("sha256"))
+        if len(info.hashes) != len(info.keys) or not all(isinstance(k, str) for k in info.keys):
+            raise ValueError("keys and hashes do not match")
+        return info
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OSError) as e:
+        raise PreselError(f"{path}: unreadable shard marker ({str(e)[:160]}); rerun `presel embed` with the same "
+                          "flags and --repair to embed that shard again") from None
+
+
+# ---------------------------------------------------------------- damage
+REPAIR_FIX = ("rerun `presel embed` with the same flags and --repair (re-embeds only what is damaged), or with "
+              "--overwrite to start over")
+
+
+@dataclass
+class Damage:
+    """One damaged file of a store: what is wrong, and the files --repair removes for it."""
+
+    path: Path
+    problem: str
+    remove: tuple[Path, ...] = ()
+
+
+def damaged_error(root: Path, damage: list[Damage]) -> PreselError:
+    head = "; ".join(f"{d.path}: {d.problem}" for d in damage[:3])
+    more = f" (and {len(damage) - 3} more damaged file(s))" if len(damage) > 3 else ""
+    fix = REPAIR_FIX if not any(d.path.name == "identity.json" for d in damage) else \
+        "identity.json says which model made the vectors and cannot be rebuilt: rerun `presel embed` with --overwrite"
+    return PreselError(f"feature store {root} is damaged: {head}{more}; {fix}")
+
+
+def _read_identity(path: Path) -> dict[str, Any]:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} identity")
+        return d
+    except (ValueError, OSError, RecursionError) as e:
+        raise damaged_error(path.parent, [Damage(path, f"unreadable ({str(e)[:120]})")]) from None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_array(npy: Path, info: ShardInfo) -> str | None:
+    """What is wrong with a shard's array given its marker (None: nothing)."""
+    if not npy.is_file():
+        return "missing (its completion marker is there)"
+    try:
+        arr = np.load(npy, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        return f"truncated or not a .npy array ({str(e)[:100]})"
+    if arr.shape != (len(info.keys), info.dim) or str(arr.dtype) != info.dtype:
+        return f"shape {arr.shape} {arr.dtype} does not match its marker ({len(info.keys)} x {info.dim} {info.dtype})"
+    if info.sha256 and file_sha256(npy) != info.sha256:
+        return "checksum differs from the one recorded when it was written (replaced or corrupted)"
+    return None
+
+
+def check_store(root: str | os.PathLike, *, finished: bool = True) -> list[Damage]:
+    """Every damaged file of the store at ``root``: identity.json, shard markers and arrays (shape, dtype,
+    checksum), and, when ``finished`` (a store select reads) or present, manifest.json, index.parquet and
+    rejects.jsonl. Cheap except for the checksums, which read each shard once."""
+    root = Path(root)
+    out: list[Damage] = []
+    ident = root / "identity.json"
+    if ident.is_file():
+        try:
+            _read_identity(ident)
+        except PreselError as e:
+            out.append(Damage(ident, str(e).split(": ", 2)[-1].split(";")[0]))
+            return out
+    shards = root / "shards"
+    markers = sorted(shards.glob("shard-*.json")) if shards.is_dir() else []
+    infos: dict[int, ShardInfo] = {}
+    for m in markers:
+        npy = m.with_suffix(".npy")
+        try:
+            info = read_marker(m)
+        except PreselError as e:
+            out.append(Damage(m, str(e).split(": ", 1)[-1].split(";")[0], (m, npy)))
+            continue
+        if m.stem != shard_name(info.index):
+            out.append(Damage(m, f"marker of shard {info.index} under the name {m.name}", (m, npy)))
+            continue
+        why = _check_array(npy, info) if info.keys else None
+        if why:
+            out.append(Damage(npy, why, (m, npy)))
+            continue
+        infos[info.index] = info
+    man_path = root / "manifest.json"
+    man_shards: list[Any] = []
+    if man_path.is_file() or (finished and not out):
+        try:
+            man = json.loads(man_path.read_text(encoding="utf-8"))
+            if not isinstance(man, dict) or man.get("format") != FORMAT or not isinstance(man.get("shards"), list):
+                raise ValueError(f"not a {FORMAT} manifest")
+            man_shards = [(int(x["index"]), x.get("sha256")) for x in man["shards"]]
+        except FileNotFoundError:
+            pass  # an unfinished store: load_feature_matrix says so
+        except (ValueError, KeyError, TypeError, OSError, RecursionError) as e:
+            out.append(Damage(man_path, f"unreadable ({str(e)[:120]})", (man_path,)))
+    damaged_shards = {int(d.path.stem.split("-")[-1]) for d in out if d.path.parent == shards
+                      and d.path.stem.split("-")[-1].isdigit()}
+    for i, digest in man_shards:
+        if i in damaged_shards:
+            continue
+        if i not in infos:
+            npy = shards / f"{shard_name(i)}.npy"
+            out.append(Damage(npy, "listed in manifest.json but deleted (no array or marker)", (npy, npy.with_suffix(".json"))))
+        elif digest and infos[i].sha256 and digest != infos[i].sha256:
+            npy = shards / f"{shard_name(i)}.npy"
+            out.append(Damage(npy, "checksum differs from the one in manifest.json (replaced)", (npy, npy.with_suffix(".json"))))
+    idx = root / "index.parquet"
+    if idx.is_file() or (finished and man_path.is_file()):
+        try:
+            import pyarrow.parquet as pq
+
+            t = pq.read_table(idx)
+            if not {"key", "hash", "shard", "row"} <= set(t.column_names):
+                raise ValueError("columns key, hash, shard, row missing")
+        except Exception as e:  # noqa: BLE001 - arrow raises many types for a damaged file
+            out.append(Damage(idx, f"unreadable ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})",
+                              (idx,)))
+    rej = root / "rejects.jsonl"
+    if rej.is_file():
+        try:
+            from presel.io.manifest import iter_jsonl
+
+            for n, r in iter_jsonl(rej):
+                if not isinstance(r.get("image"), str) or not isinstance(r.get("reason"), str):
+                    raise PreselError(f"line {n}: needs image and reason strings")
+        except PreselError as e:
+            out.append(Damage(rej, f"unreadable ({str(e).replace(str(rej), '').strip(': ')[:160]})", (rej,)))
+    return out
 
 
 def load_feature_matrix(path: str | os.PathLike):
@@ -238,9 +406,10 @@ def load_feature_matrix(path: str | os.PathLike):
                               "rerun the same `presel embed` command to resume it")
         raise PreselError(f"{root}: not a presel feature store (no manifest.json); pass a store written by "
                           "`presel embed`, a .npy (+ --feature-ids) or a .parquet file")
+    damage = check_store(root)
+    if damage:
+        raise damaged_error(root, damage)
     man = json.loads(man_path.read_text(encoding="utf-8"))
-    if man.get("format") != FORMAT:
-        raise PreselError(f"{man_path}: format {man.get('format')!r} is not {FORMAT!r}")
     idx = pq.read_table(root / "index.parquet")
     keys = idx.column("key").to_pylist()
     shard_col = np.asarray(idx.column("shard").to_numpy(), dtype=np.int64)
@@ -282,10 +451,11 @@ def rejected_images(path: str | os.PathLike) -> dict[str, str]:
     p = Path(path) / "rejects.jsonl"
     if not p.is_file():
         return {}
+    from presel.io.manifest import iter_jsonl
+
     out: dict[str, str] = {}
-    with open(p, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                out[image_key(r["image"])] = r["reason"]
+    for n, r in iter_jsonl(p, fix=REPAIR_FIX):
+        if not isinstance(r.get("image"), str) or not isinstance(r.get("reason"), str):
+            raise PreselError(f"{p} line {n}: a reject needs 'image' and 'reason' strings; {REPAIR_FIX}")
+        out[image_key(r["image"])] = r["reason"]
     return out

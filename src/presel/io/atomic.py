@@ -35,8 +35,10 @@ def _write_error(e: OSError, out: Path) -> PreselError:
            errno.EACCES: "permission denied", errno.EPERM: "permission denied",
            errno.EISDIR: "a directory is in the way", errno.ENOTDIR: "a file is in the way of a folder",
            errno.EEXIST: "a file is in the way of a folder"}
-    return PreselError(f"cannot write {out}: {why.get(e.errno, e.strerror or str(e))}; free space, fix the "
-                       "permissions or choose another --out (nothing was half-written)")
+    err = PreselError(f"cannot write {out}: {why.get(e.errno, e.strerror or str(e))}; free space, fix the "
+                      "permissions or choose another --out (nothing was half-written)")
+    err.errno = e.errno  # type: ignore[attr-defined]  # callers that know the size needed say it (embed)
+    return err
 
 
 def _ours(e: BaseException, tmp: str | os.PathLike) -> bool:

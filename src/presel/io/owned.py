@@ -23,6 +23,7 @@ _PROOFS: dict[str, Any] = {
     "config.json": lambda d: "stage" in d and "environment" in d,          # every stage output (resolved_config)
     "presel_config.json": lambda d: "stage" in d and "environment" in d,   # fine-tuned model folders
     "identity.json": lambda d: d.get("format") == "presel-feature-store",  # feature stores
+    "manifest.json": lambda d: d.get("format") == "presel-feature-store",  # a finished store whose identity broke
     "score_state.json": lambda d: "data_sha256" in d and "model" in d,     # IRS scoring in progress
     "presel_source.json": lambda d: "model" in d,                          # offline models built by presel
     "fingerprint.json": lambda d: "data_digest" in d and "model" in d,     # a fine-tune's work folder
