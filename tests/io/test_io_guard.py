@@ -149,3 +149,24 @@ def test_run_stage_folder_over_an_input(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "stage folder select " in err and "contains the input select.reference" in err
     assert (tmp_path / "run" / "selection" / "ref.txt").is_file()
+
+
+def test_run_checks_budget_count_and_annotations_up_front(tmp_path, capsys):
+    _pool(tmp_path)
+    cfg = _config(tmp_path, budget=None, budget_count=500)
+    for argv in (["run", str(cfg)], ["run", str(cfg), "--dry-run"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "select.budget_count=500 is larger than the pool (60 distinct images" in err, err
+    assert not (tmp_path / "run" / "selection").exists()
+    (tmp_path / "anns.json").write_text('[{"id": "alpha-0", "image": "img/alpha/0.png", "conversations": [}]')
+    data = yaml.safe_load(cfg.read_text())
+    data["select"].pop("budget_count")
+    data["select"]["budget"] = 0.2
+    data["generate"] = {"from_annotations": "anns.json"}
+    cfg.write_text(yaml.safe_dump(data))
+    for argv in (["run", str(cfg)], ["run", str(cfg), "--dry-run"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "anns.json record 0" in err and "not valid JSON" in err, err
+    assert not (tmp_path / "run" / "selection").exists()

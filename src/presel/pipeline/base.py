@@ -171,7 +171,14 @@ def require_path(cfg: RunConfig, section: str, key: str, value: Any) -> Path | N
     if not isinstance(value, (str, os.PathLike)):
         raise PreselError(f"{cfg.source}: {section}.{key}={value!r} must be a path (a string)")
     p = cfg.path(value)
-    if not p.exists():
+    try:
+        there = p.exists()
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte: not a path at all
+        from presel.io.text import short
+
+        raise PreselError(f"{cfg.source}: {section}.{key}={short(value)} is not a usable path "
+                          f"({getattr(e, 'strerror', None) or e}); fix the path") from None
+    if not there:
         raise PreselError(f"{cfg.source}: {section}.{key}={value!r}: {p} does not exist; fix the path "
                           f"(relative paths are relative to the config file's folder, {cfg.base_dir})")
     return p

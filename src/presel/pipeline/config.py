@@ -85,8 +85,13 @@ class RunConfig:
 
     def path(self, value: str | os.PathLike | None) -> Path | None:
         """A path from the config, relative to the config file's folder."""
-        if value in (None, ""):
+        if value is None or (isinstance(value, str) and value == ""):
             return None
+        if not isinstance(value, str | os.PathLike):
+            from presel.io.text import short
+
+            raise PreselError(f"{self.source}: {short(value)} ({type(value).__name__}) is given where a path is "
+                              "expected; write the path as a string")
         p = Path(value)
         return p if p.is_absolute() else self.base_dir / p
 

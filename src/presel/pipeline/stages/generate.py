@@ -56,6 +56,9 @@ class Generate(Stage):
             from_dict(OracleConfig, {"annotations": str(self.section["from_annotations"]),
                                      **{k: v for k, v in self.section.items() if k != "from_annotations"}},
                       source=self.source)
+            from presel.generate.store import load_annotations
+
+            load_annotations(self.cfg.path(self.section["from_annotations"]))  # malformed: now, not after embed
             return
         if self.conf.templates:  # relative to the config, like every path in it
             self.conf = dataclasses.replace(self.conf, templates=str(self.cfg.path(self.conf.templates)))

@@ -25,6 +25,16 @@ class Select(Stage):
     def legacy_settings(self) -> dict[str, Any]:
         return {k: v for k, v in self.section.items() if k not in self.extra}
 
+    def validate(self) -> None:
+        super().validate()
+        n = self.conf.budget_count
+        if n is not None:  # before reference and embed run (and in --dry-run): a budget the pool cannot fill
+            pool = self.ctx.pool()
+            have = len(pool.distinct_images())
+            if n > have:
+                raise PreselError(f"{self.cfg.source}: select.budget_count={n} is larger than the pool ({have} distinct "
+                                  f"images in {pool.source}); lower it, or give budget: FRACTION (e.g. 0.15)")
+
     def wire(self) -> bool:
         out, sec = self.ctx.outputs, self.section
         features = out.get("features") or self.cfg.path(sec.get("features"))
