@@ -153,3 +153,44 @@ def test_id_list_with_object_ids(tmp_path):
     (tmp_path / "ref.jsonl").write_text('{"id": "a"}\n{"id": {"x": 1}}\n')
     with pytest.raises(PreselError, match=r"ref.jsonl line 2: 'id' must be a string or a number"):
         read_id_list(tmp_path / "ref.jsonl")
+
+
+def test_fifo_features_parquet_and_task_map(tmp_path, capsys):
+    from presel.io.features import load_features
+    from presel.io.manifest import load_task_map, read_parquet
+
+    for name in ("f.npy", "f.parquet", "map.json", "map.csv"):
+        os.mkfifo(tmp_path / name)
+    with pytest.raises(PreselError, match="FIFO"):
+        _no_hang(lambda: load_features(tmp_path / "f.npy", tmp_path / "ids.txt"))
+    with pytest.raises(PreselError, match="FIFO"):
+        _no_hang(lambda: read_parquet(tmp_path / "f.parquet"))
+    for name in ("map.json", "map.csv"):
+        with pytest.raises(PreselError, match="FIFO"):
+            _no_hang(lambda name=name: load_task_map(tmp_path / name))
+
+
+def test_task_map_values_of_the_wrong_type(tmp_path):
+    from presel.io.manifest import load_task_map
+
+    (tmp_path / "map.json").write_text('{"a": ["x", "y"]}')
+    with pytest.raises(PreselError, match=r"'task' must be a string or a number, got list"):
+        load_task_map(tmp_path / "map.json")
+
+
+def test_truncated_npy_features(tmp_path):
+    from presel.io.features import load_features
+
+    np.save(tmp_path / "f.npy", np.ones((10, 4), np.float32))
+    (tmp_path / "f.npy").write_bytes((tmp_path / "f.npy").read_bytes()[:90])
+    (tmp_path / "ids.txt").write_text("".join(f"i{k}\n" for k in range(10)))
+    with pytest.raises(PreselError, match="not a readable .npy array"):
+        load_features(tmp_path / "f.npy", tmp_path / "ids.txt")
+
+
+def test_run_out_may_hold_its_config(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("out: run\npool: {path: missing.jsonl}\n")
+    assert main(["run", "config.yaml", "--out", ".", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "would delete or overwrite" not in err and "missing.jsonl" in err

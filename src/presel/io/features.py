@@ -77,7 +77,10 @@ class FeatureMatrix:
 
 def load_features(path: str | os.PathLike, ids_path: str | os.PathLike | None = None) -> FeatureMatrix:
     """Open features from ``.npy`` (+ ids file), Parquet, or a feature store directory."""
+    from presel.io.paths import require_regular
+
     path = Path(path)
+    require_regular(path, "--features", folder_ok=True)  # a FIFO would block np.load forever
     if not path.exists():
         raise PreselError(f"{path}: features not found; check --features")
     if path.is_dir():
@@ -89,9 +92,10 @@ def load_features(path: str | os.PathLike, ids_path: str | os.PathLike | None = 
         if ids_path is None:
             raise PreselError(f"{path}: a .npy feature matrix needs --feature-ids (a text file, one id per line, same order)")
         try:
-            arr = np.load(path, mmap_mode="r")
-        except ValueError as e:
-            raise PreselError(f"{path}: not a readable .npy array ({e})") from None
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise PreselError(f"{path}: not a readable .npy array ({str(e)[:160]}); write it again with numpy.save") \
+                from None
         if arr.ndim != 2:
             raise PreselError(f"{path}: features must be a 2-D array N x d, got shape {arr.shape}")
         if arr.dtype not in (np.float16, np.float32, np.float64):

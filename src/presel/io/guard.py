@@ -99,6 +99,8 @@ def check_apart(outputs: Mapping[str, Any], inputs: Mapping[str, Any],
 def check_args(args: Any) -> None:
     """Apply :func:`check_apart` to a parsed command line (argparse Namespace)."""
     ns = vars(args)
+    if ns.get("command") == "run":  # a run folder holds its config and inputs; the runner checks each stage folder
+        return
     outputs = {_flag(d): ns.get(d) for d in OUTPUT_FLAGS if ns.get(d) is not None}
     if not outputs:
         return

@@ -109,7 +109,10 @@ def read_parquet(path: str | os.PathLike, *, columns: Sequence[str] | None = Non
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from presel.io.paths import require_regular
+
     path = Path(path)
+    require_regular(path, "file")
     try:
         return pq.read_table(path, columns=list(columns) if columns is not None else None)
     except FileNotFoundError:
@@ -151,13 +154,13 @@ def load_task_map(path: str | os.PathLike) -> dict[str, str]:
     if path.suffix.lower() == ".json":
         data = read_json_file(path, missing="task map not found; check --task-map")
         if isinstance(data, dict):
-            return {str(k): str(v) for k, v in data.items()}
+            return {str(k): scalar_text(v, f"{path} id {k!r}", "task") for k, v in data.items()}
         raise PreselError(f"{path}: a JSON task map must be an object {{id: task}}")
     out: dict[str, str] = {}
     for n, rec in iter_raw_records(path):
         if "id" not in rec or "task" not in rec:
             raise PreselError(f"{path} line {n}: task map rows need 'id' and 'task' columns")
-        out[str(rec["id"])] = str(rec["task"])
+        out[scalar_text(rec["id"], f"{path} line {n}", "id")] = scalar_text(rec["task"], f"{path} line {n}", "task")
     return out
 
 
