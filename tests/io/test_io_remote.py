@@ -128,3 +128,25 @@ def test_embed_on_ray_with_nothing_listening(tiny_dinov2, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and f"--ray-address 127.0.0.1:{port}: cannot reach a Ray cluster there" in err
     assert not (tmp_path / "feats").exists()
+
+
+def test_ray_address_that_accepts_and_stays_silent(silent_server):
+    with pytest.raises(PreselError, match=rf"127.0.0.1:{silent_server}: something accepts connections there but does "
+                                          r"not answer as a Ray cluster \(no answer within 1 s\)"):
+        check_reachable(f"127.0.0.1:{silent_server}", 1)
+
+
+def test_ray_address_of_an_http_server(web):
+    port = web.rsplit(":", 1)[1]
+    with pytest.raises(PreselError, match="not a Ray cluster"):
+        check_reachable(f"127.0.0.1:{port}", 5)
+
+
+@pytest.mark.slow
+def test_ray_address_of_a_real_cluster_passes():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        check_reachable(ray.get_runtime_context().gcs_address, 10)
+    finally:
+        ray.shutdown()

@@ -83,11 +83,24 @@ def check_reachable(address: str | None, timeout: float) -> None:
         raise PreselError(f"--ray-address {address!r}: expected HOST:PORT (e.g. 10.0.0.5:6379), ray://HOST:PORT or "
                           "'auto'")
     host = host.strip("[]") or "127.0.0.1"
+    wait = max(0.1, min(timeout, 30.0))
+    fix = (f"start it (`ray start --head --port {port_s}` on {host}), fix the address, or drop --executor ray to run "
+           "locally")
     try:
-        with socket.create_connection((host, int(port_s)), timeout=max(0.1, min(timeout, 30.0))):
-            return
+        conn = socket.create_connection((host, int(port_s)), timeout=wait)
     except OSError as e:
         why = "timed out" if isinstance(e, TimeoutError | socket.timeout) else (e.strerror or str(e))
-        raise PreselError(f"--ray-address {address}: cannot reach a Ray cluster there ({why}); start it "
-                          f"(`ray start --head --port {port_s}` on {host}), fix the address, or drop --executor ray "
-                          "to run locally") from None
+        raise PreselError(f"--ray-address {address}: cannot reach a Ray cluster there ({why}); {fix}") from None
+    # Ray's GCS (and its client server) speak gRPC: an HTTP/2 server answers the client preface with SETTINGS at
+    # once. Something that accepts and stays silent would keep ray.init waiting for minutes.
+    with conn:
+        try:
+            conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            head = conn.recv(9)
+        except OSError as e:
+            silent = isinstance(e, TimeoutError | socket.timeout)
+            why = f"no answer within {wait:g} s" if silent else (e.strerror or str(e))
+            raise PreselError(f"--ray-address {address}: something accepts connections there but does not answer as a "
+                              f"Ray cluster ({why}); {fix}") from None
+    if len(head) < 9 or head[3] != 0x04:
+        raise PreselError(f"--ray-address {address}: the server there is not a Ray cluster (no gRPC reply); {fix}")
