@@ -9,7 +9,7 @@ import sys
 
 from presel import __version__
 from presel.errors import PreselError
-from presel.io.text import cut
+from presel.io.text import cut_middle
 
 # command name -> module under presel.commands (one file per command keeps them independent)
 COMMANDS: dict[str, str] = {
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         check_args(args)  # never write where this call reads (before anything is deleted)
         return int(args._run(args) or 0)
     except PreselError as e:
-        print(f"presel {args.command}: error: {cut(str(e), 4000)}", file=sys.stderr)
+        print(f"presel {args.command}: error: {cut_middle(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"presel {args.command}: interrupted; finished work is kept, rerun the same command to resume",

@@ -144,7 +144,9 @@ def check_types(cls: type, data: dict[str, Any], *, source: str = "config") -> N
         hint = hints.get(name)
         if hint is not None and not _type_ok(value, hint):
             got = "null" if value is None else f"{type(value).__name__}"
-            raise PreselError(f"{source}: {name}={value!r} must be {_describe(hint)}, got {got}; "
+            from presel.io.text import short
+
+            raise PreselError(f"{source}: {name}={short(value)} must be {_describe(hint)}, got {got}; "
                               f"{_fix(name, value, hint)}")
 
 

@@ -15,6 +15,14 @@ def cut(text: str, limit: int = LIMIT) -> str:
     return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
 
 
+def cut_middle(text: str, limit: int = 2000) -> str:
+    """``text`` of at most about ``limit`` characters, keeping its start and its end (an error's fix is at the end)."""
+    if len(text) <= limit:
+        return text
+    head, tail = limit * 2 // 3, limit // 3
+    return f"{text[:head]} ... ({len(text) - head - tail:,} characters left out) ... {text[-tail:]}"
+
+
 _REPR = reprlib.Repr()
 _REPR.maxlevel = 4
 _REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = 8
