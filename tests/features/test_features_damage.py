@@ -93,6 +93,14 @@ def test_deleted_shard_files_and_broken_identity(store, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{out / 'identity.json'}: unreadable" in err and "--overwrite" in err
     assert main(["embed", *args, "--out", str(out), "--overwrite"]) == 0  # manifest.json proves the store is presel's
+    capsys.readouterr()
+    (out / "identity.json").unlink()
+    for cmd in (["embed", *args, "--out", str(out)], ["select", "--pool", str(pool), "--features", str(out),
+                                                     "--budget-count", "3", "--task-weights", "uniform",
+                                                     "--out", str(tmp_path / "sel")]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert f"{out / 'identity.json'}: missing" in err and "--overwrite" in err, err
 
 
 def test_full_disk_during_embed(tiny_dinov2, tmp_path, write_pool, monkeypatch, capsys):

@@ -63,3 +63,20 @@ def test_online_where_every_answer_is_unparseable_exits_3(tmp_path, server, caps
     rc = main(["generate", "--selection", str(sel), "--model", "fake-vlm", "--base-url", server.base_url,
                "--parse-retries", "0", "--no-progress", "--out", str(tmp_path / "gen")])
     assert rc == 3 and "nothing usable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("image", "a\u0000b.png", "holds a NUL byte"),
+    ("id", ["x"], "'id' must be a string or a number, got list"),
+    ("task", {"t": 1}, "'task' must be a string or a number, got dict"),
+    ("image", 3, "'image' must be a path string"),
+])
+def test_selection_rows_of_wrong_types(tmp_path, field, value, needle):
+    from presel.errors import PreselError
+    from presel.generate.store import read_selection
+
+    rec = {"id": "a", "image": "a.png", "task": "t", "source": "selected", field: value}
+    (tmp_path / "sel.jsonl").write_text(json.dumps(rec) + "\n")
+    with pytest.raises(PreselError, match="sel.jsonl line 1: ") as e:
+        read_selection(tmp_path / "sel.jsonl")
+    assert needle in str(e.value)

@@ -78,6 +78,8 @@ class FeatureStore:
         ident_path = root / "identity.json"
         fix = "remove it yourself or choose another --out"
         if root.is_dir() and any(root.iterdir()):
+            if not ident_path.is_file() and _proves_store(root / "manifest.json"):
+                raise damaged_error(root, [Damage(ident_path, "missing (manifest.json says this is a feature store)")])
             if not ident_path.is_file():
                 raise PreselError(f"--out {root} exists, is not empty and is not a presel feature store (no "
                                   f"identity.json); {'refusing to delete it with --overwrite, ' if overwrite else ''}"
@@ -291,6 +293,13 @@ def _read_identity(path: Path) -> dict[str, Any]:
         raise damaged_error(path.parent, [Damage(path, f"unreadable ({str(e)[:120]})")]) from None
 
 
+def _proves_store(manifest: Path) -> bool:
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -321,6 +330,9 @@ def check_store(root: str | os.PathLike, *, finished: bool = True) -> list[Damag
     root = Path(root)
     out: list[Damage] = []
     ident = root / "identity.json"
+    if finished and not ident.is_file() and _proves_store(root / "manifest.json"):
+        out.append(Damage(ident, "missing (manifest.json says this is a feature store)"))
+        return out
     if ident.is_file():
         try:
             _read_identity(ident)

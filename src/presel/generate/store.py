@@ -39,7 +39,7 @@ class SelectionRow:
 def read_selection(path: str | os.PathLike) -> list[SelectionRow]:
     """Rows of a selection file (Parquet, JSONL, JSON or CSV) with ``id``, ``image``, ``task`` and ``source``
     (a file without ``source`` counts every row as selected)."""
-    from presel.io.manifest import iter_raw_records
+    from presel.io.manifest import check_text, iter_raw_records, scalar_text
 
     path = Path(path)
     if not path.is_file():
@@ -50,7 +50,12 @@ def read_selection(path: str | os.PathLike) -> list[SelectionRow]:
         for col in ("id", "image", "task"):
             if rec.get(col) in (None, ""):
                 raise PreselError(f"{path} line {line}: missing '{col}'; a selection needs id, image, task (and source)")
-        rid = str(rec["id"])
+        where = f"{path} line {line}"
+        rid = scalar_text(rec["id"], where, "id")
+        if not isinstance(rec["image"], str):
+            raise PreselError(f"{where}: 'image' must be a path string, got {type(rec['image']).__name__}")
+        check_text(rec["image"], f"{where}: 'image'", nul=True)
+        scalar_text(rec["task"], where, "task")
         if rid in seen:
             raise PreselError(f"{path} line {line}: duplicate id '{rid}' (first on line {seen[rid]}); ids must be unique")
         seen[rid] = line
