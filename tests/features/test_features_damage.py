@@ -44,6 +44,20 @@ def _swap(p):
     p.write_bytes(other.read_bytes())  # same shape (3 x d), other vectors
 
 
+def _swap_keep_mtime(p):
+    shutil.copy2(p.with_name("shard-000001.npy"), p)  # cp -p: the other shard's bytes and time
+
+
+def _flip_keep_mtime(p):
+    import os
+
+    st = p.stat()
+    data = bytearray(p.read_bytes())
+    data[-1] ^= 0xFF  # one value changed in place, modification time set back
+    p.write_bytes(bytes(data))
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+
+
 def _break(p):
     p.write_text("{broken")
 
@@ -51,6 +65,8 @@ def _break(p):
 @pytest.mark.parametrize("name, damage, needle", [
     ("shards/shard-000000.npy", _truncate, "truncated or not a .npy array"),
     ("shards/shard-000000.npy", _swap, "checksum differs"),
+    ("shards/shard-000000.npy", _swap_keep_mtime, "checksum differs"),
+    ("shards/shard-000000.npy", _flip_keep_mtime, "checksum differs"),
     ("shards/shard-000000.npy", lambda p: p.unlink(), "missing"),
     ("shards/shard-000000.json", _break, "unreadable shard marker"),
     ("manifest.json", _break, "unreadable"),
