@@ -80,3 +80,31 @@ def test_selection_rows_of_wrong_types(tmp_path, field, value, needle):
     with pytest.raises(PreselError, match="sel.jsonl line 1: ") as e:
         read_selection(tmp_path / "sel.jsonl")
     assert needle in str(e.value)
+
+
+def test_run_stops_with_exit_3_when_every_request_fails(tmp_path, capsys):
+    import numpy as np
+    import yaml
+    from gen_fake_server import FakeOpenAI
+    from PIL import Image
+
+    rows = []
+    for i in range(12):
+        img = f"img/{i}.png"
+        (tmp_path / "img").mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8), (i * 20, 40, 90)).save(tmp_path / img)
+        rows.append({"id": f"r{i}", "image": img, "task": "t"})
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    np.save(tmp_path / "f.npy", np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32))
+    (tmp_path / "ids.txt").write_text("".join(r["id"] + "\n" for r in rows))
+    with FakeOpenAI() as srv:
+        srv.default = "500"
+        cfg = {"out": "run", "pool": {"path": "pool.jsonl"},
+               "select": {"budget_count": 4, "seed": 0, "task_weights": "uniform", "images_per_cluster": 4,
+                          "features": "f.npy", "feature_ids": "ids.txt"},
+               "generate": {"base_url": srv.base_url, "model": "fake-vlm", "max_retries": 0, "backoff_base": 0.01}}
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+        assert main(["run", str(tmp_path / "c.yaml")]) == 3
+    err = capsys.readouterr().err
+    assert "finished, nothing usable: 0 of 4 selected item(s) generated, 4 failed" in err
+    assert not (tmp_path / "run" / "generate" / ".presel-stage.json").exists()  # not marked finished

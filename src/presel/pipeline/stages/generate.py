@@ -94,15 +94,19 @@ class Generate(Stage):
                   "image_root": self.ctx.pool().image_root}
         selection = self.ctx.outputs["selection"]
         mode = self.section.get("mode", "online")
+        from presel.generate.usable import check_usable
+
+        partial = bool(self.section.get("allow_partial"))
         if mode == "online":
             from presel.generate.online import generate_to_dir
 
-            generate_to_dir(selection, self.out_dir, self.conf, **common)
+            check_usable(generate_to_dir(selection, self.out_dir, self.conf, **common), self.out_dir,
+                         allow_partial=partial)  # every request failed: stop the run, exit 3
         elif mode == "batch-api":
             from presel.generate.batch import batch_api_to_dir
 
-            batch_api_to_dir(selection, self.out_dir, self.conf, self.batch,
-                             allow_partial=bool(self.section.get("allow_partial")), **common)
+            check_usable(batch_api_to_dir(selection, self.out_dir, self.conf, self.batch, allow_partial=partial,
+                                          **common), self.out_dir, allow_partial=partial)
         else:
             from presel.generate.batch import batch_files_to_dir
 
@@ -126,6 +130,9 @@ class Generate(Stage):
         summary = collect_to_dir(self.out_dir, files, reference_annotations=self.ctx.outputs.get("annotated"),
                                  allow_partial=bool(self.section.get("allow_partial")),
                                  price_in=self.conf.price_in, price_out=self.conf.price_out)
+        from presel.generate.usable import check_usable
+
+        check_usable(summary, self.out_dir, allow_partial=bool(self.section.get("allow_partial")))
         if not (self.out_dir / "train.json").exists():
             return Waiting(f"{summary.get('pending', '?')} selected item(s) have no result yet: add their result files "
                            "to generate.collect (or set allow_partial: true) and rerun")
