@@ -123,3 +123,29 @@ def test_report_section_unknown_key_lists_known_keys(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown setting(s) colour in 'report'" in err
     assert "known: \n" not in err and "'report' takes no settings: write `report: {}`" in err, err
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("gqa/: [1, 2]\n", "rule 'gqa/': 'task' must be a string or a number, got list"),
+    ("- {prefix: gqa/, task: {x: 1}}\n", "rule 1: 'task' must be a string or a number, got dict"),
+    ("- [a]\n", "rule 1: 'rule' must be a string or a number, got list"),
+    ("a: 1\na: 2\n", "duplicate key 'a'"),
+])
+def test_task_rules_files_of_wrong_types(tmp_path, text, needle):
+    from presel.io.manifest import parse_task_rules
+
+    (tmp_path / "rules.yaml").write_text(text)
+    with pytest.raises(PreselError, match="rules.yaml") as e:
+        parse_task_rules(str(tmp_path / "rules.yaml"))
+    assert needle in str(e.value)
+
+
+def test_templates_file_strict(tmp_path):
+    from presel.generate.templates import load_templates
+
+    (tmp_path / "t.yaml").write_bytes(b"templates:\n  - name: x\n    prompt: \xff\n")
+    with pytest.raises(PreselError, match=r"t.yaml line 3: not UTF-8 text"):
+        load_templates(tmp_path / "t.yaml")
+    (tmp_path / "t2.yaml").write_text("default: vqa\ndefault: ocr\n")
+    with pytest.raises(PreselError, match="duplicate key 'default'"):
+        load_templates(tmp_path / "t2.yaml")

@@ -183,10 +183,12 @@ def load_templates(path: str | Path | None = None) -> TemplateSet:
     shipped, default = _parse(shipped_data, "default_templates.yaml")
     user: list[Template] = []
     if path is not None:
+        from presel.io.yamlfile import read_yaml
+
         p = Path(path)
-        if not p.is_file():
+        if not p.exists():
             raise PreselError(f"{p}: templates file not found; check --templates")
-        user, user_default = _parse(_load_yaml_text(p.read_text(encoding="utf-8"), str(p)) or {}, str(p),
+        user, user_default = _parse(read_yaml(p, what="templates file", mapping=False) or {}, str(p),
                                     shipped_data.get("templates"))
         default = user_default or default
     names = [t.name for t in user]

@@ -176,16 +176,22 @@ def parse_task_rules(rules: Sequence[str] | Mapping[str, str] | str | os.PathLik
 
         data = read_yaml(rules, what="task rules file", mapping=False)
         if isinstance(data, dict):
-            return [(str(k), str(v)) for k, v in data.items()]
+            return [(scalar_text(k, str(rules), "prefix"), scalar_text(v, f"{rules}: rule {k!r}", "task"))
+                    for k, v in data.items()]
         if isinstance(data, list):
+            flat = []
             for i, x in enumerate(data, 1):
                 if isinstance(x, dict) and not ("prefix" in x and "task" in x):
-                    raise PreselError(f"{rules}: rule {i} {x!r} needs both 'prefix' and 'task' "
+                    raise PreselError(f"{rules}: rule {i} {x!r:.200} needs both 'prefix' and 'task' "
                                       "(e.g. - {prefix: coco/, task: coco})")
-            return parse_task_rules([str(x) if not isinstance(x, dict) else f"{x['prefix']}={x['task']}" for x in data])
+                where = f"{rules}: rule {i}"
+                flat.append(f"{scalar_text(x['prefix'], where, 'prefix')}={scalar_text(x['task'], where, 'task')}"
+                            if isinstance(x, dict) else scalar_text(x, where, "rule"))
+            return parse_task_rules(flat)
         raise PreselError(f"{rules}: task rules must be a mapping prefix -> task")
     if isinstance(rules, Mapping):
-        return [(str(k), str(v)) for k, v in rules.items()]
+        return [(scalar_text(k, "task rules", "prefix"), scalar_text(v, f"task rule {k!r}", "task"))
+                for k, v in rules.items()]
     if isinstance(rules, str):
         rules = [rules]
     out = []
