@@ -141,6 +141,7 @@ def test_csv_line_numbers_with_quoted_newlines(tmp_path):
     ({"id": {"a": 1}, "image": "a.png", "task": "t"}, "'id' must be a string or a number, got dict"),
     ({"id": True, "image": "a.png", "task": "t"}, "'id' must be a string or a number, got bool"),
     ({"id": "\udcff", "image": "a.png", "task": "t"}, "not valid Unicode"),
+    ({"id": float("inf"), "image": "a.png", "task": "t"}, "'id' is inf (NaN or infinite"),
 ])
 def test_task_or_id_of_the_wrong_type(tmp_path, rec, needle):
     (tmp_path / "pool.jsonl").write_text(json.dumps(rec) + "\n")

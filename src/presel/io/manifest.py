@@ -266,6 +266,8 @@ def scalar_text(value: Any, where: str, what: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise PreselError(f"{where}: '{what}' must be a string or a number, got {type(value).__name__} "
                           f"{short(value)}; fix that record")
+    if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+        raise PreselError(f"{where}: '{what}' is {value} (NaN or infinite, e.g. 1e400 in JSON); fix that record")
     text = str(value)
     check_text(text, f"{where}: '{what}'")
     return text
