@@ -170,3 +170,12 @@ def test_run_checks_budget_count_and_annotations_up_front(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "anns.json record 0" in err and "not valid JSON" in err, err
     assert not (tmp_path / "run" / "selection").exists()
+
+
+def test_collect_result_files_may_sit_in_the_generation_folder(tmp_path):
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    (gen / "results.jsonl").write_text("")
+    check_apart({"--out": gen}, {"--collect": [str(gen / "results.jsonl")]}, {"--collect": "same"})
+    with pytest.raises(PreselError, match="is the --collect"):
+        check_apart({"--out": gen / "results.jsonl"}, {"--collect": [str(gen / "results.jsonl")]}, {"--collect": "same"})

@@ -18,11 +18,12 @@ from presel.io.text import cut
 
 # flags (argparse dests) that name something a command reads. "tree": nothing may be written at, inside or
 # around it; "root": a folder the command may write inside (an image root, a run folder a report is written
-# into) but must not replace.
+# into) but must not replace; "same": only the path itself is off limits (batch result files may sit in the
+# generation folder that --collect adds to: it never deletes there).
 INPUT_FLAGS: dict[str, str] = {
     "pool": "tree", "features": "tree", "feature_ids": "tree", "weights": "tree", "reference": "tree",
     "dedup": "tree", "task_map": "tree", "task_rule": "tree", "selection": "tree", "reference_annotations": "tree",
-    "templates": "tree", "from_annotations": "tree", "collect": "tree", "data": "tree", "model": "tree",
+    "templates": "tree", "from_annotations": "tree", "collect": "same", "data": "tree", "model": "tree",
     "annotations": "tree", "splits": "tree", "tasks_config": "tree", "train": "tree", "throughputs": "tree",
     "config": "tree", "irs": "tree",
     "image_root": "root", "run_dir": "root",
@@ -66,6 +67,8 @@ def overlap(out: Path, src: Path, mode: str = "tree") -> str | None:
     o, s = _real(out), _real(src)
     if o == s:
         return "is"
+    if mode == "same":
+        return None
     if _inside(s, o):
         return "contains"
     if mode == "tree" and _inside(o, s) and s.is_dir():
