@@ -186,6 +186,7 @@ def storage_options(url: str) -> dict[str, Any]:
     except ImportError:
         return {}  # fsspec's own error names the missing package
     t, _ = http_settings()
+    t /= 2  # fsspec asks a silent server twice (HEAD, then GET): one try then waits about the whole timeout
     return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(total=None, connect=t, sock_connect=t, sock_read=t)}}
 
 
