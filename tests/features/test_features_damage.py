@@ -143,3 +143,24 @@ def test_full_disk_during_embed(tiny_dinov2, tmp_path, write_pool, monkeypatch, 
     marker = json.loads((out / "shards" / "shard-000000.json").read_text())
     assert marker["rows"] == 2 and len(marker["sha256"]) == 64
     assert np.load(out / "shards" / "shard-000000.npy").shape[0] == 2
+
+
+def test_full_disk_while_a_shard_file_is_written(tiny_dinov2, tmp_path, write_pool, monkeypatch, capsys):
+    """ENOSPC from the file system (here: fsync of the shard's temporary file), not from presel's own code."""
+    import os
+
+    pool = write_pool(tmp_path, [f"{i}.png" for i in range(4)])
+    real = os.fsync
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".npy") or ".shard-" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "feats"
+    rc = main(["embed", "--pool", str(pool), "--model", str(tiny_dinov2), "--workers", "0", "--no-progress",
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{out}: no space left on the device while embedding" in err and "more needed" in err, err
+    assert not any(p.name.endswith(".npy") for p in (out / "shards").iterdir())  # no half-written shard
