@@ -199,3 +199,40 @@ def test_fuzz_batch_result_files(tmp_path):
                                                           if isinstance(v, list) else json.dumps(v)).encode(),
                         N_PER_KIND), read)
     assert n == N_PER_KIND
+
+
+def test_fuzz_feature_store_metadata(tmp_path):
+    """Mutated shard markers, manifest.json and rejects.jsonl of a finished store: select's reader names the
+    damage (PreselError) or reads it; never another exception."""
+    import numpy as np
+
+    from presel.features.store import FORMAT, VERSION, FeatureStore, load_feature_matrix, shard_name
+
+    root = tmp_path / "feats"
+    st = FeatureStore.open(root, {"store_dtype": "float16", "model": "m"})
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(2):
+        keys = [f"img/{i}-{j}.png" for j in range(3)]
+        st.write_shard(i, keys, [f"h{i}{j}" for j in range(3)], rng.normal(size=(3, 4)), [])
+        rows += [(k, f"h{i}{j}", i, j) for j, k in enumerate(keys)]
+    st.write_index(rows)
+    st.close()
+    man = {"format": FORMAT, "version": VERSION, "dim": 4, "dtype": "float16", "ids": "image_key",
+           "index": "index.parquet", "identity": st.identity,
+           "shards": [{"index": i, "name": shard_name(i), "rows": 3, "sha256": st.shards[i].sha256} for i in range(2)]}
+    (root / "manifest.json").write_text(json.dumps(man))
+    (root / "rejects.jsonl").write_text('{"id": "x", "image": "img/x.png", "reason": "missing: file not found"}\n')
+    load_feature_matrix(root)  # the valid store reads
+    marker = json.loads((root / "shards" / "shard-000000.json").read_text())
+    n = 0
+    for name, valid in (("shards/shard-000000.json", marker), ("manifest.json", man)):
+        target = root / name
+        original = target.read_bytes()
+        n += _check(tmp_path, target, _mutants(name, original, valid, lambda v: json.dumps(v).encode(), 60),
+                    load_feature_matrix)
+        target.write_bytes(original)
+    rej = root / "rejects.jsonl"
+    n += _check(tmp_path, rej, _mutants("rejects", rej.read_bytes(), None, None, 40),
+                lambda p: load_feature_matrix(root))
+    assert n == 160
