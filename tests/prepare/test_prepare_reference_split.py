@@ -92,3 +92,19 @@ def test_bad_split_files_are_located(fake, tmp_path, capsys, recs, needle):
     rc = main(["prepare", "llava665k", "--annotations", str(d / "llava_v1_5_mix665k.json"), "--image-root",
                str(d / "data"), "--reference-split", str(tmp_path / "bad.json"), "--out", str(tmp_path / "p")])
     assert rc == 2 and needle in capsys.readouterr().err and not (tmp_path / "p").exists()
+
+
+def test_pipeline_reference_from_file(fake, tmp_path):
+    import yaml
+
+    from presel.pipeline import Pipeline, RunConfig
+
+    d, notext, original_pos = fake
+    _split(tmp_path / "round1.json", notext, [7, 8, 100])
+    cfg = {"out": "run", "protocol": "official", "pool": {"path": str(d / "pool" / "pool.jsonl"),
+                                                          "image_root": str(d / "data")},
+           "reference": {"from_file": "round1.json"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    Pipeline(RunConfig.load(tmp_path / "c.yaml"), log=lambda s: None).run()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "reference" / "reference.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [str(original_pos[u]) for u in (7, 8, 100)]

@@ -30,12 +30,14 @@ from presel.records import Pool, PoolRecord, image_key
 class ReferenceConfig:
     """fraction: share of the distinct pool images (``protocol: official``: of each task's records),
     ``0 < f <= 1``, floored; min_per_task: at least this many per task (capped at the task's size); seed:
-    sampling seed; protocol: paper | official (see the module doc)."""
+    sampling seed; protocol: paper | official (see the module doc); from_file: the authors' released split
+    (records by ``unique_idx``, :func:`reference_from_file`) instead of a draw."""
 
     fraction: float = 0.05
     seed: int = 0
     min_per_task: int = 1
     protocol: str = "paper"
+    from_file: str | None = None
 
     def __post_init__(self) -> None:
         from presel.protocol import check_protocol
@@ -220,7 +222,8 @@ def reference_to_dir(pool: Pool, out: str | os.PathLike, *, fraction: float = 0.
     from presel.config import resolved_config
     from presel.io.atomic import atomic_dir, dumps_json, write_json, write_jsonl
 
-    config = ReferenceConfig(fraction=fraction, seed=seed, min_per_task=min_per_task, protocol=protocol)
+    config = ReferenceConfig(fraction=fraction, seed=seed, min_per_task=min_per_task, protocol=protocol,
+                             from_file=None if from_file is None else str(from_file))
     chosen = sample_reference(pool, config) if from_file is None else reference_from_file(pool, from_file)
     images: dict[str, set[str]] = {}
     records: dict[str, int] = {}
@@ -244,9 +247,8 @@ def reference_to_dir(pool: Pool, out: str | os.PathLike, *, fraction: float = 0.
         (tmp / "reference_llava.json").write_text(
             dumps_json([{**row, "conversations": []} for row in rows]), encoding="utf-8")
         write_json(tmp / "summary.json", summary)
-        extra = {} if from_file is None else {"from_file": str(from_file)}
         write_json(tmp / "config.json", resolved_config("reference", config, pool=str(pool.source),
-                                                        image_root=str(pool.image_root), **extra))
+                                                        image_root=str(pool.image_root)))
     return summary
 
 

@@ -14,7 +14,8 @@ The rules (``R`` = records of the pool, ``n`` = records of a task, in pool order
   else ``int(R * (f - 0.05))``; ``budget_count`` gives ``N = budget_count - |reference records|``.
   The reference records are extra: never counted against ``N``.
 - Task quota ``N_i = int(w_i * N)``; the whole shortfall goes to the top-weighted task; no cap at what a
-  task holds.
+  task holds (``kmeans_clust.py``, LLaVA-665K). ``official_quotas: vision-flan``: their ``allocate_samples``
+  instead (``kmeans_clust_vf.py``: floor, +1 by largest remainder, caps; :func:`task_quotas_vision_flan`).
 - Clusters per task: ``max(1, int(0.01 * n))`` over all its records (reference included), L2-normalised in
   float32 as ``sklearn.preprocessing.normalize``, clustered as scikit-learn 1.2.2's
   ``KMeans(n_clusters, random_state=12345)`` (the version LLaVA pins: ten inits, ``randint`` first centre),
@@ -79,6 +80,43 @@ def task_quotas_official(weights: np.ndarray, n_new: int) -> np.ndarray:
     elif diff < 0:
         q[int(np.argmin(w))] += diff
     return q
+
+
+def task_quotas_vision_flan(weights: np.ndarray, sizes: list[int] | np.ndarray, n_new: int) -> np.ndarray:
+    """The authors' ``allocate_samples`` (Vision-FLAN, ``clust_utils.py``): quotas from weights ``w`` and task sizes.
+
+    The budget is capped at the records of all tasks; each task gets ``floor(w_i * N)``; the shortfall goes
+    +1 per task in descending order of the fractional parts (stable: task order on ties) to tasks with room
+    (``size - quota > 0``), one pass; quotas over a task's size are cut to it and the excess is handed out
+    again +1 per task with room, round-robin in task order, until spent. Sizes count every record of the task,
+    reference records included, as theirs do.
+    """
+    w = [float(x) for x in np.asarray(weights, dtype=np.float64)]
+    size = [int(x) for x in sizes]
+    total = min(int(n_new), sum(size))
+    exact = [wi * total for wi in w]
+    alloc = [int(math.floor(x)) for x in exact]
+    surplus = total - sum(alloc)
+    frac = [x - a for x, a in zip(exact, alloc)]
+    for i in sorted(range(len(w)), key=lambda i: frac[i], reverse=True):
+        if surplus <= 0:
+            break
+        if size[i] - alloc[i] > 0:
+            alloc[i] += 1
+            surplus -= 1
+    for i in range(len(w)):
+        if alloc[i] > size[i]:
+            surplus += alloc[i] - size[i]
+            alloc[i] = size[i]
+    room = [i for i in range(len(w)) if alloc[i] < size[i]]
+    while surplus > 0 and room:
+        for i in room:
+            if surplus <= 0:
+                break
+            alloc[i] += 1
+            surplus -= 1
+        room = [i for i in range(len(w)) if alloc[i] < size[i]]
+    return np.array(alloc, dtype=np.int64)
 
 
 def cluster_quotas_official(labels: np.ndarray, avail: np.ndarray, n: int) -> dict[int, int]:
@@ -246,7 +284,10 @@ def select_official(pool: Pool, features, *, weights: Mapping[str, Any] | None, 
         holders.append(t)
     w = _task_weights(cfg, holders, weights, weights_source) if cfg.task_weights != "size" else \
         np.array([len(tasks[n]) for n in names], dtype=np.float64) / n_records
-    quotas = task_quotas_official(w, n_new)
+    if cfg.official_quotas == "vision-flan":
+        quotas = task_quotas_vision_flan(w, [len(tasks[n]) for n in names], n_new)
+    else:
+        quotas = task_quotas_official(w, n_new)
 
     per_task: dict[str, Any] = {}
     cols: dict[str, list] = {k: [] for k in ("id", "image", "task", "cluster", "nc_score", "score", "rank",
@@ -326,6 +367,7 @@ def select_official(pool: Pool, features, *, weights: Mapping[str, Any] | None, 
         "method": cfg.method,
         "protocol": "official",
         "task_weights": cfg.task_weights,
+        "official_quotas": cfg.official_quotas,
         "tasks": per_task,
         "totals": {
             "records": n_records, "distinct_images": n_images, "text_only_records": pool.text_only,
