@@ -19,8 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-SIZES = [150, 300, 600, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000, 12000, 14000, 16000,
-         18000, 19000, 20000]
+# (n, d): n from 150 to 20,000; d 768 up to 5,000 records, 64 beyond (keeps the run to minutes on a few cores)
+PROBLEMS = [(150, 768), (300, 64), (600, 768), (1000, 64), (1500, 768), (2000, 64), (3000, 768), (4000, 64),
+            (5000, 768), (6000, 64), (7000, 64), (8000, 64), (9000, 64), (10000, 64), (12000, 64), (14000, 64),
+            (16000, 64), (18000, 64), (19000, 768), (20000, 64)]
 N_TASKS = 10
 POOL_RECORDS = 3200
 
@@ -37,8 +39,8 @@ def problem(seed: int, n: int, d: int) -> np.ndarray:
 
 def write_problems(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    for i, n in enumerate(SIZES):
-        np.save(out / f"problem{i:02d}.npy", problem(1000 + i, n, 64 if i % 2 == 0 else 768))
+    for i, (n, d) in enumerate(PROBLEMS):
+        np.save(out / f"problem{i:02d}.npy", problem(1000 + i, n, d))
     # the authors'-shaped pool: 10 tasks in one mixed file, COCO images shared by tasks, 1-4 records per image
     rs = np.random.RandomState(7)
     n_coco = 900
@@ -81,6 +83,21 @@ def _pool(out: Path):
     return records, meta, feats, row
 
 
+def _once(out: Path, who: str, i: int, fit) -> None:
+    """``fit(X)`` labels of problem ``i`` into ``out/{who}_pNN.npy`` unless there already (a rerun resumes)."""
+    import time
+
+    path = out / f"{who}_p{i:02d}.npy"
+    if path.exists():
+        return
+    x = np.load(out / f"problem{i:02d}.npy")
+    t0 = time.perf_counter()
+    labels = np.asarray(fit(x), dtype=np.int64)
+    np.save(path.with_suffix(".tmp.npy"), labels)
+    path.with_suffix(".tmp.npy").rename(path)
+    print(f"{who}: problem {i:02d} ({PROBLEMS[i][0]} x {PROBLEMS[i][1]}) {time.perf_counter() - t0:.1f} s", flush=True)
+
+
 def run_presel(out: Path) -> None:
     from presel.io.features import load_features
     from presel.io.manifest import read_pool
@@ -88,11 +105,8 @@ def run_presel(out: Path) -> None:
     from presel.selection.official import n_clusters_official
     from presel.selection.sklearn122 import kmeans_122
 
-    labels = {}
-    for i in range(len(SIZES)):
-        x = np.load(out / f"problem{i:02d}.npy")
-        labels[f"p{i:02d}"] = kmeans_122(x, n_clusters_official(len(x)))[0]
-    np.savez(out / "labels_presel.npz", **labels)
+    for i in range(len(PROBLEMS)):
+        _once(out, "presel", i, lambda x: kmeans_122(x, n_clusters_official(len(x)))[0])
     records, meta, _, _ = _pool(out)
     pool = read_pool(out / "pool.jsonl")
     fm = load_features(out / "pool_feats.npy", out / "pool_ids.txt")
@@ -153,12 +167,8 @@ def run_sk122(out: Path) -> None:
     from sklearn.preprocessing import normalize
 
     warnings.simplefilter("ignore")
-    labels = {}
-    for i in range(len(SIZES)):
-        x = np.load(out / f"problem{i:02d}.npy")
-        k = max(1, int(0.01 * len(x)))
-        labels[f"p{i:02d}"] = KMeans(n_clusters=k, random_state=12345).fit(x).labels_
-    np.savez(out / "labels_sk122.npz", **labels)
+    for i in range(len(PROBLEMS)):
+        _once(out, "sk122", i, lambda x: KMeans(n_clusters=max(1, int(0.01 * len(x))), random_state=12345).fit(x).labels_)
     records, meta, feats, row = _pool(out)
     ref = set(meta["reference"])
     tasks = sorted({r["task"] for r in records})
@@ -183,18 +193,17 @@ def run_sk122(out: Path) -> None:
 
 
 def compare(out: Path) -> int:
-    a, b = np.load(out / "labels_presel.npz"), np.load(out / "labels_sk122.npz")
     same = 0
-    for key in sorted(a.files):
-        x, y = a[key].astype(np.int64), b[key].astype(np.int64)
-        n, k = len(x), int(max(x.max(), y.max())) + 1
+    for i, (n, d) in enumerate(PROBLEMS):
+        x, y = np.load(out / f"presel_p{i:02d}.npy"), np.load(out / f"sk122_p{i:02d}.npy")
+        k = int(max(x.max(), y.max())) + 1
         ok = len(np.unique(x * k + y)) == len(np.unique(x)) == len(np.unique(y))
         same += ok
-        print(f"{key}: n={n:>6} k={max(1, int(0.01 * n)):>4} d={np.load(out / f'problem{key[1:]}.npy').shape[1]:>3} "
-              f"identical labels={bool((x == y).all())} same partition={ok}")
+        print(f"problem {i:02d}: n={n:>6} k={max(1, int(0.01 * n)):>4} d={d:>3} identical labels={bool((x == y).all())} "
+              f"same partition={ok}")
     pa, pb = json.loads((out / "picks_presel.json").read_text()), json.loads((out / "picks_sk122.json").read_text())
     common = len(set(pa) & set(pb))
-    print(f"partitions identical: {same}/{len(a.files)} (target >= 19)")
+    print(f"partitions identical: {same}/{len(PROBLEMS)} (target >= 19)")
     print(f"authors'-shaped pool ({POOL_RECORDS} records, {N_TASKS} tasks, budget 15%): presel picks {len(pa)}, "
           f"scikit-learn 1.2.2 + the authors' rule picks {len(pb)}, in common {common} "
           f"({100.0 * common / max(1, len(pb)):.2f}%), identical={pa == pb}")

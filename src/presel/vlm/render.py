@@ -708,3 +708,58 @@ def encode_llava_v1(processor: Any, image: Any, turns: Sequence[Turn], *, drop_q
 
 def _is_llava_v1(processor: Any) -> bool:
     return isinstance(processor, _ChatFormat) and processor.chat_format == "llava-v1"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# images as LLaVA-1.5 opens them (chat_format llava-v1): Image.open(...).convert('RGB'); training pads to square
+
+def load_image_llava(locator: str) -> Any:
+    """The image at ``locator`` as LLaVA's dataset opens it: ``Image.open(...).convert("RGB")`` (alpha dropped, not
+    composited; EXIF orientation not applied). :class:`presel.features.images.ImageRejected` when it cannot be used."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    from presel.features.images import ImageRejected
+    from presel.io.sources import read_bytes
+
+    data = read_bytes(locator)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageRejected(f"corrupt: {e}") from None
+
+
+def load_image_for(processor: Any, locator: str) -> Any:
+    """The image for ``processor``: LLaVA's opening under chat format ``llava-v1``, else presel's
+    (:func:`presel.io.sources.load_image`: alpha composited on white, EXIF orientation applied)."""
+    if _is_llava_v1(processor):
+        return load_image_llava(locator)
+    from presel.io.sources import load_image
+
+    return load_image(locator)
+
+
+def expand2square(img: Any, background: tuple[int, ...]) -> Any:
+    """LLaVA's ``expand2square``: the image centred on a square of its longer side filled with ``background``."""
+    from PIL import Image
+
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    out = Image.new(img.mode, (side, side), background)
+    out.paste(img, ((side - w) // 2, 0) if w < h else (0, (side - h) // 2))
+    return out
+
+
+def training_image(processor: Any, img: Any) -> Any:
+    """The image as fine-tuning feeds it: under ``llava-v1`` LLaVA-1.5's ``image_aspect_ratio pad`` (padded to a
+    square with the processor's mean colour, ``int(m * 255)``), else unchanged (the processor's own resizing, as
+    scoring, which LLaVA calls ``square``)."""
+    if not _is_llava_v1(processor):
+        return img
+    mean = getattr(getattr(processor, "image_processor", None), "image_mean", None) or (0.5, 0.5, 0.5)
+    return expand2square(img, tuple(int(x * 255) for x in mean))
