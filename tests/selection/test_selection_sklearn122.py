@@ -82,3 +82,22 @@ def test_same_partition_and_normalise():
     x = np.array([[3, 4], [0, 0]], dtype=np.float32)
     y = l2_normalise(x)
     assert y.dtype == np.float32 and y[0].tolist() == [0.6000000238418579, 0.800000011920929] and y[1].tolist() == [0, 0]
+
+
+def test_sums_as_numpy_1_computes_them():
+    """k-means++ compares candidate potentials summed in float32; numpy 2 sums in another order than numpy 1.x
+    (scikit-learn 1.2.2's), which can flip a near tie. Expected values recorded with numpy 1.26.4
+    (``a.sum(axis=1)`` in the venv scripts/check-official.sh makes); the installed numpy 2 gives 99169.8515625 for
+    the first float32 row and ...fc0p+12 for the first float64 row."""
+    from presel.selection.sklearn122 import sum_rows_numpy1
+
+    a = (np.random.RandomState(0).rand(3, 20000) * 10).astype(np.float32)
+    assert sum_rows_numpy1(a).tolist() == [99169.84375, 99892.96875, 99866.28125]
+    b = np.random.RandomState(1).rand(2, 9000)
+    assert [float(v).hex() for v in sum_rows_numpy1(b)] == ["0x1.17941a9ce0fc1p+12", "0x1.1b7d3cac9ac59p+12"]
+    small = np.arange(1, 21, dtype=np.float32)[None, :] / 7  # one block: 8 running sums, then the tail in turn
+    r = [small[0, j] + small[0, j + 8] for j in range(8)]
+    want = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    for j in range(16, 20):
+        want = want + small[0, j]
+    assert sum_rows_numpy1(small)[0] == want

@@ -14,7 +14,8 @@ unchanged since 1.2:
   ``uniform(size) * potential`` searched in the float64 cumulative sum of the squared distances; the
   candidate that lowers the potential most wins (first on ties);
 - squared distances as 1.2.2's ``euclidean_distances``: float32 data are upcast to float64 in the same
-  chunks, ``-2 x.y + |x|^2 + |y|^2`` then cast back, clipped at 0;
+  chunks, ``-2 x.y + |x|^2 + |y|^2`` then cast back, clipped at 0; the potentials summed as numpy 1.x sums
+  (:func:`sum_rows_numpy1`: numpy 2 sums float32 in another order, which flips near ties between candidates);
 - each init runs ``KMeans(init=<its centres>, n_init=1, algorithm="lloyd", tol=1e-4, max_iter=300)`` of
   the installed scikit-learn (it centres the data and the centres the same way, and scales ``tol`` by
   the mean feature variance as 1.2.2 does);
@@ -25,6 +26,7 @@ unchanged since 1.2:
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -50,6 +52,79 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     norms[norms == 0.0] = 1.0
     x /= norms[:, np.newaxis]
     return x
+
+
+_BUFSIZE = 8192  # numpy's reduction buffer: a row is summed in chunks of this many elements
+_PW_BLOCK = 128  # numpy's pairwise-summation block
+
+
+@functools.lru_cache(maxsize=256)
+def _pairwise_plan(n: int) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int, int], ...], int]:
+    """numpy 1.x's pairwise summation tree over ``n`` (>= 8) elements: the leaves ``(start, length)``, then the
+    additions ``(out, left, right)`` over the node numbers (leaves first), and the root's number."""
+    leaves: list[tuple[int, int]] = []
+    adds: list[tuple[int, int, int, int]] = []  # (height, out, left, right), numbered after the leaves below
+
+    def walk(start: int, m: int) -> tuple[int, int]:  # (node, height)
+        if m <= _PW_BLOCK:
+            leaves.append((start, m))
+            return -len(leaves), 0  # provisional leaf ids (negative)
+        m2 = m // 2
+        m2 -= m2 % 8
+        left, hl = walk(start, m2)
+        right, hr = walk(start + m2, m - m2)
+        adds.append((max(hl, hr) + 1, len(adds), left, right))
+        return len(adds) - 1, max(hl, hr) + 1
+
+    root, _ = walk(0, n)
+    nl = len(leaves)
+
+    def node(i: int) -> int:
+        return -i - 1 if i < 0 else nl + i
+
+    ordered = tuple((node(o), node(left), node(right)) for _, o, left, right in sorted(adds))
+    return tuple(leaves), ordered, node(root)
+
+
+def _pairwise_rows(a: np.ndarray) -> np.ndarray:
+    """Per row, numpy 1.x's ``pairwise_sum`` of ``a`` (2-D, ``len >= 8`` per row) in ``a``'s dtype."""
+    leaves, adds, root = _pairwise_plan(a.shape[1])
+    t = a.dtype.type
+    vals = np.empty((a.shape[0], len(leaves) + len(adds)), dtype=a.dtype)
+    by_len: dict[int, list[int]] = {}
+    for i, (_, m) in enumerate(leaves):
+        by_len.setdefault(m, []).append(i)
+    for m, ids in by_len.items():
+        starts = np.array([leaves[i][0] for i in ids])
+        block = a[:, starts[:, None] + np.arange(m)]  # rows x leaves x m
+        q = m // 8
+        r = np.add.accumulate(block[:, :, :q * 8].reshape(a.shape[0], len(ids), q, 8), axis=2)[:, :, -1, :]
+        res = ((r[..., 0] + r[..., 1]) + (r[..., 2] + r[..., 3])) + ((r[..., 4] + r[..., 5]) + (r[..., 6] + r[..., 7]))
+        for j in range(q * 8, m):
+            res = res + block[:, :, j]
+        vals[:, ids] = res.astype(t, copy=False)
+    for o, left, right in adds:
+        vals[:, o] = vals[:, left] + vals[:, right]
+    return vals[:, root]
+
+
+def sum_rows_numpy1(a: np.ndarray) -> np.ndarray:
+    """``a.sum(axis=1)`` bit for bit as numpy 1.x computes it (scikit-learn 1.2.2's environment): per row, chunks of
+    8192 elements, each by pairwise summation (8 running sums per block of <= 128, blocks halved down to it),
+    added in turn. numpy 2 sums float32 in another order, which can move a k-means++ near tie."""
+    a = np.ascontiguousarray(a)
+    rows, n = a.shape
+    out = np.zeros(rows, dtype=a.dtype)
+    for st in range(0, n, _BUFSIZE):
+        chunk = a[:, st:st + _BUFSIZE]
+        if chunk.shape[1] < 8:
+            part = np.zeros(rows, dtype=a.dtype)
+            for j in range(chunk.shape[1]):
+                part = part + chunk[:, j]
+        else:
+            part = _pairwise_rows(chunk)
+        out = out + part
+    return out
 
 
 def _batch_size(n_a: int, n_b: int, d: int) -> int:
@@ -95,14 +170,14 @@ def kmeans_plusplus_indices(x: np.ndarray, n_clusters: int, rs: np.random.Random
     idx = np.full(n_clusters, -1, dtype=np.int64)
     idx[0] = rs.randint(n)
     closest = squared_distances(x[idx[0]][np.newaxis, :], x, x_sq)
-    pot = closest.sum()
+    pot = sum_rows_numpy1(closest)[0]
     for c in range(1, n_clusters):
         r = rs.uniform(size=trials) * pot
         cand = np.searchsorted(np.cumsum(closest, dtype=np.float64), r)
         np.clip(cand, None, closest.size - 1, out=cand)
         dist = squared_distances(x[cand], x, x_sq)
         np.minimum(closest, dist, out=dist)
-        pots = dist.sum(axis=1)
+        pots = sum_rows_numpy1(dist)
         best = int(np.argmin(pots))
         pot = pots[best]
         closest = dist[best]
