@@ -4,8 +4,8 @@
   images: the reference set is 5% of the distinct pool images (stratified by task, an image shared by tasks
   counted once), the budget counts distinct images, an image is picked at most once.
 - ``official``: the authors' code (https://github.com/bardisafa/PreSel), counted in records: the reference
-  set is 5% of each task's records, new picks are records (:mod:`presel.selection.official`), every record
-  of a picked image is trained, scoring and fine-tuning render LLaVA-1.5's conversation format
+  set is 5% of each task's records, new picks are records (:mod:`presel.selection.official`), exactly the
+  reference and picked records are trained, scoring and fine-tuning render LLaVA-1.5's conversation format
   (``chat_format: llava-v1``) unless told otherwise.
 
 ``docs/reproduce.md`` lists every point where the two differ.

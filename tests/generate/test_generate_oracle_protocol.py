@@ -1,5 +1,6 @@
-"""Oracle generation under ``protocol: official``: every record of a picked image is trained (the authors train
-all the instructions of their picks; A-OKVQA has one record per answer order of an image)."""
+"""Oracle generation under ``protocol: official``: exactly the reference records and the picked records are trained
+(the authors' extract_and_add_samples keeps the reference plus the picked unique_idx), not every record of a picked
+image (A-OKVQA has one record per answer order of an image; a quota can split them)."""
 
 import json
 
@@ -33,15 +34,28 @@ def _setup(tmp_path):
     return sel, path
 
 
-def test_official_trains_every_record_of_a_picked_image_once(tmp_path):
+def test_official_trains_exactly_the_picked_records(tmp_path):
     sel, anns = _setup(tmp_path)
     s = oracle_to_dir(sel, anns, tmp_path / "gen", protocol="official")
     ids = [r["id"] for r in json.loads((tmp_path / "gen" / "train.json").read_text())]
-    # reference r0; A's three aok records once (a2 was not picked itself); both of B's; c1 (r0 not again); v0
-    assert ids == ["r0", "a0", "a1", "a2", "b0", "b1", "c1", "v0"]
-    assert s["protocol"] == "official" and s["failed"] == 0 and s["train_records"] == 8
+    # reference r0, then the picked records only: a2 and b1 (other records of picked images) are not trained
+    assert ids == ["r0", "a0", "a1", "b0", "c1", "v0"]
+    assert s["protocol"] == "official" and s["failed"] == 0 and s["train_records"] == 6
+    assert s["match"].startswith("id")
     cfg = json.loads((tmp_path / "gen" / "config.json").read_text())
     assert cfg["config"]["protocol"] == "official"
+
+
+def test_official_ignores_match_image_and_fails_a_missing_record(tmp_path):
+    sel, anns = _setup(tmp_path)
+    rows = [json.loads(x) for x in sel.read_text().splitlines()]
+    rows.append({**rows[1], "id": "a9"})  # a picked record of image A with no annotation of its own
+    sel.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = oracle_to_dir(sel, anns, tmp_path / "gen", protocol="official", match="image")
+    ids = [r["id"] for r in json.loads((tmp_path / "gen" / "train.json").read_text())]
+    assert ids == ["r0", "a0", "a1", "b0", "c1", "v0"] and s["failed"] == 1
+    fail = [json.loads(x) for x in (tmp_path / "gen" / "failures.jsonl").read_text().splitlines()]
+    assert fail[0]["id"] == "a9" and "no annotation with id 'a9'" in fail[0]["error"]
 
 
 def test_paper_keeps_the_record_it_matched(tmp_path):
@@ -58,4 +72,4 @@ def test_cli_protocol(tmp_path, capsys):
     sel, anns = _setup(tmp_path)
     assert main(["generate", "--selection", str(sel), "--from-annotations", str(anns), "--protocol", "official",
                  "--out", str(tmp_path / "gen")]) == 0
-    assert "8 training records" in capsys.readouterr().out
+    assert "6 training records" in capsys.readouterr().out

@@ -63,7 +63,7 @@ def test_outputs_deterministic_and_usable(tmp_path):
     assert read_pool(tmp_path / "ref" / "reference.jsonl", image_root=tmp_path).records[0].task in {"vqa", "ocr"}
     cfg = json.loads((tmp_path / "ref" / "config.json").read_text())
     assert cfg["stage"] == "reference" and cfg["config"] == {"fraction": 0.1, "seed": 7, "min_per_task": 1,
-                                                                "protocol": "paper"}
+                                                                "protocol": "paper", "from_file": None}
     reference_to_dir(pool, tmp_path / "ref2", fraction=0.1, seed=7)
     for name in ("reference.jsonl", "reference_llava.json", "summary.json", "config.json"):
         assert (tmp_path / "ref" / name).read_bytes() == (tmp_path / "ref2" / name).read_bytes(), name

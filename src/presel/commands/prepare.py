@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--split-index", default="auto", choices=("auto", "original", "notext"),
                    help="what unique_idx in split files counts: position in the file, or after dropping text-only records")
     a.add_argument("--check-images", action="store_true", help="count image files missing under --image-root")
+    a.add_argument("--reference-split", default=None, metavar="FILE",
+                   help="the authors' released reference split (round1_665k_notext.json, records by unique_idx): "
+                        "written as OUT/reference/ (as `presel reference --from-file`)")
     add_out_arguments(a)
 
     v = sub.add_parser("vision-flan", formatter_class=fmt, help="annotation_191-task_1k.json -> pool, task = task_name",
@@ -72,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
         s = prepare_llava665k(args.annotations, args.image_root, args.out, splits=args.splits,
                               tasks_config=args.tasks_config, split_index=args.split_index,
-                              check_images=args.check_images, overwrite=args.overwrite)
+                              check_images=args.check_images, overwrite=args.overwrite,
+                              reference_split=args.reference_split)
         print(f"{s['records_in_file']:,} records: {s['text_only_dropped']:,} text-only dropped, "
               f"{s['image_records']:,} image records, {s['distinct_images']:,} distinct images")
         print(format_counts(f"task ({s['task_source']})", s["tasks"], s["image_records"]))

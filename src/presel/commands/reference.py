@@ -19,6 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fraction", type=float, default=0.05, help="share of the distinct pool images (official: of each task's records), floored")
     g.add_argument("--min-per-task", type=int, default=1, help="at least this many images per task")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--from-file", default=None, metavar="FILE",
+                   help="take the authors' released split instead of drawing one: a JSON list of records with "
+                        "unique_idx (round1_665k_notext.json; unique_idx = index in "
+                        "llava_v1_5_mix665k_notext_add_idx.json) over a `presel prepare llava665k` pool")
     from presel.protocol import add_protocol_argument
 
     add_protocol_argument(g)
@@ -33,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
                     protocol=args.protocol)  # validate before reading
     pool = load_pool(args)
     s = reference_to_dir(pool, args.out, fraction=args.fraction, seed=args.seed, min_per_task=args.min_per_task,
-                         overwrite=args.overwrite, protocol=args.protocol)
+                         overwrite=args.overwrite, protocol=args.protocol, from_file=args.from_file)
     width = max([4] + [len(t) for t in s["tasks"]])
     print(f"{'task':<{width}}  images  reference")
     for t, v in s["tasks"].items():

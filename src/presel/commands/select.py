@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from presel.protocol import add_protocol_argument
 
     add_protocol_argument(g)
+    g.add_argument("--official-quotas", default="llava665k", choices=["llava665k", "vision-flan"],
+                   help="protocol official: the authors' task-quota rule (vision-flan: their allocate_samples)")
     add_out_arguments(p)
 
 
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = SelectConfig(budget=args.budget, budget_count=args.budget_count, images_per_cluster=args.images_per_cluster,
                        k=args.k, method=args.method, task_weights=args.task_weights, kmeans_backend=args.kmeans_backend,
                        kmeans_niter=args.kmeans_niter, seed=args.seed, allow_repeats=args.allow_repeats,
-                       protocol=args.protocol)
+                       protocol=args.protocol, official_quotas=args.official_quotas)
     pool = load_pool(args)
     features = load_features(args.features, args.feature_ids)
     summary = select_to_dir(pool, features, args.weights, args.reference, cfg, args.out, overwrite=args.overwrite,

@@ -1,7 +1,9 @@
 """Training data for fine-tuning: LLaVA-format records -> checked samples -> encoded, batched tensors.
 
 Rendering (chat template, image tokens, assistant-only labels) is :mod:`presel.vlm.render`, the same code
-that scores samples; nothing here re-implements it. This module only decides *which* records are usable
+that scores samples; nothing here re-implements it. Under chat format ``llava-v1`` images are opened as LLaVA
+opens them and padded to a square with the processor's mean colour (LLaVA-1.5's ``image_aspect_ratio pad``,
+as the authors train); scoring keeps the processor's own resize and crop (their ``square``). This module only decides *which* records are usable
 (the rest are listed in ``skipped.jsonl`` with a reason) and in *which order* they are seen: a seeded
 permutation per epoch cut into global steps, so a resumed run sees exactly the batches an uninterrupted
 run would.
@@ -134,14 +136,13 @@ class ConversationDataset:
 
     def __getitem__(self, item: tuple[int, bool]) -> Any:
         from presel.features.images import ImageRejected
-        from presel.io.sources import load_image
-        from presel.vlm.render import encode_conversation
+        from presel.vlm.render import encode_conversation, load_image_for, training_image
 
         index, masked = item
         rec = self.samples[index]
         path = self.pool.locator(rec)
         try:
-            image = load_image(path)
+            image = training_image(self.processor, load_image_for(self.processor, path))
         except ImageRejected as e:
             raise PreselError(f"{self.pool.source} line {rec.line} (id {rec.id}): image {path} became unusable "
                               f"during training ({e.reason}); fix or remove it and rerun (training resumes)") from None

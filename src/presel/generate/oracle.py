@@ -11,10 +11,10 @@ in ``failures.jsonl`` (counted in summary.json), never silently dropped.
 Reference rows take their records from ``reference_annotations`` when given, else from the same
 annotations file (in the benchmark protocol the full dataset annotates the reference set too).
 
-``protocol="official"`` (the authors' code, https://github.com/bardisafa/PreSel): every record of a picked
-image is trained. Each selected row takes every annotation record of its image in its task (``match`` is
-not used for selected rows), each record once across rows (an image picked through two of its records trains
-its records once) and never again when it is a reference record; the records keep their annotation ids.
+``protocol="official"`` (the authors' code, https://github.com/bardisafa/PreSel): exactly the picked records
+are trained, as their ``extract_and_add_samples`` keeps the reference records plus the picked ``unique_idx``.
+Every row (reference and selected) takes the annotation record with its id (``match`` is ``id`` whatever is
+passed: the rows are records), each record once; a row without that record is a recorded failure.
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ def oracle_to_dir(selection_path: str | os.PathLike, annotations_path: str | os.
     rows = read_selection(selection_path)
     anns = load_annotations(annotations_path)
     ref = load_annotations(reference_annotations) if reference_annotations is not None else anns
-    ref_recs, ref_info = reference_records(rows, ref, match)
-    train = list(ref_recs)
     official = protocol == "official"
+    ref_recs, ref_info = reference_records(rows, ref, "id" if official else match)
+    train = list(ref_recs)
     emitted = {_record_key(r) for r in ref_recs}  # official: each annotation record trains once
     results, failures = [], []
     per_task: dict[str, dict[str, int]] = {}
@@ -80,7 +80,7 @@ def oracle_to_dir(selection_path: str | os.PathLike, annotations_path: str | os.
         t = per_task.setdefault(row.task, {"items": 0, "ok": 0, "failed": 0, "records": 0})
         t["items"] += 1
         if official:
-            hits, why = anns.lookup(row, "image")
+            hits, why = anns.lookup(row, "id")
             recs, problems = _all_records(row, hits, emitted)
         else:
             hits, why = anns.lookup(row, match)
@@ -101,7 +101,7 @@ def oracle_to_dir(selection_path: str | os.PathLike, annotations_path: str | os.
         raise PreselError(f"{annotations_path}: none of the {n_sel} selected image(s) of {selection_path} matches an "
                           f"annotation with match={match}{ex}; pass the annotation file of this pool, or another --match")
     summary = {
-        "mode": "oracle", "complete": True, "match": "image (every record of a picked image)" if official else match,
+        "mode": "oracle", "complete": True, "match": "id (exactly the picked records)" if official else match,
         "protocol": protocol, "annotations": str(annotations_path),
         "annotations_skipped": anns.skipped, "selected": n_sel, "generated": n_sel - len(failures),
         "failed": len(failures), "pending": 0, "failures_by_kind": {"no_annotation": len(failures)} if failures else {},
@@ -132,8 +132,8 @@ def _record_key(rec: dict[str, Any]) -> tuple[str, str, str]:
 
 def _all_records(row, anns: list[dict[str, Any]], emitted: set[tuple[str, str, str]]
                  ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Training records of every annotation of ``row``'s image (``protocol: official``), under their own ids, each
-    annotation record once (``emitted`` holds the keys already written)."""
+    """Training records of the annotations ``anns`` of ``row`` (``protocol: official``: the record with its id),
+    under their own ids, each annotation record once (``emitted`` holds the keys already written)."""
     from presel.generate.parse import ParseError, validate_conversation
 
     out, problems = [], []

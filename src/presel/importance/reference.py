@@ -6,6 +6,8 @@ by several tasks counted once; the total is split over the tasks in proportion t
 task (sorted order) drew. So with a 15% budget the new picks are exactly 10% of the distinct images.
 ``protocol: official`` (the authors' code, https://github.com/bardisafa/PreSel): per task
 ``max(min_per_task, floor(fraction * records of the task))`` records, drawn among the task's records.
+``--from-file``: the authors' released split (records by ``unique_idx``) instead of a draw
+(:func:`reference_from_file`).
 
 Only these images get instructions up front (annotate them, then ``presel score``); selection later
 excludes them and counts them in the budget (``presel select --reference ref/reference.jsonl``).
@@ -21,19 +23,21 @@ from pathlib import Path
 from typing import Any
 
 from presel.errors import PreselError
-from presel.records import Pool, PoolRecord
+from presel.records import Pool, PoolRecord, image_key
 
 
 @dataclass(frozen=True)
 class ReferenceConfig:
     """fraction: share of the distinct pool images (``protocol: official``: of each task's records),
     ``0 < f <= 1``, floored; min_per_task: at least this many per task (capped at the task's size); seed:
-    sampling seed; protocol: paper | official (see the module doc)."""
+    sampling seed; protocol: paper | official (see the module doc); from_file: the authors' released split
+    (records by ``unique_idx``, :func:`reference_from_file`) instead of a draw."""
 
     fraction: float = 0.05
     seed: int = 0
     min_per_task: int = 1
     protocol: str = "paper"
+    from_file: str | None = None
 
     def __post_init__(self) -> None:
         from presel.protocol import check_protocol
@@ -131,8 +135,81 @@ def _sample_images(pool: Pool, config: ReferenceConfig) -> list[PoolRecord]:
     return chosen
 
 
+def _orig_id(rec: PoolRecord) -> str | None:
+    v = (rec.extra or {}).get("orig_id")
+    return None if v is None else str(v)
+
+
+def _mismatch(rec: dict[str, Any], pr: PoolRecord) -> str | None:
+    """Why split record ``rec`` is not pool record ``pr`` (by image, then original id), or None."""
+    if isinstance(rec.get("image"), str) and image_key(rec["image"]) != pr.image_key:
+        return f"image {rec['image']!r} but the pool record (id '{pr.id}') has image {pr.image!r}"
+    oid = _orig_id(pr)
+    if rec.get("id") is not None and oid is not None and str(rec["id"]) != oid:
+        return f"id {rec['id']!r} but the pool record (id '{pr.id}') has orig_id {oid!r}"
+    return None
+
+
+def reference_from_file(pool: Pool, path: str | os.PathLike) -> list[PoolRecord]:
+    """The records of ``pool`` named by an authors' released split (``round1_665k_notext.json``-shaped).
+
+    The file is a JSON list of records keyed by ``unique_idx``: the record's position in
+    ``llava_v1_5_mix665k_notext_add_idx.json``, i.e. among the image records of the 665K file, which is
+    the position in a pool written by ``presel prepare llava665k`` (ids there are positions in the
+    original file). When the split's records carry ``image``/``id`` they are checked against the pool
+    record; if that numbering does not fit, the original-file numbering (pool id ``str(unique_idx)``) is
+    tried. Pool order, one record per ``unique_idx`` (repeats are an error).
+    """
+    from presel.io.jsonlist import iter_json_list
+
+    src = Path(path)
+    if not src.is_file():
+        raise PreselError(f"{path}: no such file; pass the authors' reference split (round1_665k_notext.json)")
+    fix = ("the file must be a JSON list of records with 'unique_idx' (the index in "
+           "llava_v1_5_mix665k_notext_add_idx.json), e.g. the authors' round1_665k_notext.json")
+    entries: list[tuple[int, int, dict[str, Any]]] = []
+    seen: dict[int, int] = {}
+    for p, rec in iter_json_list(src):
+        where = f"{path} record {p}"
+        if not isinstance(rec, dict) or "unique_idx" not in rec:
+            raise PreselError(f"{where}: expected an object with 'unique_idx'; {fix}")
+        u = rec["unique_idx"]
+        if isinstance(u, bool) or not isinstance(u, int) or u < 0:
+            raise PreselError(f"{where}: unique_idx {u!r} must be an integer >= 0; {fix}")
+        if u in seen:
+            raise PreselError(f"{where}: unique_idx {u} repeats record {seen[u]}; a split names each record once")
+        seen[u] = p
+        entries.append((p, u, rec))
+    if not entries:
+        raise PreselError(f"{path}: no records; {fix}")
+    n = len(pool.records)
+    problem = None
+    for p, u, rec in entries:  # the text-free numbering: position among the pool's (image) records
+        if u >= n:
+            problem = (f"{path} record {p}: unique_idx {u} is out of range: the pool {pool.source} has {n} records "
+                       "(unique_idx 0..{})".format(n - 1))
+            break
+        why = _mismatch(rec, pool.records[u])
+        if why:
+            problem = f"{path} record {p}: unique_idx {u} names {why}"
+            break
+    if problem is None:
+        return [pool.records[u] for u in sorted(seen)]
+    by_id = pool.by_id()  # the original-file numbering: presel's llava665k ids
+    hits = []
+    for _p, u, rec in entries:
+        i = by_id.get(str(u))
+        if i is None or _mismatch(rec, pool.records[i]):
+            raise PreselError(f"{problem}; nor is it pool id '{u}' (original-file position); the pool must be "
+                              "prepared with `presel prepare llava665k` from the llava_v1_5_mix665k.json the split "
+                              "was made from")
+        hits.append(i)
+    return [pool.records[i] for i in sorted(hits)]
+
+
 def reference_to_dir(pool: Pool, out: str | os.PathLike, *, fraction: float = 0.05, seed: int = 0,
-                     min_per_task: int = 1, overwrite: bool = False, protocol: str = "paper") -> dict[str, Any]:
+                     min_per_task: int = 1, overwrite: bool = False, protocol: str = "paper",
+                     from_file: str | os.PathLike | None = None) -> dict[str, Any]:
     """Sample the reference set of ``pool`` and write ``out/`` atomically:
 
     * ``reference.jsonl``: ``id``, ``image``, ``task`` (the images to annotate; ``presel select --reference``);
@@ -145,8 +222,9 @@ def reference_to_dir(pool: Pool, out: str | os.PathLike, *, fraction: float = 0.
     from presel.config import resolved_config
     from presel.io.atomic import atomic_dir, dumps_json, write_json, write_jsonl
 
-    config = ReferenceConfig(fraction=fraction, seed=seed, min_per_task=min_per_task, protocol=protocol)
-    chosen = sample_reference(pool, config)
+    config = ReferenceConfig(fraction=fraction, seed=seed, min_per_task=min_per_task, protocol=protocol,
+                             from_file=None if from_file is None else str(from_file))
+    chosen = sample_reference(pool, config) if from_file is None else reference_from_file(pool, from_file)
     images: dict[str, set[str]] = {}
     records: dict[str, int] = {}
     for rec in pool.records:
@@ -160,6 +238,9 @@ def reference_to_dir(pool: Pool, out: str | os.PathLike, *, fraction: float = 0.
                                          "reference": len(chosen), "tasks": len(tasks),
                                          "unit": "records" if protocol == "official" else "images"},
                "fraction": config.fraction, "seed": config.seed, "protocol": config.protocol, "pool": str(pool.source)}
+    if from_file is not None:
+        summary["from_file"] = str(from_file)
+        summary["total"]["unit"] = "records"
     rows = [{"id": r.id, "image": r.image, "task": r.task} for r in chosen]
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_jsonl(tmp / "reference.jsonl", rows)

@@ -178,9 +178,8 @@ class Scorer:
         """Per item: ``(item, encoded_q, encoded_noq)`` or a rejection ``{"id", "task", "reason"}``.
         The image is decoded once and rendered for both passes."""
         from presel.features.images import ImageRejected
-        from presel.io.sources import load_image
         from presel.records import Turn
-        from presel.vlm.render import encode_pairs
+        from presel.vlm.render import encode_pairs, load_image_for
 
         out: list[Any] = [None] * len(items)
         todo: list[tuple[int, Any, Any]] = []
@@ -191,7 +190,7 @@ class Scorer:
                 try:
                     if it.get("refused"):
                         raise ImageRejected(it["refused"])
-                    todo.append((i, load_image(it["path"]), turns))
+                    todo.append((i, load_image_for(self.processor, it["path"]), turns))
                 except ImageRejected as e:
                     problem = f"unreadable image: {e.reason}"
             if problem is not None:

@@ -53,6 +53,8 @@ class Llava665kConfig:
         file), ``notext`` (position after dropping text-only records, as PreSel's preprocessing numbers
         them) or ``auto`` (whichever numbering matches the records' id and image).
     check_images: count the image files missing under ``image_root`` (listed in summary.json).
+    reference_split: the authors' released reference split (``round1_665k_notext.json``: records by
+        ``unique_idx``), written as ``out/reference/`` (what ``presel reference --from-file`` writes).
     """
 
     annotations: str
@@ -61,9 +63,11 @@ class Llava665kConfig:
     tasks_config: str | None = None
     split_index: str = "auto"
     check_images: bool = False
+    reference_split: str | None = None
 
     def __post_init__(self) -> None:
         self.annotations = str(self.annotations)
+        self.reference_split = None if self.reference_split is None else str(self.reference_split)
         self.image_root = str(self.image_root)
         self.splits = None if self.splits is None else str(self.splits)
         self.tasks_config = None if self.tasks_config is None else str(self.tasks_config)
@@ -275,13 +279,18 @@ def _resolve_splits(cfg: Llava665kConfig, splits: Splits, table: TaskTable) -> t
 
 def prepare_llava665k(annotations: str | os.PathLike, image_root: str | os.PathLike, out: str | os.PathLike, *,
                       splits: str | os.PathLike | None = None, tasks_config: str | os.PathLike | None = None,
-                      split_index: str = "auto", check_images: bool = False, overwrite: bool = False) -> dict[str, Any]:
+                      split_index: str = "auto", check_images: bool = False, overwrite: bool = False,
+                      reference_split: str | os.PathLike | None = None) -> dict[str, Any]:
     """Prepare ``llava_v1_5_mix665k.json`` as a pool in ``out``; return the summary (also ``summary.json``)."""
     from presel.config import resolved_config
     from presel.io.atomic import atomic_dir, write_json
 
     cfg = Llava665kConfig(str(annotations), str(image_root), None if splits is None else str(splits),
-                          None if tasks_config is None else str(tasks_config), split_index, check_images)
+                          None if tasks_config is None else str(tasks_config), split_index, check_images,
+                          None if reference_split is None else str(reference_split))
+    if cfg.reference_split is not None and not Path(cfg.reference_split).is_file():
+        raise PreselError(f"--reference-split {cfg.reference_split}: no such file; pass the authors' "
+                          "round1_665k_notext.json")
     root = check_image_root(cfg.image_root)
     table = load_task_table(cfg.tasks_config)
     split_obj = Splits(cfg.splits) if cfg.splits is not None else None
@@ -353,10 +362,23 @@ def prepare_llava665k(annotations: str | os.PathLike, image_root: str | os.PathL
         if cfg.check_images:
             n_missing, first = missing_images(root, w.images)
             summary["missing_images"] = {"count": n_missing, "first": first}
+        if cfg.reference_split is not None:
+            summary["reference"] = _write_reference(tmp, root, cfg.reference_split)
         write_json(tmp / "tasks.json", tasks)
         write_json(tmp / "summary.json", summary)
         write_json(tmp / "config.json", resolved_config(STAGE, cfg))
     return summary
+
+
+def _write_reference(tmp: Path, root: Path, split: str) -> dict[str, Any]:
+    """``tmp/reference/`` from the authors' split over the pool just written; its per-task counts."""
+    from presel.importance.reference import reference_to_dir
+    from presel.io.manifest import read_pool
+
+    pool = read_pool(tmp / "pool.jsonl", image_root=root, keep_extra=True)
+    s = reference_to_dir(pool, tmp / "reference", protocol="official", from_file=split)
+    return {"file": split, "records": s["total"]["reference"],
+            "tasks": {t: v["reference"] for t, v in s["tasks"].items()}}
 
 
 def _check_702(sources: dict[str, int], text_only: int) -> dict[str, Any]:

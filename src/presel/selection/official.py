@@ -14,25 +14,28 @@ The rules (``R`` = records of the pool, ``n`` = records of a task, in pool order
   else ``int(R * (f - 0.05))``; ``budget_count`` gives ``N = budget_count - |reference records|``.
   The reference records are extra: never counted against ``N``.
 - Task quota ``N_i = int(w_i * N)``; the whole shortfall goes to the top-weighted task; no cap at what a
-  task holds.
-- Clusters per task: ``max(1, int(0.01 * n))`` over all its records (reference included), scikit-learn
-  ``KMeans(n_clusters, random_state=12345, n_init=10)``: the seed the authors use for every task, and the
-  ten initialisations of scikit-learn 1.2.2, the version LLaVA pins (scikit-learn >= 1.4 runs one,
-  ``n_init="auto"``, and gives different clusters).
+  task holds (``kmeans_clust.py``, LLaVA-665K). ``official_quotas: vision-flan``: their ``allocate_samples``
+  instead (``kmeans_clust_vf.py``: floor, +1 by largest remainder, caps; :func:`task_quotas_vision_flan`).
+- Clusters per task: ``max(1, int(0.01 * n))`` over all its records (reference included), L2-normalised in
+  float32 as ``sklearn.preprocessing.normalize``, clustered as scikit-learn 1.2.2's
+  ``KMeans(n_clusters, random_state=12345)`` (the version LLaVA pins: ten inits, ``randint`` first centre),
+  whatever scikit-learn is installed (:mod:`presel.selection.sklearn122`).
 - Cluster quota ``int(round(avail_c / avail * N_i))`` (round half to even) capped at ``avail_c``; then one
   pass: while short, +1 per cluster with room, largest cluster (all records) first; while over, -1 per
   non-empty cluster, smallest first. One pass can leave a task short.
-- Inside a cluster, its available (non-reference) records, ascending pool position, ranked by mean inner
-  product to their ``k = min(5, m - 1)`` nearest: ``k + 1`` neighbours searched (faiss ``IndexFlatIP``), the
-  first column dropped as "self". A one-record cluster scores NaN and is still picked. Ties (and NaN,
-  last) by pool position.
-- A total short of ``N`` after all tasks is filled with seeded random non-reference records, as the
-  authors' ``presel/data_selection.py`` tops the round up.
+- Inside a cluster, its available (non-reference) records, listed as their ``set(...) & available``
+  lists them, ranked by mean inner product (float32) to their ``k = min(5, m - 1)`` nearest: ``k + 1``
+  neighbours searched (faiss ``IndexFlatIP``), the first column dropped as "self"; ``np.argsort(-score)``
+  orders them (ties as numpy's default sort leaves them, NaN last). A one-record cluster scores NaN and is
+  still picked.
+- A total short of ``N`` after all tasks is filled as the authors' ``presel/data_selection.py`` tops the
+  round up: ``random.seed(12345)``, ``random.sample`` over the non-reference, unpicked records in pool order.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterable, Mapping
 from fractions import Fraction
 from typing import Any
@@ -46,6 +49,7 @@ ROUND_FRACTION = Fraction(5, 100)  # the authors' rounds: 5% of the records each
 KMEANS_RANDOM_STATE = 12345
 KMEANS_N_INIT = 10
 CLUSTER_FRACTION = 0.01
+TOPUP_SEED = 12345  # the authors' ``--seed`` default: ``random.seed(12345)`` before ``random.sample``
 
 
 def n_clusters_official(n: int) -> int:
@@ -76,6 +80,43 @@ def task_quotas_official(weights: np.ndarray, n_new: int) -> np.ndarray:
     elif diff < 0:
         q[int(np.argmin(w))] += diff
     return q
+
+
+def task_quotas_vision_flan(weights: np.ndarray, sizes: list[int] | np.ndarray, n_new: int) -> np.ndarray:
+    """The authors' ``allocate_samples`` (Vision-FLAN, ``clust_utils.py``): quotas from weights ``w`` and task sizes.
+
+    The budget is capped at the records of all tasks; each task gets ``floor(w_i * N)``; the shortfall goes
+    +1 per task in descending order of the fractional parts (stable: task order on ties) to tasks with room
+    (``size - quota > 0``), one pass; quotas over a task's size are cut to it and the excess is handed out
+    again +1 per task with room, round-robin in task order, until spent. Sizes count every record of the task,
+    reference records included, as theirs do.
+    """
+    w = [float(x) for x in np.asarray(weights, dtype=np.float64)]
+    size = [int(x) for x in sizes]
+    total = min(int(n_new), sum(size))
+    exact = [wi * total for wi in w]
+    alloc = [int(math.floor(x)) for x in exact]
+    surplus = total - sum(alloc)
+    frac = [x - a for x, a in zip(exact, alloc)]
+    for i in sorted(range(len(w)), key=lambda i: frac[i], reverse=True):
+        if surplus <= 0:
+            break
+        if size[i] - alloc[i] > 0:
+            alloc[i] += 1
+            surplus -= 1
+    for i in range(len(w)):
+        if alloc[i] > size[i]:
+            surplus += alloc[i] - size[i]
+            alloc[i] = size[i]
+    room = [i for i in range(len(w)) if alloc[i] < size[i]]
+    while surplus > 0 and room:
+        for i in room:
+            if surplus <= 0:
+                break
+            alloc[i] += 1
+            surplus -= 1
+        room = [i for i in range(len(w)) if alloc[i] < size[i]]
+    return np.array(alloc, dtype=np.int64)
 
 
 def cluster_quotas_official(labels: np.ndarray, avail: np.ndarray, n: int) -> dict[int, int]:
@@ -121,16 +162,33 @@ def centrality_official(x: np.ndarray) -> np.ndarray:
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
     sims, _ = index.search(x, k + 1)
-    return sims[:, 1:].astype(np.float64).mean(axis=1)
+    return sims[:, 1:].mean(axis=1)  # float32, as the authors' ``similarities.mean(axis=1)``
 
 
 def _kmeans_labels(x: np.ndarray, n_clusters: int) -> tuple[np.ndarray, float | None]:
+    """scikit-learn 1.2.2's ``KMeans(n_clusters, random_state=12345)`` labels, whatever scikit-learn is installed."""
     if n_clusters <= 1:
         return np.zeros(len(x), dtype=np.int64), None
-    from sklearn.cluster import KMeans
+    from presel.selection.sklearn122 import kmeans_122
 
-    km = KMeans(n_clusters=n_clusters, random_state=KMEANS_RANDOM_STATE, n_init=KMEANS_N_INIT).fit(x)
-    return km.labels_.astype(np.int64), float(km.inertia_)
+    labels, inertia, _ = kmeans_122(x, n_clusters, random_state=KMEANS_RANDOM_STATE, n_init=KMEANS_N_INIT)
+    return labels, inertia
+
+
+def _cluster_members(labels: np.ndarray, is_ref: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Per cluster label (ascending), its available rows in the order the authors' code lists them.
+
+    They list ``set(cluster rows) & available`` with ``available = set(range(n)) - reference``; CPython's
+    set order for integers is fixed, so the same expressions give the same order here, and the ranking
+    ``np.argsort(-typicality)`` then breaks ties (records of one image) the way theirs does.
+    """
+    n = len(labels)
+    available = set(range(n)) - {int(i) for i in np.nonzero(is_ref)[0]}
+    out = []
+    for lab in np.unique(labels):
+        mem = list(set(np.nonzero(labels == lab)[0].tolist()) & available)
+        out.append((int(lab), np.array(mem, dtype=np.int64)))
+    return out
 
 
 def _record_rows(features, pool: Pool, positions: list[int]) -> np.ndarray:
@@ -155,14 +213,17 @@ def _record_rows(features, pool: Pool, positions: list[int]) -> np.ndarray:
 
 
 def _normalised(features, rows: np.ndarray, pool: Pool, positions: list[int]) -> np.ndarray:
-    x = features.rows(rows)
+    """float32 rows L2-normalised as ``sklearn.preprocessing.normalize`` (norms in float32, one einsum)."""
+    from presel.selection.sklearn122 import l2_normalise
+
+    x = np.asarray(features.rows(rows), dtype=np.float32)
     norms = np.linalg.norm(x.astype(np.float64), axis=1)
     bad = ~np.isfinite(norms) | (norms == 0)
     if bad.any():
         r = pool.records[positions[int(np.nonzero(bad)[0][0])]]
         raise PreselError(f"{features.source}: features of id '{r.id}' (image {r.image}) are zero, NaN or inf and "
                           "cannot be L2-normalised; re-extract the features of that image")
-    return (x / norms.astype(np.float32)[:, None]).astype(np.float32)
+    return l2_normalise(x)
 
 
 def _reference_positions(pool: Pool, reference: Iterable[str], source: str) -> set[int]:
@@ -223,7 +284,10 @@ def select_official(pool: Pool, features, *, weights: Mapping[str, Any] | None, 
         holders.append(t)
     w = _task_weights(cfg, holders, weights, weights_source) if cfg.task_weights != "size" else \
         np.array([len(tasks[n]) for n in names], dtype=np.float64) / n_records
-    quotas = task_quotas_official(w, n_new)
+    if cfg.official_quotas == "vision-flan":
+        quotas = task_quotas_vision_flan(w, [len(tasks[n]) for n in names], n_new)
+    else:
+        quotas = task_quotas_official(w, n_new)
 
     per_task: dict[str, Any] = {}
     cols: dict[str, list] = {k: [] for k in ("id", "image", "task", "cluster", "nc_score", "score", "rank",
@@ -245,13 +309,12 @@ def select_official(pool: Pool, features, *, weights: Mapping[str, Any] | None, 
         rank = np.zeros(n, dtype=np.int64)
         selected = np.zeros(n, dtype=bool)
         cq = cluster_quotas_official(labels, avail, int(quotas[ti]))
-        for lab in sorted(cq):
-            mem = np.nonzero(avail & (labels == lab))[0]
+        for lab, mem in _cluster_members(labels, is_ref):
             if not len(mem):
                 continue
             s = centrality_official(x[mem])
             score[mem] = s
-            order = mem[np.lexsort((mem, np.where(np.isnan(s), np.inf, -s)))]
+            order = mem[np.argsort(-s)]  # the authors' order: their set order, numpy's default sort, NaN last
             rank[order] = np.arange(1, len(order) + 1)
             selected[order[:cq[lab]]] = True
         del x
@@ -279,10 +342,9 @@ def select_official(pool: Pool, features, *, weights: Mapping[str, Any] | None, 
 
     picked = sum(t["selected"] for t in per_task.values())
     fill = n_new - picked
-    if fill > 0:  # the authors' data_selection.py tops the round up with random records
-        free = np.array([p for p in range(n_records) if p not in ref and p not in picked_pos], dtype=np.int64)
-        rng = np.random.default_rng(cfg.seed)
-        extra = np.sort(rng.choice(free, size=min(fill, len(free)), replace=False))
+    if fill > 0:  # the authors' data_selection.py tops the round up: random.seed(12345); random.sample(...)
+        free = [p for p in range(n_records) if p not in ref and p not in picked_pos]
+        extra = np.sort(np.array(random.Random(TOPUP_SEED).sample(free, min(fill, len(free))), dtype=np.int64))
         task_pos = {n: i for i, n in enumerate(names)}
         for p in extra.tolist():
             r = pool.records[p]
@@ -305,6 +367,7 @@ def select_official(pool: Pool, features, *, weights: Mapping[str, Any] | None, 
         "method": cfg.method,
         "protocol": "official",
         "task_weights": cfg.task_weights,
+        "official_quotas": cfg.official_quotas,
         "tasks": per_task,
         "totals": {
             "records": n_records, "distinct_images": n_images, "text_only_records": pool.text_only,
@@ -312,7 +375,7 @@ def select_official(pool: Pool, features, *, weights: Mapping[str, Any] | None, 
             "new_budget": n_new, "selected": n_selected, "total": len(ref) + n_selected,
             "random_fill": max(0, fill), "selected_images": len({pool.records[r[4]].image_key for r in sel_rows}),
             "kmeans_objective": float(sum(objectives)) if objectives else None,
-            "kmeans": {"backend": "sklearn", "random_state": KMEANS_RANDOM_STATE, "n_init": KMEANS_N_INIT},
+            "kmeans": {"backend": "sklearn-1.2.2-seeding", "random_state": KMEANS_RANDOM_STATE, "n_init": KMEANS_N_INIT},
         },
     }
     return SelectionResult(selection, cols, summary, cfg)

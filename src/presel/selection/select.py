@@ -51,6 +51,7 @@ from presel.selection.methods import WITHIN_CLUSTER_METHODS
 METHODS = ("presel", "random", "random-cluster", "typiclust", *WITHIN_CLUSTER_METHODS)
 TASK_WEIGHT_MODES = ("irs", "uniform", "size")
 KMEANS_BACKENDS = ("faiss", "sklearn")
+OFFICIAL_QUOTAS = ("llava665k", "vision-flan")
 
 
 @dataclass
@@ -70,6 +71,8 @@ class SelectConfig:
     typiclust_k: neighbours for TypiClust typicality.
     protocol: paper (distinct images, this module) | official (the authors' code, counted in records:
     :mod:`presel.selection.official`).
+    official_quotas: under ``protocol: official``, the authors' task-quota rule: llava665k (``kmeans_clust.py``:
+    ``int(w * N)``, the shortfall to the top task) | vision-flan (``allocate_samples``: floor, largest remainder, caps).
     """
 
     budget: float | None = None
@@ -84,11 +87,14 @@ class SelectConfig:
     allow_repeats: bool = False
     typiclust_k: int = 20
     protocol: str = "paper"
+    official_quotas: str = "llava665k"
 
     def __post_init__(self) -> None:
         from presel.protocol import check_protocol
 
         check_protocol(self.protocol)
+        if self.official_quotas not in OFFICIAL_QUOTAS:
+            raise PreselError(f"official_quotas={self.official_quotas!r} must be one of {', '.join(OFFICIAL_QUOTAS)}")
         if (self.budget is None) == (self.budget_count is None):
             raise PreselError("give exactly one of budget (a fraction, e.g. 0.15) and budget_count (a number of images); "
                               f"got budget={self.budget}, budget_count={self.budget_count}")

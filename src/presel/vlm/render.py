@@ -259,6 +259,8 @@ def encode_conversation(processor: Any, image: Any, turns: Sequence[Turn], *, dr
     """
     import torch
 
+    if _is_llava_v1(processor):
+        return encode_llava_v1(processor, image, turns, drop_question=drop_question, max_length=max_length)
     plan = _plan(processor, turns, drop_question)
     out = processor(text=[plan.text], images=[image], return_tensors="pt", add_special_tokens=plan.add_special)
     ids = out["input_ids"][0]
@@ -297,6 +299,10 @@ def encode_pair(processor: Any, image: Any, turns: Sequence[Turn], *, max_length
     """
     import torch
 
+    if _is_llava_v1(processor):
+        run = _llava_image_run(processor, image)
+        return (encode_llava_v1(processor, image, turns, max_length=max_length, image_run=run),
+                encode_llava_v1(processor, image, turns, drop_question=True, max_length=max_length, image_run=run))
     plans = [_plan(processor, turns, False), _plan(processor, turns, True)]
     if plans[0].add_special == plans[1].add_special:
         out = processor(text=[plans[0].text], images=[image], return_tensors="pt",
@@ -334,6 +340,14 @@ def encode_pairs(processor: Any, images: Sequence[Any], turns: Sequence[Sequence
     the batched output cannot be split or the image expansion cannot be reused)."""
     import torch
 
+    if _is_llava_v1(processor):
+        res: list[tuple[Encoded, Encoded] | PreselError] = []
+        for im, t in zip(images, turns):
+            try:
+                res.append(encode_pair(processor, im, t, max_length=max_length))
+            except PreselError as e:
+                res.append(e)
+        return res
     out_list: list[tuple[Encoded, Encoded] | PreselError | None] = [None] * len(images)
     plans: list[tuple[int, _Plan, _Plan]] = []
     for i, t in enumerate(turns):
@@ -537,3 +551,215 @@ def with_chat_format(processor: Any, name: str | None) -> Any:
     if isinstance(processor, _ChatFormat):
         processor = processor._processor
     return _ChatFormat(processor, name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# llava-v1 token ids exactly as LLaVA builds them (haotian-liu/LLaVA: preprocess_multimodal and preprocess_v1 in
+# llava/train/train.py, tokenizer_image_token in llava/mm_utils.py, the cut in prepare_inputs_labels_for_multimodal)
+
+LLAVA_MAX_LENGTH = 2048  # LLaVA-1.5's tokenizer_model_max_length: the cut after the image is expanded
+LLAVA_V1_ASSISTANT_SEP = " ASSISTANT: "
+
+
+def llava_v1_messages(turns: Sequence[Turn], *, drop_question: bool = False) -> tuple[str, list[tuple[str, str]]]:
+    """``(system, [(role, message), ...])`` as LLaVA's ``preprocess_multimodal`` hands a sample to ``conv_vicuna_v1``.
+
+    The user turn holding ``<image>`` becomes ``"<image>\\n" + rest.strip()``, stripped; every other message is kept
+    verbatim (no strip: a trailing newline of a reply stays, as in LLaVA). Without a placeholder the image opens the
+    first user turn (presel's rule for pools without one); a conversation opening with a reply gets an image-only
+    user turn first. ``drop_question``: ``USER: <image>`` and the replies joined by one space (the authors'
+    remove_instruction.py). A leading system turn replaces the default system prompt.
+    """
+    system = LLAVA_V1_SYSTEM
+    sys_turns = [t for t in turns if t.role == "system"]
+    if sys_turns:
+        system = sys_turns[0].text.strip()
+    body = [t for t in turns if t.role != "system"]
+    if drop_question:
+        return system, [("USER", IMAGE_PLACEHOLDER), ("ASSISTANT", " ".join(t.text for t in body if t.role == "assistant"))]
+    holder = next((i for i, t in enumerate(body) if t.role == "user" and IMAGE_PLACEHOLDER in t.text), None)
+    if holder is None:
+        holder = next((i for i, t in enumerate(body) if t.role == "user"), None)
+    msgs: list[tuple[str, str]] = []
+    if not body or body[0].role != "user":
+        msgs.append(("USER", IMAGE_PLACEHOLDER))
+        holder = -1
+    for i, t in enumerate(body):
+        role = "USER" if t.role == "user" else "ASSISTANT"
+        text = t.text
+        if i == holder:
+            text = (IMAGE_PLACEHOLDER + "\n" + text.replace(IMAGE_PLACEHOLDER, "").strip()).strip()
+        elif IMAGE_PLACEHOLDER in text:
+            text = text.replace(IMAGE_PLACEHOLDER, "")
+        if msgs and msgs[-1][0] == role:
+            raise PreselError(f"chat_format llava-v1 needs alternating user/assistant turns (LLaVA asserts it); turn {i + 1} "
+                              f"is a second {t.role} turn in a row: merge them in the pool")
+        msgs.append((role, text))
+    return system, msgs
+
+
+def llava_v1_prompt(system: str, msgs: Sequence[tuple[str, str]], eos: str = "</s>") -> str:
+    """``conv_vicuna_v1.get_prompt()`` (``SeparatorStyle.TWO``): system, then ``ROLE: message`` + ``" "`` / ``eos``
+    alternately; an empty message is ``ROLE:`` alone."""
+    seps = (" ", eos)
+    out = system + seps[0]
+    for i, (role, m) in enumerate(msgs):
+        out += f"{role}: {m}{seps[i % 2]}" if m else f"{role}:"
+    return out
+
+
+def _chunk_ids(tok: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    enc = tok(text, return_offsets_mapping=True)  # special tokens as the tokenizer adds them (LLaMA: BOS)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def llava_v1_token_ids(tok: Any, prompt: str, image_token_id: int) -> tuple[list[int], list[tuple[int, int]]]:
+    """``tokenizer_image_token(prompt)``: each ``<image>``-separated chunk tokenized on its own (so the text after
+    the image keeps its own leading ``▁``), the first chunk's BOS kept and the others' dropped, one image token
+    between chunks. Also the character span in ``prompt`` of each id (``(-1, -1)`` for BOS and the image)."""
+    ids: list[int] = []
+    spans: list[tuple[int, int]] = []
+    offset = 0
+    base = 0
+    for k, chunk in enumerate(prompt.split(IMAGE_PLACEHOLDER)):
+        cids, offs = _chunk_ids(tok, chunk)
+        if k == 0 and cids and cids[0] == getattr(tok, "bos_token_id", None):
+            offset = 1
+            ids.append(cids[0])
+            spans.append((-1, -1))
+        if k:
+            ids.append(image_token_id)
+            spans.append((-1, -1))
+        for t, (a, b) in zip(cids[offset:], offs[offset:]):
+            ids.append(t)
+            spans.append((base + a, base + b) if b > a else (-1, -1))
+        base += len(chunk) + len(IMAGE_PLACEHOLDER)
+    return ids, spans
+
+
+def llava_v1_label_spans(prompt: str, eos: str) -> list[tuple[int, int]]:
+    """Character ranges ``preprocess_v1`` keeps as targets: per round (the prompt split on ``eos``), everything
+    after ``" ASSISTANT:"`` through the closing ``eos``."""
+    out = []
+    pos = 0
+    for rou in prompt.split(eos):
+        if rou == "":
+            break
+        parts = rou.split(LLAVA_V1_ASSISTANT_SEP)
+        if len(parts) != 2:
+            break
+        start = pos + len(parts[0]) + len(LLAVA_V1_ASSISTANT_SEP) - 1  # the space after "ASSISTANT:" is the reply's
+        end = pos + len(rou) + len(eos)
+        out.append((start, min(end, len(prompt))))
+        pos += len(rou) + len(eos)
+    return out
+
+
+def _llava_image_run(processor: Any, image: Any) -> tuple[list[int], dict[str, Any]]:
+    """The image tokens the processor expands one image into, and its tensors (pixel values ...)."""
+    import torch
+
+    img_id = _image_token_id(processor)
+    token = getattr(processor, "image_token", None) or IMAGE_PLACEHOLDER
+    if img_id is None:
+        raise PreselError("chat_format llava-v1 needs a processor with an image token (LLaVA-style models)")
+    out = processor(text=[token], images=[image], return_tensors="pt", add_special_tokens=False)
+    ids = out["input_ids"][0].tolist()
+    run = [t for t in ids if t == img_id]
+    n = len(ids)
+    extras = {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask") and isinstance(v, torch.Tensor)}
+    if not run or ids != run or any(v.dim() == 2 and v.shape[0] == 1 and v.shape[1] == n for v in extras.values()):
+        raise PreselError("chat_format llava-v1 expands the image into a run of image tokens as LLaVA-1.5 does; this "
+                          "processor expands it differently: leave chat_format unset (the model's own template)")
+    return run, extras
+
+
+def encode_llava_v1(processor: Any, image: Any, turns: Sequence[Turn], *, drop_question: bool = False,
+                    max_length: int | None = None, image_run: tuple[list[int], dict[str, Any]] | None = None) -> Encoded:
+    """One sample in chat format ``llava-v1`` with LLaVA's own token ids and labels.
+
+    ids: :func:`llava_v1_token_ids` of :func:`llava_v1_prompt`, the image token expanded by the processor; labels:
+    the tokens inside :func:`llava_v1_label_spans` (every reply from the space after ``ASSISTANT:``, a trailing
+    newline included, and its ``</s>``); then both cut at ``max_length`` (default 2048, LLaVA-1.5's
+    ``tokenizer_model_max_length``, counted after the image expansion; a cut inside the image is an error).
+    """
+    import torch
+
+    tok = _tokenizer(processor)
+    eos = getattr(processor, "_eos", None) or getattr(tok, "eos_token", None) or "</s>"
+    system, msgs = llava_v1_messages(turns, drop_question=drop_question)
+    prompt = llava_v1_prompt(system, msgs, eos)
+    run, extras = image_run if image_run is not None else _llava_image_run(processor, image)
+    img_id = run[0]
+    ids, spans = llava_v1_token_ids(tok, prompt, img_id)
+    keep = llava_v1_label_spans(prompt, eos)
+    labels = [t if a >= 0 and any(a < r1 and b > r0 for r0, r1 in keep) else IGNORE for t, (a, b) in zip(ids, spans)]
+    k = ids.index(img_id)
+    ids = ids[:k] + run + ids[k + 1:]
+    labels = labels[:k] + [IGNORE] * len(run) + labels[k + 1:]
+    limit = LLAVA_MAX_LENGTH if max_length is None else max_length
+    if len(ids) > limit:
+        if k + len(run) > limit:
+            raise PreselError(f"max_length={limit} would cut the image tokens (they end at position {k + len(run)}); "
+                              "raise max_length")
+        ids, labels = ids[:limit], labels[:limit]
+    return Encoded(torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long), dict(extras), True)
+
+
+def _is_llava_v1(processor: Any) -> bool:
+    return isinstance(processor, _ChatFormat) and processor.chat_format == "llava-v1"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# images as LLaVA-1.5 opens them (chat_format llava-v1): Image.open(...).convert('RGB'); training pads to square
+
+def load_image_llava(locator: str) -> Any:
+    """The image at ``locator`` as LLaVA's dataset opens it: ``Image.open(...).convert("RGB")`` (alpha dropped, not
+    composited; EXIF orientation not applied). :class:`presel.features.images.ImageRejected` when it cannot be used."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    from presel.features.images import ImageRejected
+    from presel.io.sources import read_bytes
+
+    data = read_bytes(locator)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageRejected(f"corrupt: {e}") from None
+
+
+def load_image_for(processor: Any, locator: str) -> Any:
+    """The image for ``processor``: LLaVA's opening under chat format ``llava-v1``, else presel's
+    (:func:`presel.io.sources.load_image`: alpha composited on white, EXIF orientation applied)."""
+    if _is_llava_v1(processor):
+        return load_image_llava(locator)
+    from presel.io.sources import load_image
+
+    return load_image(locator)
+
+
+def expand2square(img: Any, background: tuple[int, ...]) -> Any:
+    """LLaVA's ``expand2square``: the image centred on a square of its longer side filled with ``background``."""
+    from PIL import Image
+
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    out = Image.new(img.mode, (side, side), background)
+    out.paste(img, ((side - w) // 2, 0) if w < h else (0, (side - h) // 2))
+    return out
+
+
+def training_image(processor: Any, img: Any) -> Any:
+    """The image as fine-tuning feeds it: under ``llava-v1`` LLaVA-1.5's ``image_aspect_ratio pad`` (padded to a
+    square with the processor's mean colour, ``int(m * 255)``), else unchanged (the processor's own resizing, as
+    scoring, which LLaVA calls ``square``)."""
+    if not _is_llava_v1(processor):
+        return img
+    mean = getattr(getattr(processor, "image_processor", None), "image_mean", None) or (0.5, 0.5, 0.5)
+    return expand2square(img, tuple(int(x * 255) for x in mean))

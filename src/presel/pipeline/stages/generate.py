@@ -30,7 +30,7 @@ NEUTRAL = frozenset({"concurrency", "timeout", "max_retries", "backoff_base", "b
 class Generate(Stage):
     name = "generate"
     dir = "generate"
-    # protocol: oracle mode takes every record of a picked image under `official`; online writes one per item
+    # protocol: oracle mode takes exactly the picked records under `official`; online writes one per item
     extra = ("from_annotations", "match", "protocol", *RUN_KEYS, *BATCH_KEYS)
     paths = ("from_annotations", "templates")
     needs = ("select", "annotate")

@@ -11,9 +11,12 @@ class Reference(Stage):
     dir = "reference"
     config = ReferenceConfig
     outputs = {"reference": "reference.jsonl"}
+    paths = ("from_file",)
 
     def wire(self) -> bool:
         self.files = {"pool": self.cfg.path(self.cfg.pool["path"])}
+        if self.section.get("from_file"):
+            self.files["from_file"] = self.cfg.path(self.section["from_file"])
         return True
 
     def run(self) -> None:
@@ -21,4 +24,5 @@ class Reference(Stage):
 
         rc = self.conf
         reference_to_dir(self.ctx.pool(), self.out_dir, fraction=rc.fraction, seed=rc.seed,
-                         min_per_task=rc.min_per_task, overwrite=True, protocol=rc.protocol)
+                         min_per_task=rc.min_per_task, overwrite=True, protocol=rc.protocol,
+                         from_file=self.files.get("from_file"))
