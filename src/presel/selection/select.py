@@ -46,9 +46,10 @@ import numpy as np
 from presel.errors import PreselError
 from presel.records import Pool, image_key
 from presel.selection.budget import allocate
+from presel.selection.coverage import COVERAGE_METHODS
 from presel.selection.methods import WITHIN_CLUSTER_METHODS
 
-METHODS = ("presel", "random", "random-cluster", "typiclust", *WITHIN_CLUSTER_METHODS)
+METHODS = ("presel", "random", "random-cluster", "typiclust", *WITHIN_CLUSTER_METHODS, *COVERAGE_METHODS)
 TASK_WEIGHT_MODES = ("irs", "uniform", "size")
 KMEANS_BACKENDS = ("faiss", "sklearn")
 
@@ -321,16 +322,25 @@ def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
     avail = ~t.ref
     score = np.full(n, np.nan)
     seed = _task_seed(cfg.seed, t.name)
-    if cfg.method in ("presel", "random-cluster", *WITHIN_CLUSTER_METHODS):
+    if cfg.method in ("presel", "random-cluster", "herding-cluster", *WITHIN_CLUSTER_METHODS):
         km = kmeans(x, n_clusters_for(n, cfg.images_per_cluster), backend=cfg.kmeans_backend, seed=seed,
                     niter=cfg.kmeans_niter)
         labels, t.objective = km.labels, km.objective
-    elif cfg.method == "random":
+    elif cfg.method in ("random", *COVERAGE_METHODS):
         labels = np.zeros(n, dtype=np.int64)
     else:  # typiclust
         labels, t.objective = typiclust_clusters(x, avail, t.quota, backend=cfg.kmeans_backend, seed=seed,
                                                  niter=cfg.kmeans_niter)
-    if cfg.method in WITHIN_CLUSTER_METHODS:  # PreSel's clusters, another order inside (selection/methods.py)
+    if cfg.method in COVERAGE_METHODS:  # coverage on the task's kNN graph (selection/coverage.py)
+        from presel.selection.coverage import coverage_positions
+
+        steps = min(n, t.quota + max(16, t.quota // 4))  # greedy prefix; beyond it, by last gain
+        score, pos = coverage_positions(cfg.method, x, avail, steps, seed=seed,
+                                        labels=labels if cfg.method.endswith("-cluster") else None)
+
+        def key(mem):
+            return (pos[mem],)
+    elif cfg.method in WITHIN_CLUSTER_METHODS:  # PreSel's clusters, another order inside (selection/methods.py)
         from presel.selection.methods import within_cluster_ranks
 
         score, pos = within_cluster_ranks(cfg.method, x, labels, avail, cfg.k)
