@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "report": "report",
     "evaluate": "evaluate",
+    "bench": "bench",
 }
 
 
