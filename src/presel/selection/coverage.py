@@ -34,14 +34,30 @@ DELTA_K = 10  # ProbCover radius: median distance to the DELTA_K-th neighbour
 EXACT_MAX = 20_000  # exact kNN search up to this many images; IVF above
 
 
+_LAST: dict[str, tuple] = {}  # the last graph built: repeated selections on one task reuse it
+
+
 def knn(x: np.ndarray, k: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``k`` nearest other rows of L2-normalised ``x``: indices (n, k) and squared distances (n, k).
 
-    Ties: faiss's order. Self is removed (exact duplicates of a row may stay as neighbours)."""
+    Ties: faiss's order. Self is removed (exact duplicates of a row may stay as neighbours). The
+    last result is kept (keyed by a digest of ``x``, ``k`` and ``seed``) and returned as copies."""
+    import hashlib
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    key = hashlib.blake2b(x.tobytes(), digest_size=16, key=f"{k}:{seed}:{x.shape}".encode()).hexdigest()
+    hit = _LAST.get(key)
+    if hit is None:
+        hit = _knn(x, k, seed)
+        _LAST.clear()
+        _LAST[key] = hit
+    return hit[0].copy(), hit[1].copy()
+
+
+def _knn(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from presel.selection.kmeans import _import_faiss
 
     faiss = _import_faiss()
-    x = np.ascontiguousarray(x, dtype=np.float32)
     n, d = x.shape
     k = min(int(k), n - 1)
     if k <= 0:
