@@ -21,7 +21,8 @@ import argparse
 
 
 def main(argv: list[str] | None = None) -> int:
-    from presel.bench.runner import add_arguments, main as run
+    from presel.bench.runner import add_arguments
+    from presel.bench.runner import main as run
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(p)

@@ -226,7 +226,7 @@ def summarise(rows: Sequence[dict[str, Any]], baselines: Sequence[str] = BASELIN
                 vals.setdefault((r["task"], r["method"], r["budget"], clf), {})[r["seed"]] = float(r[clf])
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     if len(tasks) > 1:
-        for (task, m, f, clf) in [k for k in vals if k[0] == tasks[0]]:
+        for (_, m, f, clf) in [k for k in vals if k[0] == tasks[0]]:
             per = [vals.get((t, m, f, clf), {}) for t in tasks]
             common = set.intersection(*(set(p) for p in per))
             vals[("mean", m, f, clf)] = {sd: float(np.mean([p[sd] for p in per])) for sd in sorted(common)}
