@@ -7,7 +7,7 @@ import pytest
 from presel.io.features import FeatureMatrix
 from presel.records import Pool, PoolRecord
 from presel.selection import SelectConfig, select
-from presel.selection.coverage import COVERAGE_METHODS, greedy_cover, kernel_matrix, knn
+from presel.selection.coverage import COVERAGE_METHODS, greedy_cover, herding_stage, kernel_matrix, knn
 
 
 def _select(x, method, n, *, tasks=None, reference=(), seed=0, **kw):
@@ -21,11 +21,11 @@ def _select(x, method, n, *, tasks=None, reference=(), seed=0, **kw):
 
 
 def _blobs(seed=0, n=(300, 300, 300), clump=300, d=16):
-    """Three separated blobs, and a dense clump of near-duplicates at the edge of blob 0."""
+    """Three separated blobs, and a dense clump of near-duplicates of one image apart from them."""
     rng = np.random.default_rng(seed)
     centres = np.eye(3, d) * 12.0
     parts = [centres[b] + rng.standard_normal((m, d)) for b, m in enumerate(n)]
-    dup = centres[0] + 2.0 * np.eye(1, d, 5)[0]
+    dup = 12.0 * np.eye(1, d, 3)[0] + rng.standard_normal(d)
     parts.append(dup + 0.01 * rng.standard_normal((clump, d)))
     x = np.vstack(parts) + 3.0  # away from the origin so L2-normalising keeps the blobs apart
     blob = np.concatenate([np.full(m, b) for b, m in enumerate(n)] + [np.full(clump, 3)])
@@ -58,16 +58,21 @@ def test_reference_counts_as_covered(method):
         assert len(picks) == 1 and picks[0] >= 40, (method, r, picks)
 
 
-@pytest.mark.parametrize("method", ["herding"])
-def test_near_duplicate_clump_at_one_percent(method):
+@pytest.mark.parametrize("fraction", [0.01, 0.05, 0.2])  # herding's three stages: TypiClust, MaxHerding, kernel herding
+def test_near_duplicate_clump(fraction):
     x, blob = _blobs()
-    n = len(x) // 100  # 1% of 1,200
-    picks, _ = _select(x, method, n)
-    got = blob[picks]
-    assert set(got.tolist()) >= {0, 1, 2}  # every blob covered
-    assert (got == 3).sum() <= 1  # one pick covers the whole clump
-    paper, _ = _select(x, "presel", n)
-    assert (blob[paper] == 3).sum() >= 2  # the paper's rule spends several picks on the clump
+    n = int(fraction * len(x))
+    stages = {0.01: "typiclust", 0.05: "maxherding", 0.2: "kernel-herding"}
+    assert herding_stage(n, len(x)) == stages[fraction]
+    picks, _ = _select(x, "herding", n)
+    got = np.bincount(blob[picks], minlength=4)
+    assert (got[:3] >= 1).all()  # every blob covered
+    assert got[3] <= 1  # one pick covers the whole clump of near-copies
+    if fraction == 0.01:
+        paper, _ = _select(x, "presel", n)
+        assert (blob[paper] == 3).sum() >= 2  # the paper's rule spends several picks on the clump
+    else:
+        assert got[:3].min() >= 0.2 * n  # the blobs share the picks
 
 
 def test_greedy_cover_hand_case():
@@ -76,11 +81,11 @@ def test_greedy_cover_hand_case():
     nbr, d2 = knn(x, 3)
     kern = np.exp(-d2 / 2.0) * (d2 < 5)
     a = kernel_matrix(nbr, kern)
-    order = greedy_cover(a, np.ones(4, bool), np.zeros(4), 4)
+    order = greedy_cover(a, np.ones(4), np.ones(4, bool), np.zeros(4), 4)
     assert order[:2].tolist() == [1, 3]
     assert sorted(order.tolist()) == [0, 1, 2, 3]
     # point 1 is a reference: it is not ordered, and 3 comes first
     cur = np.zeros(4)
     cur[[0, 1, 2]] = np.maximum(cur[[0, 1, 2]], [np.exp(-0.5), 1.0, np.exp(-0.5)])
-    order = greedy_cover(a, np.array([True, False, True, True]), cur, 3)
+    order = greedy_cover(a, np.ones(4), np.array([True, False, True, True]), cur, 3)
     assert order[0] == 3 and 1 not in order.tolist()

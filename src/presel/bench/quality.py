@@ -37,15 +37,14 @@ import numpy as np
 from presel.bench.data import TaskData
 
 BUDGETS = (0.01, 0.02, 0.05, 0.10, 0.20, 0.30)
-METHODS = ("presel", "presel-cover", "herding", "herding-cluster", "probcover", "random", "random-cluster", "typiclust",
-           "coreset")
+METHODS = ("presel", "presel-cover", "herding", "random", "typiclust")  # also: random-cluster, coreset
 BASELINES = ("random", "typiclust")
 SEEDS = 10
 POOL_FRACTION = 0.9
 PROBE_C = 1.0
 PROBE_ITER = 100
 MLP_HIDDEN = 128
-MLP_ITER = 60
+MLP_ITER = 40
 CLASSIFIERS = ("probe", "nn1", "mlp")
 
 

@@ -27,11 +27,26 @@ import heapq
 
 import numpy as np
 
-COVERAGE_METHODS = ("herding", "herding-cluster", "probcover")
+COVERAGE_METHODS = ("herding",)
 KNN = 100  # neighbours per image in the kernel graph
 SIGMA_K = 10  # bandwidth: median distance to the SIGMA_K-th neighbour
-DELTA_K = 10  # ProbCover radius: median distance to the DELTA_K-th neighbour
+DUP_EPS = 0.05  # near-duplicates: d^2 below this fraction of sigma^2 (kernel above 0.975)
 EXACT_MAX = 20_000  # exact kNN search up to this many images; IVF above
+
+
+TYPICLUST_BELOW = 0.015  # a task quota below this fraction of the task's images: TypiClust
+KERNEL_HERDING_FROM = 0.15  # from this fraction on: kernel herding (distribution matching)
+
+
+def herding_stage(quota: int, available: int) -> str:
+    """The rule ``herding`` fills one task's quota with: ``typiclust`` (quota below
+    ``TYPICLUST_BELOW`` of the task's available images), ``maxherding`` (coverage), or
+    ``kernel-herding`` (from ``KERNEL_HERDING_FROM`` on)."""
+    if quota < TYPICLUST_BELOW * available:
+        return "typiclust"
+    if quota >= KERNEL_HERDING_FROM * available:
+        return "kernel-herding"
+    return "maxherding"
 
 
 _LAST: dict[str, tuple] = {}  # the last graph built: repeated selections on one task reuse it
@@ -86,26 +101,18 @@ def _knn(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return out_i, np.maximum(out_d, 0.0)
 
 
-def scale_k(method: str, n: int, steps: int) -> int:
-    """Which neighbour's distance sets the bandwidth (or ball radius)."""
-    import os
-
-    mode = os.environ.get("PRESEL_COVER_K", "")
-    if mode == "budget":
-        return int(np.clip(round(n / max(1, steps)), 3, KNN))
-    if mode:
-        return int(mode)
-    return SIGMA_K if method != "probcover" else DELTA_K
+def sigma2(d2: np.ndarray) -> float:
+    """The bandwidth ``sigma^2``: the median squared distance to the ``SIGMA_K``-th neighbour."""
+    if d2.shape[1] == 0:
+        return 1.0
+    return float(np.median(d2[:, min(SIGMA_K, d2.shape[1]) - 1]))
 
 
-def kernel_graph(method: str, nbr: np.ndarray, d2: np.ndarray, kth: int) -> np.ndarray:
-    """Kernel values (n, k) on the kNN graph edges for ``herding*`` (Gaussian) or ``probcover`` (ball)."""
+def kernel_graph(d2: np.ndarray) -> np.ndarray:
+    """Gaussian kernel values (n, k) on the kNN graph edges, ``exp(-d^2 / (2 sigma^2))``."""
     if d2.shape[1] == 0:
         return np.zeros_like(d2, dtype=np.float64)
-    col = min(kth, d2.shape[1]) - 1
-    scale = float(np.median(d2[:, col]))
-    if method == "probcover":
-        return (d2 < scale).astype(np.float64) if scale > 0 else (d2 <= 0).astype(np.float64)
+    scale = sigma2(d2)
     if scale <= 0:
         scale = float(d2[d2 > 0].min()) if (d2 > 0).any() else 1.0
     return np.exp(-d2.astype(np.float64) / (2.0 * scale))  # scale = sigma^2
@@ -126,19 +133,20 @@ def kernel_matrix(nbr: np.ndarray, kern: np.ndarray):
     return a
 
 
-def greedy_cover(a, cand: np.ndarray, cur: np.ndarray, steps: int) -> np.ndarray:
-    """Lazy-greedy facility location on a sparse kernel ``a`` (CSR); returns an order of all candidates.
+def greedy_cover(a, w: np.ndarray, cand: np.ndarray, cur: np.ndarray, steps: int) -> np.ndarray:
+    """Lazy-greedy weighted facility location on a sparse kernel ``a`` (CSR); an order of all candidates.
 
-    Picking ``i`` covers row ``i`` of ``a``; ``cur``: coverage so far (1 for reference images). The
-    first ``steps`` picks are the exact (lazy) greedy, ties to the lowest index; the remaining
-    candidates follow by their last computed gain, then index.
+    Picking ``i`` covers row ``i`` of ``a``; node ``j`` counts ``w[j]`` times; ``cur``: coverage so
+    far (1 for reference images). The first ``steps`` picks are the exact (lazy) greedy, ties to
+    the lowest index; the remaining candidates follow by their last computed gain, then index.
     """
     cur = np.array(cur, dtype=np.float64)
     ptr, ind, val = a.indptr, a.indices, a.data
+    wv = w[ind]
 
     def gain(i: int) -> float:
         s, e = ptr[i], ptr[i + 1]
-        return float(np.maximum(val[s:e] - cur[ind[s:e]], 0.0).sum())
+        return float((wv[s:e] * np.maximum(val[s:e] - cur[ind[s:e]], 0.0)).sum())
 
     cands = np.nonzero(cand)[0]
     heap = [(-gain(int(i)), int(i)) for i in cands]
@@ -157,14 +165,55 @@ def greedy_cover(a, cand: np.ndarray, cur: np.ndarray, steps: int) -> np.ndarray
     return np.asarray(order + [i for _, i in rest], dtype=np.int64)
 
 
-def coverage_positions(method: str, x: np.ndarray, avail: np.ndarray, steps: int, *, labels: np.ndarray | None = None,
+def kernel_herding(a, w: np.ndarray, cand: np.ndarray, ref: np.ndarray, steps: int) -> np.ndarray:
+    """Kernel herding (Chen, Welling & Smola 2010) on a sparse kernel ``a`` with node weights ``w``:
+    pick by ``sum_j w_j K(i, j) / sum(w) - sum_{p in S u R} K(i, p) / (|S u R| + 1)`` (the greedy
+    that makes the picks' kernel mean match the task's); returns an order of all candidates
+    (after ``steps``: by density, then index)."""
+    density = (a @ w) / w.sum()
+    pen = np.zeros(a.shape[0])
+    ptr, ind, val = a.indptr, a.indices, a.data
+    for r in ref:
+        pen[ind[ptr[r]:ptr[r + 1]]] += val[ptr[r]:ptr[r + 1]]
+    t = len(ref)
+    free = cand.copy()
+    order: list[int] = []
+    for _ in range(min(steps, int(cand.sum()))):
+        score = density - pen / (t + 1)
+        score[~free] = -np.inf
+        i = int(np.argmax(score))
+        order.append(i)
+        free[i] = False
+        pen[ind[ptr[i]:ptr[i + 1]]] += val[ptr[i]:ptr[i + 1]]
+        t += 1
+    rest = np.nonzero(free)[0]
+    return np.asarray(order + rest[np.lexsort((rest, -density[rest]))].tolist(), dtype=np.int64)
+
+
+def near_duplicate_groups(nbr: np.ndarray, d2: np.ndarray, sigma2: float) -> np.ndarray:
+    """Group id per item: connected components of the kNN edges with ``d^2 < DUP_EPS * sigma^2``."""
+    from scipy import sparse
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(nbr)
+    r, c = np.nonzero(d2 < DUP_EPS * sigma2)
+    g = sparse.csr_matrix((np.ones(len(r)), (r, nbr[r, c])), shape=(n, n))
+    return connected_components(g, directed=False)[1]
+
+
+def coverage_positions(stage: str, x: np.ndarray, avail: np.ndarray, steps: int, *,
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per item of a task: its coverage gain given the reference set (nan for reference items) and
     its 1-based pick position (0 for reference items, never picked).
 
-    ``x``: L2-normalised features of all items (reference included); ``avail``: False for
-    reference items; ``labels``: clusters to restrict the kernel to (``-cluster`` rules; then every
-    available item is ordered greedily, so each cluster's quota takes its own greedy prefix).
+    ``stage``: ``maxherding`` or ``kernel-herding``; ``x``: L2-normalised features of all items
+    (reference included); ``avail``: False for reference items; ``steps``: picks made by the
+    greedy itself (the rest follow by gain, or by density for kernel herding).
+
+    Near-duplicates (``d^2 < DUP_EPS * sigma^2``, transitively) are one node weighing as many images:
+    its first available member stands for it, the other members come after every node (so a
+    clump of near-copies larger than the kNN graph's reach is still covered by one pick); a node
+    with a reference member counts as picked.
     """
     n = len(x)
     score = np.full(n, np.nan)
@@ -172,18 +221,41 @@ def coverage_positions(method: str, x: np.ndarray, avail: np.ndarray, steps: int
     if not avail.any():
         return score, pos
     nbr, d2 = knn(x, KNN, seed=seed)
-    kern = kernel_graph(method, nbr, d2, scale_k(method, n, steps))
-    if labels is not None:
-        kern = np.where(labels[nbr] == labels[:, None], kern, 0.0)
-        steps = n
-    a = kernel_matrix(nbr, kern)
-    cur = np.zeros(n)
-    for r in np.nonzero(~avail)[0]:  # reference images count as picked
-        s, e = a.indptr[r], a.indptr[r + 1]
-        cur[a.indices[s:e]] = np.maximum(cur[a.indices[s:e]], a.data[s:e])
-    order = greedy_cover(a, avail, cur, steps)
+    group = near_duplicate_groups(nbr, d2, sigma2(d2)) if d2.shape[1] else np.arange(n)
+    n_g = int(group.max()) + 1
+    w = np.bincount(group, minlength=n_g).astype(np.float64)
+    has_ref = np.bincount(group, weights=~avail, minlength=n_g) > 0
+    # the node's item: its first available member (else its first member)
+    key = np.lexsort((np.arange(n), ~avail, group))
+    first = np.ones(n, dtype=bool)
+    first[1:] = group[key][1:] != group[key][:-1]
+    rep = key[first]  # one item per group, in group order
+    if n_g < n:
+        nbr, d2 = knn(x[rep], KNN, seed=seed)
+    a = kernel_matrix(nbr, kernel_graph(d2))
+    cand = avail[rep] & ~has_ref if stage == "maxherding" else avail[rep]
+    if stage == "kernel-herding":
+        ones = np.ones(n_g)  # the de-duplicated distribution: a near-copy clump weighs as one image
+        order_g = kernel_herding(a, ones, avail[rep], np.nonzero(has_ref)[0], steps)
+        node_score = (a @ ones) / n_g
+    else:
+        cur = np.zeros(n_g)
+        for r in np.nonzero(has_ref)[0]:  # reference images count as picked
+            s, e = a.indptr[r], a.indptr[r + 1]
+            cur[a.indices[s:e]] = np.maximum(cur[a.indices[s:e]], a.data[s:e])
+        order_g = greedy_cover(a, w, cand, cur, steps)
+        # a node with a reference member is covered: its other members come last
+        order_g = np.concatenate([order_g, np.nonzero(avail[rep] & has_ref)[0]])
+        gains = w[a.indices] * np.maximum(a.data - cur[a.indices], 0.0)
+        node_score = np.add.reduceat(gains, a.indptr[:-1])
+    # items: group representatives in greedy order, then the other available members by their group's place
+    g_pos = np.empty(n_g, dtype=np.int64)
+    g_pos[order_g] = np.arange(len(order_g))
+    is_rep = np.zeros(n, dtype=bool)
+    is_rep[rep] = True
+    items = np.nonzero(avail)[0]
+    gp = g_pos[group[items]]
+    order = items[np.lexsort((items, gp, ~is_rep[items]))]
     pos[order] = np.arange(1, len(order) + 1)
-    gains = np.maximum(a.data - cur[a.indices], 0.0)
-    row_gain = np.add.reduceat(gains, a.indptr[:-1]) if len(gains) else np.zeros(n)
-    score[avail] = row_gain[avail]
+    score[avail] = node_score[group[avail]]
     return score, pos

@@ -322,33 +322,38 @@ def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
     avail = ~t.ref
     score = np.full(n, np.nan)
     seed = _task_seed(cfg.seed, t.name)
-    if cfg.method in ("presel", "random-cluster", "herding-cluster", *WITHIN_CLUSTER_METHODS):
+    method = cfg.method
+    if method == "herding":  # by the task's quota: TypiClust, MaxHerding or kernel herding (selection/coverage.py)
+        from presel.selection.coverage import herding_stage
+
+        stage = herding_stage(t.quota, int(avail.sum()))
+        method = "typiclust" if stage == "typiclust" else method
+    if method in ("presel", "random-cluster", *WITHIN_CLUSTER_METHODS):
         km = kmeans(x, n_clusters_for(n, cfg.images_per_cluster), backend=cfg.kmeans_backend, seed=seed,
                     niter=cfg.kmeans_niter)
         labels, t.objective = km.labels, km.objective
-    elif cfg.method in ("random", *COVERAGE_METHODS):
+    elif method in ("random", *COVERAGE_METHODS):
         labels = np.zeros(n, dtype=np.int64)
     else:  # typiclust
         labels, t.objective = typiclust_clusters(x, avail, t.quota, backend=cfg.kmeans_backend, seed=seed,
                                                  niter=cfg.kmeans_niter)
-    if cfg.method in COVERAGE_METHODS:  # coverage on the task's kNN graph (selection/coverage.py)
+    if method in COVERAGE_METHODS:  # coverage on the task's kNN graph (selection/coverage.py)
         from presel.selection.coverage import coverage_positions
 
         steps = min(n, t.quota + max(16, t.quota // 4))  # greedy prefix; beyond it, by last gain
-        score, pos = coverage_positions(cfg.method, x, avail, steps, seed=seed,
-                                        labels=labels if cfg.method.endswith("-cluster") else None)
+        score, pos = coverage_positions(stage, x, avail, steps, seed=seed)
 
         def key(mem):
             return (pos[mem],)
-    elif cfg.method in WITHIN_CLUSTER_METHODS:  # PreSel's clusters, another order inside (selection/methods.py)
+    elif method in WITHIN_CLUSTER_METHODS:  # PreSel's clusters, another order inside (selection/methods.py)
         from presel.selection.methods import within_cluster_ranks
 
-        score, pos = within_cluster_ranks(cfg.method, x, labels, avail, cfg.k)
+        score, pos = within_cluster_ranks(method, x, labels, avail, cfg.k)
 
         def key(mem):
             return (pos[mem],)
-    elif cfg.method in ("presel", "typiclust"):
-        if cfg.method == "presel":
+    elif method in ("presel", "typiclust"):
+        if method == "presel":
             _per_cluster(labels, avail, lambda mem: neighbour_centrality(x[mem], cfg.k), score)
         else:
             _per_cluster(labels, avail, lambda mem: typicality(x[mem], cfg.typiclust_k), score)
@@ -366,7 +371,7 @@ def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
     t.score = score
     t.order, t.rank = _cluster_orders(labels, avail, key)
     sizes = np.array([len(o) for o in t.order], dtype=np.float64)
-    t.cweights = (sizes > 0).astype(np.float64) if cfg.method == "typiclust" else sizes
+    t.cweights = (sizes > 0).astype(np.float64) if method == "typiclust" else sizes
 
 
 def _take(t: _Task, n: int, taken: np.ndarray | None) -> int:
