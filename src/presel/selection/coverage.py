@@ -1,24 +1,47 @@
-"""Coverage rules over a task's kNN graph: kernel herding (MaxHerding) and ProbCover ball coverage.
+"""``herding``: a within-task rule on the task's kNN graph, in PreSel's frame.
 
-Both maximise a facility-location coverage ``F(S) = sum_j max_{p in S u R} K(x_j, x_p)`` over the
-task's images ``j`` (``R``: the task's reference images, counted as already picked) by the lazy
-greedy (exact greedy order for a monotone submodular ``F``; ties: the lowest item index). They
-differ in the kernel ``K``:
+PreSel's frame is kept: task weights and per-task budgets (:mod:`presel.selection.select`), the
+reference images counted as already picked and never picked again, the exact quota, and a fixed
+order for a seed. What changes is how a task's quota is filled; by its size relative to the task's
+available images (:func:`herding_stage`):
 
-- ``herding`` (MaxHerding, Bae et al. 2024): Gaussian ``K = exp(-d^2 / (2 sigma^2))`` on
-  L2-normalised features, ``sigma`` = the median over the task of the distance to the
-  ``SIGMA_K``-th nearest neighbour (a bandwidth from local neighbour distances, not plain cosine);
-- ``probcover`` (Yehuda et al. 2022): a ball, ``K = 1`` where ``d < delta``, ``delta`` from the
-  same neighbour distances (``DELTA_K``-th neighbour, median); once every image is covered the
-  gains are all zero and the order continues by index.
+- below ``TYPICLUST_BELOW`` (1.5%): TypiClust's density-then-diversity (one typical image per
+  k-means cluster, :mod:`presel.selection.baselines`), which is best when a task gets a handful
+  of picks;
+- up to ``KERNEL_HERDING_FROM`` (15%): MaxHerding (Bae et al. 2024), greedy coverage of the whole
+  task: each pick the image that most raises ``F(S) = sum_j w_j max_{p in S u R} K(x_j, x_p)``
+  (``R``: reference images; lazy greedy, exact for this monotone submodular ``F``; ties: the
+  lowest item index), with a Gaussian kernel ``K = exp(-d^2 / (2 sigma^2))`` on L2-normalised
+  features whose bandwidth ``sigma^2`` is the median squared distance to the ``SIGMA_K``-th
+  nearest neighbour (local neighbour distances, not plain cosine);
+- from 15% on: kernel herding (Chen, Welling & Smola 2010), each pick maximising
+  ``mean_j K(x_i, x_j) - sum_{p in S u R} K(x_i, x_p) / (|S u R| + 1)``: the picks' kernel mean
+  follows the task's, so once a task is covered the picks spread like the data (and like random
+  sampling) instead of chasing the outliers that pure coverage reaches for last.
 
-Whole task vs clusters: the plain rules cover the whole task (no cluster quotas; clusters play no
-role), the ``-cluster`` rules cover inside PreSel's k-means clusters with PreSel's
-size-proportional cluster quotas (the kernel restricted to pairs in the same cluster).
+Near-duplicates (``d^2 < DUP_EPS * sigma^2``, transitively on the kNN graph) are one node: a
+clump of near-copies is covered by one pick (MaxHerding weighs the node by its number of images;
+kernel herding counts it once), and its other members come after every other image.
 
-Scale: the kernel lives on a kNN graph (``KNN`` neighbours per image, from faiss: exact search up
-to ``EXACT_MAX`` images, an IVF index above), so memory is ``O(n * KNN)``, never ``n x n``; the
-greedy touches one graph row per gain evaluation.
+Scale: the kernel lives on a kNN graph (``KNN`` neighbours per image, symmetrised, from faiss:
+exact search up to ``EXACT_MAX`` images, an IVF index above), so memory is ``O(n * KNN)``, never
+``n x n``; a greedy step touches one graph row. Clusters play no role (the whole task is covered).
+
+Tried on the within-task benchmark (``benchmarks/quality.py``, 11 tasks, 4 seeds) and dropped:
+
+- ``herding-cluster`` (the same Gaussian coverage inside PreSel's k-means clusters with PreSel's
+  size-proportional cluster quotas): below whole-task coverage at 1-5% on the mean over tasks
+  and lost more cells to TypiClust; size-proportional quotas spread picks like stratified random
+  sampling, which is what coverage is meant to improve on.
+- ``probcover`` (ProbCover's ball coverage, radius = the median 10th-neighbour distance): above
+  random at 1-5% but below MaxHerding at every budget, at or below random at 20-30% on the mean
+  (once the balls cover the task its gains are all zero), and it lost the most cells to TypiClust
+  of all rules.
+- Pure MaxHerding at every budget: the best rule at 2-10%, but below random at 20-30% on the
+  rendered text-colour task (coverage reaches for outliers last); kernel herding there was never
+  below random. A bandwidth that grows as the budget shrinks (``sigma`` from the ``n/quota``-th
+  neighbour) or a fixed 3rd/30th neighbour moved MNIST probe accuracy by at most 1.6 points
+  (3 seeds), in no consistent direction: the bandwidth stays fixed.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ Methods (same flow, different clusters/ranking inside step 3):
   Euclidean as the paper writes).
 - ``presel-cover``: PreSel's clusters and quotas, order inside a cluster by greedy facility location
   (:mod:`presel.selection.methods`).
+- ``herding``: no clusters; each task's quota filled by TypiClust (quota below 1.5% of the task),
+  MaxHerding coverage on the task's kNN graph (up to 15%) or kernel herding (above)
+  (:mod:`presel.selection.coverage`).
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ class SelectConfig:
     budget_count: absolute number of images (reference set included). Exactly one is set.
     images_per_cluster: ``C = max(1, round(|T_i| / images_per_cluster))`` k-means clusters per task.
     k: neighbours for neighbour centrality.
-    method: presel | presel-cover | random | random-cluster | typiclust.
+    method: presel | presel-cover | herding | random | random-cluster | typiclust.
     task_weights: irs (from a weights file) | uniform | size (proportional to task item count).
     kmeans_backend: faiss (seeded) | sklearn.
     kmeans_niter: faiss iterations (default 25); for sklearn a cap on max_iter (default: its own 300).
