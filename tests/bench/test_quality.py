@@ -73,6 +73,8 @@ def test_benchmark_runs_on_a_tiny_pool(tmp_path):
                                                                "d_random,d_random_low,d_random_high,d_typiclust")
     for key in ("png", "png_nn1", "png_mlp"):
         assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = paths["md"].read_text()
+    assert "| herding |" in md and "| random | probe |" in md
     text = quality.table(summary)
     assert "herding" in text and "coreset" in text
     board = quality.scoreboard(summary, "presel", "random")

@@ -285,6 +285,32 @@ def table(summary: Sequence[dict[str, Any]], classifier: str = "probe") -> str:
     return buf.getvalue()
 
 
+def markdown(summary: Sequence[dict[str, Any]], classifier: str = "probe", task: str = "mean") -> str:
+    """Markdown table of one task (default: the mean over tasks): methods x budgets, ``mean +-half``."""
+    budgets = sorted({s["budget"] for s in summary})
+    key = {(s["task"], s["method"], s["budget"], s["classifier"]): s for s in summary}
+    methods = list(dict.fromkeys(s["method"] for s in summary))
+    lines = ["| method | " + " | ".join(f"{f:.0%}" for f in budgets) + " |", "|---|" + "---:|" * len(budgets)]
+    for m in methods:
+        cells = [key.get((task, m, f, classifier)) for f in budgets]
+        lines.append(f"| {m} | " + " | ".join(f"{100 * c['mean']:.1f} +-{100 * (c['ci_high'] - c['mean']):.1f}"
+                                              if c else "-" for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_scoreboard(summary: Sequence[dict[str, Any]], method: str) -> str:
+    """Markdown: per baseline and classifier, cells won/tied/lost (``w/t/l``) by budget, over the tasks."""
+    budgets = sorted({s["budget"] for s in summary})
+    clfs = [c for c in CLASSIFIERS if any(s["classifier"] == c for s in summary)]
+    lines = [f"| {method} vs | classifier | " + " | ".join(f"{f:.0%}" for f in budgets) + " | all |",
+             "|---|---|" + "---:|" * (len(budgets) + 1)]
+    for b in BASELINES:
+        for c in clfs:
+            cells = [scoreboard(summary, method, b, c, [f]) for f in budgets] + [scoreboard(summary, method, b, c)]
+            lines.append(f"| {b} | {c} | " + " | ".join(f"{x['won']}/{x['tied']}/{x['lost']}" for x in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(summary: Sequence[dict[str, Any]], path: str | Path, classifier: str = "probe") -> None:
     """Accuracy vs budget per method with CI bands, one panel per task (and the mean); PNG, atomic."""
     import matplotlib
@@ -330,7 +356,8 @@ def plot(summary: Sequence[dict[str, Any]], path: str | Path, classifier: str = 
 
 def write(out_dir: str | Path, rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]],
           meta: dict[str, Any]) -> dict[str, Path]:
-    """``quality.json`` (meta, summary, rows), ``quality.csv`` (summary), and one plot per classifier
+    """``quality.json`` (meta, summary, rows), ``quality.csv`` (summary), ``quality.md`` (tables of
+    the mean over tasks and the won/tied/lost counts), and one plot per classifier
     (``quality.png`` for the probe, ``quality_<classifier>.png`` for the others) in ``out_dir``,
     each written atomically."""
     from presel.io.atomic import write_json
@@ -338,7 +365,7 @@ def write(out_dir: str | Path, rows: Sequence[dict[str, Any]], summary: Sequence
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clfs = [c for c in CLASSIFIERS if any(s["classifier"] == c for s in summary)]
-    paths = {"json": out / "quality.json", "csv": out / "quality.csv"}
+    paths = {"json": out / "quality.json", "csv": out / "quality.csv", "md": out / "quality.md"}
     paths.update({f"png_{c}" if c != "probe" else "png": out / (f"quality_{c}.png" if c != "probe" else "quality.png")
                   for c in clfs})
     write_json(paths["json"], {"meta": meta, "summary": list(summary), "rows": list(rows)})
@@ -352,6 +379,15 @@ def write(out_dir: str | Path, rows: Sequence[dict[str, Any]], summary: Sequence
     tmp = paths["csv"].with_name("quality.csv.tmp")
     tmp.write_text(buf.getvalue(), encoding="utf-8")
     tmp.replace(paths["csv"])
+    names = {"probe": "Linear probe", "nn1": "1-NN", "mlp": "MLP head"}
+    md = [f"{names.get(c, c)}, held-out accuracy (%), mean over tasks +- 95% CI half-width\n\n{markdown(summary, c)}"
+          for c in clfs]
+    methods = list(dict.fromkeys(s["method"] for s in summary))
+    md += [f"Cells won/tied/lost (paired difference CI above/holding/below 0), over the tasks\n\n"
+           f"{markdown_scoreboard(summary, m)}" for m in methods if m not in BASELINES]
+    tmp = paths["md"].with_name("quality.md.tmp")
+    tmp.write_text("\n".join(md), encoding="utf-8")
+    tmp.replace(paths["md"])
     for c in clfs:
         plot(summary, paths[f"png_{c}" if c != "probe" else "png"], c)
     return paths
