@@ -89,3 +89,45 @@ def test_greedy_cover_hand_case():
     cur[[0, 1, 2]] = np.maximum(cur[[0, 1, 2]], [np.exp(-0.5), 1.0, np.exp(-0.5)])
     order = greedy_cover(a, np.ones(4), np.array([True, False, True, True]), cur, 3)
     assert order[0] == 3 and 1 not in order.tolist()
+
+
+def test_cli_method_herding_on_a_shared_multitask_pool(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from selection_helpers import make_pool
+
+    from presel.cli import main
+
+    p = make_pool(tmp_path, shared=10)
+    out = tmp_path / "sel"
+    argv = ["select", "--pool", str(p["pool"]), "--features", str(p["features"]), "--feature-ids", str(p["ids"]),
+            "--weights", str(p["weights"]), "--reference", str(p["reference"]), "--budget", "0.25",
+            "--method", "herding", "--out", str(out)]
+    assert main(argv) == 0
+    tot = json.loads((out / "summary.json").read_text())["totals"]
+    assert tot["total"] == tot["budget"] == 60 and tot["reference"] == 2
+    ids = [json.loads(line)["id"] for line in (out / "selection.jsonl").read_text().splitlines()]
+    assert len(set(ids)) == 60
+
+
+def test_ivf_graph_for_big_tasks(monkeypatch):
+    from presel.selection import coverage
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    exact_i, exact_d = coverage.knn(x, 10)
+    monkeypatch.setattr(coverage, "EXACT_MAX", 100)  # force the IVF index
+    coverage._LAST.clear()
+    nbr, d2 = coverage.knn(x, 10, seed=1)
+    assert nbr.shape == (600, 10) and not (nbr == np.arange(600)[:, None]).any()
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(nbr.tolist(), exact_i.tolist())])
+    assert recall > 0.8
+    coverage._LAST.clear()
+    again, _ = coverage.knn(x, 10, seed=1)
+    assert (again == nbr).all()
+    picks, _ = _select(x, "herding", 60)
+    assert len(picks) == 60
