@@ -331,7 +331,7 @@ def plot(summary: Sequence[dict[str, Any]], path: str | Path, classifier: str = 
             if not pts:
                 continue
             f, mu, lo, hi = (np.array(v) for v in zip(*pts))
-            (line,) = ax.plot(100 * f, 100 * mu, marker="o", ms=3, label=m, lw=2.2 if m.startswith("presel") else 1.2)
+            (line,) = ax.plot(100 * f, 100 * mu, marker="o", ms=3, label=m, lw=2.2 if m.startswith(("presel", "herding")) else 1.2)
             ax.fill_between(100 * f, 100 * lo, 100 * hi, alpha=0.15, color=line.get_color(), lw=0)
         ax.set_xscale("log")
         ticks = sorted({round(100 * s["budget"], 2) for s in summary})
