@@ -148,9 +148,7 @@ def kernel_matrix(nbr: np.ndarray, kern: np.ndarray):
     n = len(nbr)
     rows = np.repeat(np.arange(n), nbr.shape[1])
     a = sparse.csr_matrix((kern.ravel(), (rows, nbr.ravel())), shape=(n, n))
-    a = a.maximum(a.T).tolil()
-    a.setdiag(1.0)
-    a = a.tocsr()
+    a = a.maximum(a.T).maximum(sparse.identity(n, format="csr")).tocsr()  # kernel <= 1: the diagonal becomes 1
     a.eliminate_zeros()
     a.sort_indices()
     return a
