@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "report": "report",
     "evaluate": "evaluate",
+    "bench": "bench",
 }
 
 

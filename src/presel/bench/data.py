@@ -176,6 +176,69 @@ def embed_images(images: Iterator[np.ndarray], n: int, *, image_size: int, model
     return x
 
 
+def _subsample(t: TaskData, n_pool: int, seed: int) -> TaskData:
+    rng = np.random.default_rng([seed, 11, n_pool])
+    keep = np.sort(rng.permutation(len(t.y_pool))[:n_pool])
+    return TaskData(t.name, t.x_pool[keep], t.y_pool[keep], t.x_held, t.y_held)
+
+
+def _longtail(t: TaskData, seed: int) -> TaskData:
+    """Class ``c`` (in a seeded random class order) keeps ``LONGTAIL_RATIO ** (c / (C - 1))`` of its pool images."""
+    rng = np.random.default_rng([seed, 12])
+    classes = rng.permutation(np.unique(t.y_pool))
+    keep = np.zeros(len(t.y_pool), dtype=bool)
+    for c_i, c in enumerate(classes):
+        idx = np.nonzero(t.y_pool == c)[0]
+        frac = LONGTAIL_RATIO ** (c_i / max(1, len(classes) - 1))
+        keep[rng.permutation(idx)[:max(2, int(round(frac * len(idx))))]] = True
+    return TaskData(t.name, t.x_pool[keep], t.y_pool[keep], t.x_held, t.y_held)
+
+
+def _planted_dups(t: TaskData, seed: int) -> TaskData:
+    """Adds ``DUP_FRACTION`` of the pool as near-copies of ``DUP_SOURCES`` pool images (features plus
+    Gaussian noise of ``DUP_NOISE`` x the features' mean norm / sqrt(dim): a tight clump per source)."""
+    rng = np.random.default_rng([seed, 13])
+    n = len(t.y_pool)
+    src = rng.choice(n, size=DUP_SOURCES, replace=False)
+    which = src[rng.integers(DUP_SOURCES, size=int(DUP_FRACTION * n))]
+    scale = DUP_NOISE * float(np.linalg.norm(t.x_pool, axis=1).mean()) / np.sqrt(t.x_pool.shape[1])
+    dups = t.x_pool[which] + scale * rng.standard_normal((len(which), t.x_pool.shape[1])).astype(np.float32)
+    return TaskData(t.name, np.concatenate([t.x_pool, dups]), np.concatenate([t.y_pool, t.y_pool[which]]),
+                    t.x_held, t.y_held)
+
+
+def _weak_labels(t: TaskData, seed: int) -> TaskData:
+    """Each label (pool and held-out) is replaced by a uniform random class with probability
+    ``1 - WEAK_KEEP``: the features barely carry the label."""
+    rng = np.random.default_rng([seed, 14])
+    k = int(max(t.y_pool.max(), t.y_held.max())) + 1
+
+    def noisy(y: np.ndarray) -> np.ndarray:
+        flip = rng.random(len(y)) >= WEAK_KEEP
+        return np.where(flip, rng.integers(k, size=len(y)), y).astype(np.int64)
+
+    return TaskData(t.name, t.x_pool, noisy(t.y_pool), t.x_held, noisy(t.y_held))
+
+
+LONGTAIL_RATIO = 0.02  # rarest class keeps 2% of its images (about 5 of 250)
+DUP_FRACTION, DUP_SOURCES, DUP_NOISE = 0.3, 10, 0.05
+WEAK_KEEP = 0.25
+
+# derived tasks: built from a base task's cached features (no embedding of their own)
+DERIVED: dict[str, tuple[str, Callable[[TaskData, int], TaskData]]] = {
+    "mnist_400": ("mnist", lambda t, s: _subsample(t, 400, s)),
+    "fashion_300": ("fashion", lambda t, s: _subsample(t, 300, s)),
+    "shapes_500": ("shapes_count", lambda t, s: _subsample(t, 500, s)),
+    "fashion_longtail": ("fashion", _longtail),
+    "mnist_dups": ("mnist", _planted_dups),
+    "fashion_weak": ("fashion", _weak_labels),
+}
+
+
+def task_names() -> list[str]:
+    return [*TASKS, *DERIVED]
+
+
 def load_task(name: str, *, image_size: int | None = None, seed: int = 0, cache: Path | None = None,
               model_dir: Path | None = None, threads: int | None = None,
               log: Callable[[str], None] | None = None) -> TaskData:
@@ -184,8 +247,14 @@ def load_task(name: str, *, image_size: int | None = None, seed: int = 0, cache:
     ``image_size``: embedding input size (default: ``IMAGE_SIZE[name]``)."""
     from presel.cache import cache_dir, offline_model
 
+    if name in DERIVED:
+        base, fn = DERIVED[name]
+        t = fn(load_task(base, image_size=image_size, seed=seed, cache=cache, model_dir=model_dir, threads=threads,
+                         log=log), seed)
+        t.name = name
+        return t
     if name not in TASKS:
-        raise PreselError(f"unknown benchmark task '{name}'; known: {', '.join(TASKS)}")
+        raise PreselError(f"unknown benchmark task '{name}'; known: {', '.join(task_names())}")
     image_size = IMAGE_SIZE[name] if image_size is None else int(image_size)
     model_dir = Path(model_dir) if model_dir is not None else offline_model("dinov2-small")
     cache = Path(cache) if cache is not None else cache_dir() / "bench"

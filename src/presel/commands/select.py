@@ -12,6 +12,7 @@ DESCRIPTION = ("Select images from a pool with given features and task weights (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from presel.commands._common import add_out_arguments, add_pool_arguments
+    from presel.selection.select import METHODS
 
     add_pool_arguments(p)
     g = p.add_argument_group("inputs")
@@ -23,9 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b = g.add_mutually_exclusive_group(required=True)
     b.add_argument("--budget", type=float, default=None, help="fraction of distinct pool images, reference set included (e.g. 0.15)")
     b.add_argument("--budget-count", type=int, default=None, help="number of images, reference set included")
-    g.add_argument("--method", default="presel", choices=["presel", "presel-cover", "random", "random-cluster", "typiclust"],
-                   help="presel: the paper's rule; presel-cover: PreSel's task weights, clusters and quotas, images "
-                        "picked inside each cluster by facility location (representative and covering, no near-copies)")
+    g.add_argument("--method", default="presel", choices=list(METHODS),
+                   help="presel: the paper's rule; herding: PreSel's task weights and budgets, each task's quota "
+                        "filled by kernel coverage over the whole task (TypiClust below 1.5%% of a task); "
+                        "presel-cover: PreSel's clusters and quotas, facility location inside each cluster")
     g.add_argument("--task-weights", default="irs", choices=["irs", "uniform", "size"],
                    help="irs: from --weights; uniform; size: proportional to task size")
     g.add_argument("--images-per-cluster", type=int, default=100, help="k-means clusters per task = round(task images / this); protocol official: max(1, int(0.01 * records))")

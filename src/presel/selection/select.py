@@ -30,6 +30,9 @@ Methods (same flow, different clusters/ranking inside step 3):
   Euclidean as the paper writes).
 - ``presel-cover``: PreSel's clusters and quotas, order inside a cluster by greedy facility location
   (:mod:`presel.selection.methods`).
+- ``herding``: no clusters; each task's quota filled by TypiClust (quota below 1.5% of the task),
+  MaxHerding coverage on the task's kNN graph (up to 15%) or kernel herding (above)
+  (:mod:`presel.selection.coverage`).
 """
 
 from __future__ import annotations
@@ -46,9 +49,10 @@ import numpy as np
 from presel.errors import PreselError
 from presel.records import Pool, image_key
 from presel.selection.budget import allocate
+from presel.selection.coverage import COVERAGE_METHODS
 from presel.selection.methods import WITHIN_CLUSTER_METHODS
 
-METHODS = ("presel", "random", "random-cluster", "typiclust", *WITHIN_CLUSTER_METHODS)
+METHODS = ("presel", "random", "random-cluster", "typiclust", *WITHIN_CLUSTER_METHODS, *COVERAGE_METHODS)
 TASK_WEIGHT_MODES = ("irs", "uniform", "size")
 KMEANS_BACKENDS = ("faiss", "sklearn")
 OFFICIAL_QUOTAS = ("llava665k", "vision-flan")
@@ -62,7 +66,7 @@ class SelectConfig:
     budget_count: absolute number of images (reference set included). Exactly one is set.
     images_per_cluster: ``C = max(1, round(|T_i| / images_per_cluster))`` k-means clusters per task.
     k: neighbours for neighbour centrality.
-    method: presel | presel-cover | random | random-cluster | typiclust.
+    method: presel | presel-cover | herding | random | random-cluster | typiclust.
     task_weights: irs (from a weights file) | uniform | size (proportional to task item count).
     kmeans_backend: faiss (seeded) | sklearn.
     kmeans_niter: faiss iterations (default 25); for sklearn a cap on max_iter (default: its own 300).
@@ -327,24 +331,38 @@ def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
     avail = ~t.ref
     score = np.full(n, np.nan)
     seed = _task_seed(cfg.seed, t.name)
-    if cfg.method in ("presel", "random-cluster", *WITHIN_CLUSTER_METHODS):
+    method = cfg.method
+    if method == "herding":  # by the task's quota: TypiClust, MaxHerding or kernel herding (selection/coverage.py)
+        from presel.selection.coverage import herding_stage
+
+        stage = herding_stage(t.quota, int(avail.sum()))
+        method = "typiclust" if stage == "typiclust" else method
+    if method in ("presel", "random-cluster", *WITHIN_CLUSTER_METHODS):
         km = kmeans(x, n_clusters_for(n, cfg.images_per_cluster), backend=cfg.kmeans_backend, seed=seed,
                     niter=cfg.kmeans_niter)
         labels, t.objective = km.labels, km.objective
-    elif cfg.method == "random":
+    elif method in ("random", *COVERAGE_METHODS):
         labels = np.zeros(n, dtype=np.int64)
     else:  # typiclust
         labels, t.objective = typiclust_clusters(x, avail, t.quota, backend=cfg.kmeans_backend, seed=seed,
                                                  niter=cfg.kmeans_niter)
-    if cfg.method in WITHIN_CLUSTER_METHODS:  # PreSel's clusters, another order inside (selection/methods.py)
-        from presel.selection.methods import within_cluster_ranks
+    if method in COVERAGE_METHODS:  # coverage on the task's kNN graph (selection/coverage.py)
+        from presel.selection.coverage import coverage_positions
 
-        score, pos = within_cluster_ranks(cfg.method, x, labels, avail, cfg.k)
+        steps = min(n, t.quota + max(16, t.quota // 4))  # greedy prefix; beyond it, by last gain
+        score, pos = coverage_positions(stage, x, avail, steps, seed=seed)
 
         def key(mem):
             return (pos[mem],)
-    elif cfg.method in ("presel", "typiclust"):
-        if cfg.method == "presel":
+    elif method in WITHIN_CLUSTER_METHODS:  # PreSel's clusters, another order inside (selection/methods.py)
+        from presel.selection.methods import within_cluster_ranks
+
+        score, pos = within_cluster_ranks(method, x, labels, avail, cfg.k)
+
+        def key(mem):
+            return (pos[mem],)
+    elif method in ("presel", "typiclust"):
+        if method == "presel":
             _per_cluster(labels, avail, lambda mem: neighbour_centrality(x[mem], cfg.k), score)
         else:
             _per_cluster(labels, avail, lambda mem: typicality(x[mem], cfg.typiclust_k), score)
@@ -362,7 +380,7 @@ def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
     t.score = score
     t.order, t.rank = _cluster_orders(labels, avail, key)
     sizes = np.array([len(o) for o in t.order], dtype=np.float64)
-    t.cweights = (sizes > 0).astype(np.float64) if cfg.method == "typiclust" else sizes
+    t.cweights = (sizes > 0).astype(np.float64) if method == "typiclust" else sizes
 
 
 def _take(t: _Task, n: int, taken: np.ndarray | None) -> int:
