@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "run": "run",
     "demo": "demo",
     "report": "report",
+    "map": "map",
     "evaluate": "evaluate",
 }
 
