@@ -93,7 +93,7 @@ def collect_points(out, features) -> Points:
             group_of[image_key(key)] = g
             if keep:
                 kept_of[g] = key
-        for g, key, keep, tasks in zip(rows.group, rows.key, rows.keep, rows.tasks):
+        for key, keep, tasks in zip(rows.key, rows.keep, rows.tasks):
             k = image_key(key)
             if keep or k in best:
                 continue
