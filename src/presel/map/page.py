@@ -188,6 +188,9 @@ def build_map(run_dir: str | os.PathLike, cfg: MapConfig | None = None, *, out: 
     if out_dir.exists() and not out_dir.is_dir():
         raise PreselError(f"--out {out_dir} is a file; name a folder for the map")
     runout = RunOutputs(run_dir)
+    if runout.assignments is None:
+        raise PreselError(runout.errors.get("assignments") or f"{run_dir}: no selection/assignments.parquet; run presel "
+                          "select (or presel run) into this run directory first")
     if features is not None:
         from presel.io.features import load_features
 
