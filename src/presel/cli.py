@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "report": "report",
     "map": "map",
+    "export": "export",
     "evaluate": "evaluate",
 }
 

@@ -147,3 +147,44 @@ def test_errors(tmp_path, tiny_run, capsys):
     assert main(["map", str(tiny_run), "--out", str(tmp_path / "foreign"), "--method", "pca"]) == 2
     assert "not written by presel map" in capsys.readouterr().err
     assert (tmp_path / "foreign" / "projection" / "mine.txt").exists()
+
+
+def test_fiftyone_samples_carry_the_run(built, tiny_run):
+    from presel.map import MapConfig
+    from presel.map.fiftyone import run_samples
+
+    summary = json.loads((tiny_run / "selection" / "summary.json").read_text())
+    samples, xy = run_samples(tiny_run, MapConfig(n_neighbors=5), progress=False)
+    assert len(samples) == summary["totals"]["distinct_images"] == len(xy)
+    assert sum(s["selected"] for s in samples) == summary["totals"]["selected"]
+    assert sum(s["reference"] for s in samples) == summary["totals"]["reference"]
+    assert np.array_equal(xy, np.load(built.parent / "projection" / "xy.npy"))  # the map's own projection
+    feats = json.loads((tiny_run / "features" / "summary.json").read_text())
+    assert {s["embedding"].shape for s in samples} == {(feats["dim"],)}
+    assert all(Path(s["filepath"]).is_file() for s in samples)
+    weights = {t: v["weight"] for t, v in summary["tasks"].items()}
+    assert all(s["weight"] == pytest.approx(weights[s["task"]]) for s in samples)
+    assert all((s["rank"] is None) == (s["reference"]) for s in samples)  # every other image has its cluster rank
+    assert {t for s in samples for t in s["tags"]} == {"selected", "reference"}
+
+
+def test_fiftyone_export(built, tiny_run, monkeypatch):
+    import sys
+
+    from presel.errors import PreselError
+    from presel.map.fiftyone import export_fiftyone
+
+    if "fiftyone" not in sys.modules:
+        try:
+            import fiftyone  # noqa: F401
+        except ImportError:
+            monkeypatch.setitem(sys.modules, "fiftyone", None)
+            with pytest.raises(PreselError, match=r"pip install 'presel\[fiftyone\]'"):
+                export_fiftyone(tiny_run)
+            pytest.skip("fiftyone is not installed (optional extra 'fiftyone'); the export itself was not run")
+    ds = export_fiftyone(tiny_run, "presel-test-map", overwrite=True, progress=False)
+    summary = json.loads((tiny_run / "selection" / "summary.json").read_text())
+    assert len(ds) == summary["totals"]["distinct_images"]
+    assert len(ds.match_tags("selected")) == summary["totals"]["selected"]
+    assert "presel_map" in ds.list_brain_runs()
+    ds.delete()

@@ -16,6 +16,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -169,13 +170,32 @@ def data_script(data: dict) -> str:
     return "window.PRESEL_MAP_DATA = " + json.dumps(data, ensure_ascii=True, separators=(",", ":")).replace("</", "<\\/") + ";\n"
 
 
+def load_points(run_dir: Path, features: str | os.PathLike | None = None,
+                feature_ids: str | os.PathLike | None = None) -> tuple[Any, Any, Points]:
+    """(the run's outputs, its FeatureMatrix, the points of the map)."""
+    from presel.report.data import RunOutputs
+
+    if not run_dir.is_dir():
+        raise PreselError(f"{run_dir}: run directory not found; pass the --out folder of presel run / presel select")
+    runout = RunOutputs(run_dir)
+    if runout.assignments is None:
+        raise PreselError(runout.errors.get("assignments") or f"{run_dir}: no selection/assignments.parquet; run presel "
+                          "select (or presel run) into this run directory first")
+    if features is not None:
+        from presel.io.features import load_features
+
+        fm = load_features(features, feature_ids)
+    else:
+        fm = run_features(runout, run_dir)
+    return runout, fm, collect_points(runout, fm)
+
+
 def build_map(run_dir: str | os.PathLike, cfg: MapConfig | None = None, *, out: str | os.PathLike | None = None,
               features: str | os.PathLike | None = None, feature_ids: str | os.PathLike | None = None,
               image_root: str | os.PathLike | None = None, title: str | None = None, progress: bool = True,
               log: Callable[[str], None] = print) -> Path:
     """Write the map of ``run_dir`` into ``out`` (default ``run_dir/map``); return the path of its index.html."""
     from presel.io.atomic import atomic_file
-    from presel.report.data import RunOutputs
     from presel.report.view import View
 
     cfg = cfg or MapConfig()
@@ -187,17 +207,7 @@ def build_map(run_dir: str | os.PathLike, cfg: MapConfig | None = None, *, out: 
     out_dir = Path(out) if out is not None else run_dir / "map"
     if out_dir.exists() and not out_dir.is_dir():
         raise PreselError(f"--out {out_dir} is a file; name a folder for the map")
-    runout = RunOutputs(run_dir)
-    if runout.assignments is None:
-        raise PreselError(runout.errors.get("assignments") or f"{run_dir}: no selection/assignments.parquet; run presel "
-                          "select (or presel run) into this run directory first")
-    if features is not None:
-        from presel.io.features import load_features
-
-        fm = load_features(features, feature_ids)
-    else:
-        fm = run_features(runout, run_dir)
-    pts = collect_points(runout, fm)
+    runout, fm, pts = load_points(run_dir, features, feature_ids)
     problems = list(runout.problems)
     if pts.missing_features:
         problems.append(f"{pts.missing_features} image(s) of the selection have no features and are not drawn")
