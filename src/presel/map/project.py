@@ -130,9 +130,10 @@ def _reduce(cache: Path, rows: Rows, n: int, dim: int, cfg: MapConfig, step: int
     sample = np.sort(rng.choice(n, size=min(n, max(cfg.fit_sample, 10_000)), replace=False))
     xs = _normalised(rows(sample)).astype(np.float64)
     mean = xs.mean(axis=0)
+    xs -= mean
     k = max(2, min(cfg.pca_dims, dim, len(sample)))
-    _, _, vt = np.linalg.svd(xs - mean, full_matrices=False)
-    comp = vt[:k]
+    vals, vecs = np.linalg.eigh(xs.T @ xs)  # d x d covariance: cheaper than an SVD of the sample
+    comp = vecs[:, np.argsort(-vals, kind="stable")[:k]].T.copy()
     comp *= np.where(comp[np.arange(k), np.abs(comp).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]  # fixed signs
     del xs
     red = np.empty((n, k), dtype=np.float32)
