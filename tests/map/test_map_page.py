@@ -88,7 +88,11 @@ def test_a_box_export_goes_back_to_presel_select(built, tiny_run, tmp_path):
     text = re.search(r'<pre id="export">(.*?)</pre>', res.stdout, re.S).group(1)
     ids = [x for x in text.split("\n") if x]
     assert 0 < len(ids) == int(a["data-chosen"]) < int(a["data-points"])
-    # the exported ids are the points left of the middle of the plot
+    # a lasso along the same rectangle (5 corners: the polygon test) exports the same ids; a triangle inside it fewer
+    res = chromium(built.resolve().as_uri() + "#lasso=0,0,0.25,0,0.5,0,0.5,1,0,1", tmp_path, "--dump-dom")
+    assert re.search(r'<pre id="export">(.*?)</pre>', res.stdout, re.S).group(1) == text
+    res = chromium(built.resolve().as_uri() + "#lasso=0,0,0.5,0,0,1,0,0.5,0,0.2", tmp_path, "--dump-dom")
+    assert 0 < int(root_attrs(res.stdout)["data-chosen"]) < len(ids)
     ref = {r["id"] for r in (json.loads(x) for x in (tiny_run / "reference" / "reference.jsonl").read_text().splitlines())}
     drop = tmp_path / "drop.txt"
     drop.write_text("".join(i + "\n" for i in ids if i not in ref))

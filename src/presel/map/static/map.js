@@ -53,7 +53,7 @@
     } else {
       var v = new Float32Array(N), lo = Infinity, hi = -Infinity;
       for (i = 0; i < N; i++) {
-        v[i] = mode === "weight" ? WEIGHTS[TASK[i]] : CEN[i];
+        v[i] = mode === "weight" ? (WEIGHTS[TASK[i]] === null ? NaN : WEIGHTS[TASK[i]]) : CEN[i];
         if (v[i] === v[i]) { if (v[i] < lo) lo = v[i]; if (v[i] > hi) hi = v[i]; }
       }
       var span = hi > lo ? hi - lo : 1;
@@ -383,10 +383,16 @@
   root.setAttribute("data-interactive-ms", String(Math.round(performance.now())));
   root.setAttribute("data-render-ms", String(Math.round(performance.now() - t0)));
   // URL hash hooks (for scripted checks and links): #box=x0,y0,x1,y1 (fractions of the plot) selects a box,
-  // #show=ID opens an image and its cluster view
+  // #lasso=x0,y0,x1,y1,... a polygon, #show=ID opens an image and its cluster view
   var h = decodeURIComponent(location.hash.slice(1));
   var m = /^box=([\d.]+),([\d.]+),([\d.]+),([\d.]+)$/.exec(h);
   if (m) { setMode("box"); choose([[m[1] * W, m[2] * H], [m[3] * W, m[2] * H], [m[3] * W, m[4] * H], [m[1] * W, m[4] * H]]); render(); }
+  m = /^lasso=([\d.,]+)$/.exec(h);
+  if (m) {
+    var v = m[1].split(",").map(Number), poly = [];
+    for (var q2 = 0; q2 + 1 < v.length; q2 += 2) poly.push([v[q2] * W, v[q2 + 1] * H]);
+    setMode("lasso"); choose(poly); render();
+  }
   m = /^show=(.+)$/.exec(h);
   if (m) { var at = IDS.indexOf(m[1]); if (at >= 0) { show(at); clusterView(); } }
   root.setAttribute("data-loaded", "yes");
