@@ -14,7 +14,7 @@ from presel.selection.neardup import DedupConfig, dedup_to_dir
 from presel.selection.select import SelectConfig, select_to_dir
 
 
-def _run(tmp_path):
+def _run(tmp_path, include=None):
     rng = np.random.default_rng(0)
     rows, x = [], []
     for t, n in (("a", 60), ("b", 40)):
@@ -34,8 +34,8 @@ def _run(tmp_path):
     run = tmp_path / "run"
     dedup_to_dir(fm, run / "dedup", DedupConfig(threshold=0.999), pool=pool)
     select_to_dir(pool, fm, None, tmp_path / "ref.txt", SelectConfig(budget=0.3, task_weights="size",
-                                                                     images_per_cluster=10), run / "selection",
-                  dedup=run / "dedup")
+                                                                     images_per_cluster=10, include=include),
+                  run / "selection", dedup=run / "dedup")
     return run, fm
 
 
@@ -65,3 +65,13 @@ def test_pca_map_without_thumbnails(tmp_path):
     data = (index.parent / "assets" / "data.js").read_text()
     assert '"n":100' in data and '"thumbs":null' in data
     assert "2 of" not in index.read_text()  # no thumbnail note when thumbnails are off
+
+
+def test_points_forced_in_by_an_include_list(tmp_path):
+    (tmp_path / "inc.txt").write_text("a59\nb/39.png\n")
+    run, fm = _run(tmp_path, include=str(tmp_path / "inc.txt"))
+    pts = collect_points(RunOutputs(run), fm)
+    assert sorted(i for i, f in zip(pts.id, pts.forced) if f) == ["a59", "b39"]
+    assert all(pts.status[i] == SELECTED for i, f in enumerate(pts.forced) if f)
+    (tmp_path / "inc.txt").unlink()  # the list is gone: the points are still drawn, as plain picks
+    assert not any(collect_points(RunOutputs(run), fm).forced)

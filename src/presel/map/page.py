@@ -84,7 +84,7 @@ def page_data(pts: Points, xy: np.ndarray, thumbs: list[str] | None, title: str)
             "task": _b64(np.asarray(pts.task, dtype=np.uint16)), "cluster": _b64(np.asarray(pts.cluster, dtype=np.int32)),
             "rank": _b64(np.asarray(pts.rank, dtype=np.int32)), "central": _b64(np.asarray(pts.central, dtype=np.float32)),
             "status": _b64(np.asarray(pts.status, dtype=np.uint8)), "group": _b64(np.asarray(pts.group, dtype=np.int32)),
-            "cq": _b64(cq), "ids": _lines(pts.id, "id"), "images": _lines(pts.image, "image path"),
+            "cq": _b64(cq), "forced": _b64(np.asarray(pts.forced, dtype=np.uint8)), "ids": _lines(pts.id, "id"), "images": _lines(pts.image, "image path"),
             "also": "\n".join(pts.also), "kept": "\n".join(pts.kept),
             "thumbs": "\n".join(thumbs) if thumbs is not None else None,
             "tasks": pts.tasks, "weights": weights, "status_names": list(STATUS)}

@@ -34,6 +34,7 @@ class Points:
     status: list[int] = field(default_factory=list)
     group: list[int] = field(default_factory=list)  # near-duplicate group; -1: none
     kept: list[str] = field(default_factory=list)  # the kept image of a dropped near-copy ("" otherwise)
+    forced: list[bool] = field(default_factory=list)  # selected because the selection's include list named it
     feature_row: list[int] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)  # per task: the weight the selection used
@@ -109,7 +110,30 @@ def collect_points(out, features) -> Points:
             _add(pts, key, key, task_ix[first], ",".join(tasks.split(",")[1:]), -1, 0, None, DROPPED, row)
     pts.group = [group_of.get(image_key(i), -1) for i in pts.image]
     pts.kept = [kept_of.get(g, "") if s == DROPPED else "" for g, s in zip(pts.group, pts.status)]
+    named = _included(out)
+    pts.forced = [s == SELECTED and (i in named or image_key(m) in named)
+                  for i, m, s in zip(pts.id, pts.image, pts.status)]
     return pts
+
+
+def _included(out) -> set[str]:
+    """Ids and image keys of the include list the selection read (selection/config.json inputs.include), when that
+    file is still there."""
+    from presel.report.data import read_json
+
+    try:
+        cfg = read_json(out.path("selection", "config.json")) or {}
+    except PreselError:
+        return set()
+    path = (cfg.get("inputs") or {}).get("include") if isinstance(cfg, dict) else None
+    if not path or not Path(path).is_file():
+        return set()
+    from presel.selection.pick_lists import read_located_ids
+
+    try:
+        return {x for _, i in read_located_ids(path, "--include") for x in (i, image_key(i))}
+    except PreselError:
+        return set()
 
 
 def _rank_column(out) -> list:

@@ -17,7 +17,7 @@
   var X = b64(D.x, Float32Array), Y = b64(D.y, Float32Array);
   var TASK = b64(D.task, Uint16Array), CL = b64(D.cluster, Int32Array), RANK = b64(D.rank, Int32Array);
   var CEN = b64(D.central, Float32Array), ST = b64(D.status, Uint8Array), GR = b64(D.group, Int32Array);
-  var CQ = b64(D.cq, Int32Array);
+  var CQ = b64(D.cq, Int32Array), FORCED = b64(D.forced, Uint8Array);
   var IDS = D.ids.split("\n"), IMGS = D.images.split("\n"), ALSO = D.also.split("\n"), KEPT = D.kept.split("\n");
   var THUMBS = D.thumbs ? D.thumbs.split("\n") : null;
   var STATUS = D.status_names, TASKS = D.tasks, WEIGHTS = D.weights;
@@ -289,6 +289,8 @@
     var t = TASKS[TASK[i]], c = CL[i], r = RANK[i], q = CQ[i];
     if (ST[i] === 2) return "Reference image: part of the budget (it was annotated to score the tasks); clustering does not choose it.";
     if (ST[i] === 3) return "Near-copy left out before selection: group " + GR[i] + "; the copy kept is " + (KEPT[i] || "another image") + ".";
+    if (ST[i] === 1 && FORCED[i]) return "Picked because the include list (presel select --include) named it; it is rank " + r +
+      " in cluster " + c + " of task " + t + ", which received " + q + " pick" + (q === 1 ? "" : "s") + ".";
     if (ST[i] === 1) return "Picked: rank " + r + " in cluster " + c + " of task " + t + "; this cluster received " + q +
       " pick" + (q === 1 ? "" : "s") + ", its best-ranked images first.";
     if (r <= 0) return "Not picked: the method does not rank images inside clusters (random order).";
