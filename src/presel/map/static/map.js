@@ -384,6 +384,9 @@
   render(); // the first frame synchronously: the page is interactive from here
   root.setAttribute("data-interactive-ms", String(Math.round(performance.now())));
   root.setAttribute("data-render-ms", String(Math.round(performance.now() - t0)));
+  var tf = performance.now();
+  render(); // one more full frame, timed: what each pan, zoom or filter costs
+  root.setAttribute("data-frame-ms", String(Math.round(performance.now() - tf)));
   // URL hash hooks (for scripted checks and links): #box=x0,y0,x1,y1 (fractions of the plot) selects a box,
   // #lasso=x0,y0,x1,y1,... a polygon, #show=ID opens an image and its cluster view
   var h = decodeURIComponent(location.hash.slice(1));
