@@ -71,6 +71,19 @@ def test_chromium_draws_every_pool_image_and_the_selection(built, tiny_run, tmp_
     assert int(a["data-selected"]) == summary["totals"]["selected"] == sum(r["source"] == "selected" for r in selection)
     assert int(a["data-selected"]) + int(a["data-reference"]) == len(selection)
 
+    # filters: only the picks of the first task; a centrality floor keeps fewer of them
+    tasks = list(dict.fromkeys(r["task"] for r in pq.read_table(tiny_run / "selection" / "assignments.parquet")
+                               .to_pylist()))
+    first = sum(r["source"] == "selected" and r["task"] == tasks[0] for r in selection)
+    a = root_attrs(chromium(built.resolve().as_uri() + "#filter=f-task=0;f-st-0=off;f-st-2=off;f-st-3=off", tmp_path,
+                            "--dump-dom").stdout)
+    assert int(a["data-visible"]) == int(a["data-drawn"]) == first
+    scores = sorted(r["nc_score"] for r in selection if r["source"] == "selected" and r["task"] == tasks[0])
+    floor = scores[first // 2] - 1e-6  # float32 in the page
+    a = root_attrs(chromium(built.resolve().as_uri() + f"#filter=f-task=0;f-st-0=off;f-central={floor}", tmp_path,
+                            "--dump-dom").stdout)
+    assert int(a["data-visible"]) == sum(v >= floor for v in scores) < first  # reference images have no centrality
+
     shot = tmp_path / "map.png"
     chromium(built.resolve().as_uri() + "#show=" + selection[-1]["id"], tmp_path, f"--screenshot={shot}")
     img = np.asarray(Image.open(shot).convert("L"), dtype=float)

@@ -126,6 +126,9 @@ PAGE = """<!DOCTYPE html>
 <h2>Filter</h2>
 <label>task <select id="f-task"><option value="">all tasks</option></select></label>
 <label>cluster <input id="f-cluster" type="number" min="0" placeholder="any"></label>
+<label>near-duplicate group <input id="f-group" type="number" min="0" placeholder="any"></label>
+<label>centrality at least <input id="f-central" type="number" step="any" placeholder="any"></label>
+<label>task weight at least <input id="f-weight" type="number" step="any" placeholder="any"></label>
 <div id="f-status"></div>
 <h2>Search</h2>
 <input id="search" type="text" placeholder="id or path, then Enter">

@@ -84,6 +84,8 @@
   var hits = null; // search matches: Uint8Array or null
   function applyFilter() {
     var task = $("f-task").value, cl = $("f-cluster").value.trim(), okSt = [], q = $("search").value.trim().toLowerCase();
+    var gr = $("f-group").value.trim(), gi = gr === "" ? null : +gr, cmin = $("f-central").value.trim(), cm = cmin === "" ? null : +cmin;
+    var wmin = $("f-weight").value.trim(), wm = wmin === "" ? null : +wmin;
     for (var s = 0; s < STATUS.length; s++) okSt.push($("f-st-" + s).checked);
     var ti = task === "" ? -1 : +task, ci = cl === "" ? null : +cl;
     hits = null;
@@ -98,11 +100,13 @@
     }
     var nv = 0;
     for (var i = 0; i < N; i++) {
-      var ok = okSt[ST[i]] && (ti < 0 || TASK[i] === ti) && (ci === null || CL[i] === ci) && (!hits || hits[i]);
+      var ok = okSt[ST[i]] && (ti < 0 || TASK[i] === ti) && (ci === null || CL[i] === ci) && (!hits || hits[i]) &&
+        (gi === null || GR[i] === gi) && (cm === null || CEN[i] >= cm) && (wm === null || WEIGHTS[TASK[i]] >= wm);
       visible[i] = ok ? 1 : 0;
       nv += ok ? 1 : 0;
     }
     $("n-visible").textContent = nv.toLocaleString();
+    root.setAttribute("data-visible", String(nv));
     $("search-note").textContent = q ? nh.toLocaleString() + " match" + (nh === 1 ? "" : "es") : "";
     if (q && first >= 0 && nh <= 50) show(first);
     draw();
@@ -367,7 +371,7 @@
   root.setAttribute("data-dropped", String(cnt[3]));
   $("color").addEventListener("change", function () { colourBy(this.value); draw(); });
   ft.addEventListener("change", applyFilter);
-  $("f-cluster").addEventListener("change", applyFilter);
+  ["f-cluster", "f-group", "f-central", "f-weight"].forEach(function (id) { $(id).addEventListener("change", applyFilter); });
   $("search").addEventListener("change", applyFilter);
   ["pan", "box", "lasso"].forEach(function (m) { $("m-" + m).addEventListener("click", function () { setMode(m); }); });
   $("export-btn").addEventListener("click", exportIds);
@@ -388,7 +392,7 @@
   render(); // one more full frame, timed: what each pan, zoom or filter costs
   root.setAttribute("data-frame-ms", String(Math.round(performance.now() - tf)));
   // URL hash hooks (for scripted checks and links): #box=x0,y0,x1,y1 (fractions of the plot) selects a box,
-  // #lasso=x0,y0,x1,y1,... a polygon, #show=ID opens an image and its cluster view
+  // #lasso=x0,y0,x1,y1,... a polygon, #filter=ID=VALUE;... sets filters, #show=ID opens an image and its cluster view
   var h = decodeURIComponent(location.hash.slice(1));
   var m = /^box=([\d.]+),([\d.]+),([\d.]+),([\d.]+)$/.exec(h);
   if (m) { setMode("box"); choose([[m[1] * W, m[2] * H], [m[3] * W, m[2] * H], [m[3] * W, m[4] * H], [m[1] * W, m[4] * H]]); render(); }
@@ -397,6 +401,15 @@
     var v = m[1].split(",").map(Number), poly = [];
     for (var q2 = 0; q2 + 1 < v.length; q2 += 2) poly.push([v[q2] * W, v[q2 + 1] * H]);
     setMode("lasso"); choose(poly); render();
+  }
+  m = /^filter=(.+)$/.exec(h); // #filter=f-task=0;f-st-0=off: set filter inputs by id
+  if (m) {
+    m[1].split(";").forEach(function (kv) {
+      var e = kv.indexOf("="), el = $(kv.slice(0, e)), val = kv.slice(e + 1);
+      if (!el) return;
+      if (el.type === "checkbox") el.checked = val !== "off"; else el.value = val;
+    });
+    applyFilter(); render();
   }
   m = /^show=(.+)$/.exec(h);
   if (m) { var at = IDS.indexOf(m[1]); if (at >= 0) { show(at); clusterView(); } }
