@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "run": "run",
     "demo": "demo",
     "report": "report",
+    "map": "map",
+    "export": "export",
     "evaluate": "evaluate",
     "bench": "bench",
 }

@@ -36,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kmeans-niter", type=int, default=None, help="faiss k-means iterations (default 25)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--allow-repeats", action="store_true", help="an image used by several tasks may be selected once per task")
+    g.add_argument("--exclude", default=None, metavar="FILE",
+                   help="ids (record ids or image paths, one per line, e.g. a `presel map` lasso export) to leave "
+                        "out of the pool before selecting")
+    g.add_argument("--include", default=None, metavar="FILE",
+                   help="ids to select whatever their rank; they count in the budget (their task's quota first)")
     g.add_argument("--dedup", default=None, metavar="DIR",
                    help="output of `presel dedup`: keep one image per group of near-duplicates before clustering")
     from presel.protocol import add_protocol_argument
@@ -54,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = SelectConfig(budget=args.budget, budget_count=args.budget_count, images_per_cluster=args.images_per_cluster,
                        k=args.k, method=args.method, task_weights=args.task_weights, kmeans_backend=args.kmeans_backend,
                        kmeans_niter=args.kmeans_niter, seed=args.seed, allow_repeats=args.allow_repeats,
-                       protocol=args.protocol, official_quotas=args.official_quotas)
+                       protocol=args.protocol, official_quotas=args.official_quotas,
+                       exclude=args.exclude, include=args.include)
     pool = load_pool(args)
     features = load_features(args.features, args.feature_ids)
     summary = select_to_dir(pool, features, args.weights, args.reference, cfg, args.out, overwrite=args.overwrite,
@@ -64,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     if tot.get("content_duplicate_images") or tot.get("near_duplicate_images_dropped"):
         print(f"duplicates: {tot.get('content_duplicate_images', 0)} images identical to another (counted once), "
               f"{tot.get('near_duplicate_images_dropped', 0)} near-copies dropped by --dedup")
+    for name in ("exclude", "include"):
+        if name in summary:
+            print(f"--{name} {summary[name]['file']}: {summary[name]['images']} images")
     print(f"wrote {args.out}")
     return 0
 

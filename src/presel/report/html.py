@@ -69,7 +69,7 @@ def _sections(view: View, env: Any) -> list[dict[str, Any]]:
     return out
 
 
-def render_report(view: View, title: str | None = None) -> str:
+def render_report(view: View, title: str | None = None, map_href: str | None = None) -> str:
     """The report page as one HTML string."""
     from presel import __version__
 
@@ -77,7 +77,8 @@ def render_report(view: View, title: str | None = None) -> str:
     run_dir = view.out.run_dir.resolve()
     return env.get_template("report.html").render(
         title=title or run_dir.name, run_dir=str(run_dir), sections=_sections(view, env), version=__version__,
-        css=_static("report.css"), js_head=_static("report-head.js"), js=_static("report.js"))
+        css=_static("report.css"), js_head=_static("report-head.js"), js=_static("report.js"),
+        map_href=map_href)
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, pool: str | Path | None = None,
@@ -98,8 +99,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, pool: st
         raise PreselError(f"--image-root {image_root}: folder not found")
     view = View(RunOutputs(run_dir), image_root=Path(image_root) if image_root else None,
                 pool=Path(pool) if pool is not None else None)
-    page = render_report(view, title=title)
     out = Path(out) if out is not None else run_dir / "report.html"
+    page = render_report(view, title=title, map_href=_map_href(run_dir, out))
     if out.is_dir():
         raise PreselError(f"--out {out} is a folder; name the HTML file to write, e.g. {out / 'report.html'}")
     with atomic_file(out) as f:
@@ -108,6 +109,16 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, pool: st
     os.umask(mask)
     os.chmod(out, 0o666 & ~mask)  # a report is for sharing: ordinary file permissions, not mkstemp's 0600
     return out
+
+
+def _map_href(run_dir: Path, out: Path) -> str | None:
+    """The link from the report at ``out`` to the run's map (``presel map``), when it has one."""
+    index = run_dir / "map" / "index.html"
+    if not index.is_file():
+        return None
+    from urllib.parse import quote
+
+    return quote(os.path.relpath(index.resolve(), out.resolve().parent).replace(os.sep, "/"))
 
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

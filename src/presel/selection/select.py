@@ -77,6 +77,9 @@ class SelectConfig:
     :mod:`presel.selection.official`).
     official_quotas: under ``protocol: official``, the authors' task-quota rule: llava665k (``kmeans_clust.py``:
     ``int(w * N)``, the shortfall to the top task) | vision-flan (``allocate_samples``: floor, largest remainder, caps).
+    exclude: id list (record ids or image paths, e.g. a ``presel map`` lasso export): those images are left out
+    of the pool before selecting (:mod:`presel.selection.pick_lists`).
+    include: id list: those images are selected first, counted in the budget (their task's quota first).
     """
 
     budget: float | None = None
@@ -92,6 +95,8 @@ class SelectConfig:
     typiclust_k: int = 20
     protocol: str = "paper"
     official_quotas: str = "llava665k"
+    exclude: str | None = None
+    include: str | None = None
 
     def __post_init__(self) -> None:
         from presel.protocol import check_protocol
@@ -123,6 +128,8 @@ class SelectConfig:
             raise PreselError(f"kmeans_backend={self.kmeans_backend!r} must be one of {', '.join(KMEANS_BACKENDS)}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise PreselError(f"seed={self.seed} must be an integer >= 0")
+        if self.include is not None and self.protocol == "official":
+            raise PreselError("include is not part of protocol official (the authors' selection); use protocol paper")
 
 
 @dataclass
@@ -407,12 +414,15 @@ def _take(t: _Task, n: int, taken: np.ndarray | None) -> int:
 
 
 def select(pool: Pool, features, *, weights: Mapping[str, Any] | None = None, reference: Iterable[str] = (),
-           config: SelectConfig, weights_source: str = "weights", reference_source: str = "reference") -> SelectionResult:
+           config: SelectConfig, weights_source: str = "weights", reference_source: str = "reference",
+           include: Iterable[str] = ()) -> SelectionResult:
     """Select images from ``pool`` with ``features`` (a :class:`presel.io.features.FeatureMatrix`).
 
     ``weights``: raw task weights (``task -> number`` or ``task -> {"weight": ...}``), needed when
     ``config.task_weights == "irs"``. ``reference``: record ids or image paths of the reference set.
-    ``*_source`` name the inputs in error messages. Pure: reads no files, writes nothing.
+    ``*_source`` name the inputs in error messages. ``include``: record ids selected first, counted in the
+    budget (:mod:`presel.selection.pick_lists` resolves ``config.include`` to them). Pure: reads no files,
+    writes nothing.
     """
     from presel.selection.duplicates import content_keys
 
@@ -452,6 +462,7 @@ def select(pool: Pool, features, *, weights: Mapping[str, Any] | None = None, re
     quotas = allocate(new_budget, w, cap)
     for t, wt, q in zip(tasks, w, quotas):
         t.weight, t.quota = float(wt), int(q)
+    forced = _force(pool, tasks, include, new_budget, what)
 
     rows = _feature_rows(features, tasks)
     for t, r in zip(tasks, rows):
@@ -461,9 +472,15 @@ def select(pool: Pool, features, *, weights: Mapping[str, Any] | None = None, re
 
     order = sorted(range(len(tasks)), key=lambda i: (-tasks[i].weight, tasks[i].name))
     taken = None if cfg.allow_repeats else np.zeros(n_images, dtype=bool)
-    remaining = new_budget
+    remaining = new_budget - int(forced.sum())
+    want = np.maximum(0, quotas - forced)
+    if want.sum() > remaining:  # forced images beyond their task's quota: the other tasks give way in proportion
+        want = allocate(remaining, want.astype(np.float64), want)
+    for t in tasks:
+        if taken is not None:
+            taken[t.img[t.selected]] = True
     for i in order:
-        remaining -= _take(tasks[i], tasks[i].quota, taken)
+        remaining -= _take(tasks[i], int(want[i]), taken)
     rounds = 1
     while remaining > 0:
         free_cap = np.array([int((~t.selected & ~t.ref & (True if taken is None else ~taken[t.img])).sum())
@@ -476,7 +493,35 @@ def select(pool: Pool, features, *, weights: Mapping[str, Any] | None = None, re
         rounds += 1
     result = _result(pool, tasks, refs, cfg, budget=budget, new_budget=new_budget, n_images=n_images, rounds=rounds)
     result.summary["totals"]["content_duplicate_images"] = content_dups
+    if forced.sum():
+        result.summary["totals"]["included_images"] = int(forced.sum())
+        for t, f in zip(tasks, forced):
+            result.summary["tasks"][t.name]["included"] = int(f)
     return result
+
+
+def _force(pool: Pool, tasks: list[_Task], include: Iterable[str], new_budget: int, what: str) -> np.ndarray:
+    """Mark the items of the ``include`` record ids selected; per task, how many were forced in."""
+    forced = np.zeros(len(tasks), dtype=np.int64)
+    ids = list(include)
+    if not ids:
+        return forced
+    by_id = pool.by_id()
+    where = {(t.name, rid): (ti, j) for ti, t in enumerate(tasks) for j, rids in enumerate(t.rec_ids) for rid in rids}
+    seen_img: set[int] = set()
+    for rid in ids:
+        rec = pool.records[by_id[rid]]
+        ti, j = where[(rec.task, rid)]
+        t = tasks[ti]
+        if t.ref[j] or int(t.img[j]) in seen_img:
+            continue  # a reference image (checked by the caller) or an image already forced in by another id
+        seen_img.add(int(t.img[j]))
+        t.selected[j] = True
+        forced[ti] += 1
+    if forced.sum() > new_budget:
+        raise PreselError(f"{what} leaves {new_budget} images beyond the reference set, but --include forces "
+                          f"{int(forced.sum())} in; raise the budget or include fewer images")
+    return forced
 
 
 def _result(pool: Pool, tasks: list[_Task], refs: dict[str, tuple[str, str]], cfg: SelectConfig, *, budget: int,
@@ -572,6 +617,18 @@ def write_selection(result: SelectionResult, out_dir, *, extra_config: dict[str,
     write_json(out / "config.json", resolved_config("select", result.config, **(extra_config or {})))
 
 
+def _pick_lists(pool: Pool, config: SelectConfig, reference: list[str]) -> dict[str, Any]:
+    """``config.exclude`` / ``config.include`` resolved against the pool (unknown ids: a located error)."""
+    from presel.selection.pick_lists import check_against_reference, check_disjoint, resolve_pick_list
+
+    lists = {name: resolve_pick_list(pool, path, f"--{name}") for name, path in
+             (("exclude", config.exclude), ("include", config.include)) if path is not None}
+    check_against_reference(list(lists.values()), reference, pool)
+    if len(lists) == 2:
+        check_disjoint(lists["exclude"], lists["include"])
+    return lists
+
+
 def select_to_dir(pool: Pool, features, weights_path=None, reference_path=None, config: SelectConfig | None = None,
                   out=None, overwrite: bool = False, dedup=None) -> dict[str, Any]:
     """Read the weights and reference files, :func:`select`, write everything to ``out`` atomically.
@@ -599,23 +656,42 @@ def select_to_dir(pool: Pool, features, weights_path=None, reference_path=None, 
         from presel.features.store import rejected_images
 
         rejected = rejected_images(src)
+    lists = _pick_lists(pool, config, reference)  # --exclude / --include, checked against the whole pool
     dropped = [r for r in pool.records if r.image_key in rejected]
     if dropped:
         pool = Pool([r for r in pool.records if r.image_key not in rejected], pool.source, pool.image_root,
                     text_only=pool.text_only, format=pool.format)
+    if "exclude" in lists:
+        from presel.selection.pick_lists import drop_excluded
+
+        pool, excl_stats = drop_excluded(pool, lists["exclude"])
+    gone = {k: f"feature extraction rejected it ({why})" for k, why in rejected.items()}
     dedup_stats: dict[str, int] = {}
     if dedup is not None:  # near-duplicates: one image per group of `presel dedup`
         from presel.selection.duplicates import apply_dedup
 
+        before = {r.image_key for r in pool.records}
         pool, dedup_stats = apply_dedup(pool, dedup)
+        gone.update((k, f"a near-copy that --dedup {dedup} leaves out") for k in before - {r.image_key for r in pool.records})
+    include: list[str] = []
+    if "include" in lists:
+        from presel.selection.pick_lists import included_records
+
+        include = included_records(pool, lists["include"], gone)
     result = select(pool, features, weights=weights, reference=reference, config=config,
                     weights_source=str(weights_path) if weights_path is not None else "weights",
-                    reference_source=str(reference_path) if reference_path is not None else "reference")
+                    reference_source=str(reference_path) if reference_path is not None else "reference",
+                    include=include)
+    for name, pl in lists.items():
+        result.summary[name] = pl.summary()
+    if "exclude" in lists:
+        result.summary["totals"].update(excl_stats)
     if dropped:
         result.summary["totals"]["rejected_images"] = len({r.image_key for r in dropped})
         result.summary["totals"]["rejected_records"] = len(dropped)
     result.summary["totals"].update(dedup_stats)
     inputs = {"pool": str(pool.source), "image_root": str(pool.image_root),
+              **{name: str(pl.path) for name, pl in lists.items()},
               "features": str(getattr(features, "source", "features")),
               "weights": None if weights_path is None else str(weights_path),
               "reference": None if reference_path is None else str(reference_path),

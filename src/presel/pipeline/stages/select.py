@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from presel.errors import PreselError
@@ -15,7 +16,7 @@ class Select(Stage):
     config = SelectConfig
     # inputs given as files when their stage is not in the run
     extra = ("features", "feature_ids", "weights", "reference")
-    paths = extra
+    paths = (*extra, "exclude", "include")  # exclude / include: SelectConfig fields naming id lists
     needs = ("reference", "weights", "embed", "dedup")
     outputs = {"selection": "selection.parquet"}
 
@@ -48,6 +49,7 @@ class Select(Stage):
         self.inputs = {"features": features, "ids": self.cfg.path(sec.get("feature_ids")), "weights": weights,
                        "reference": ref, "dedup": out.get("dedup")}
         self.files = {"weights": weights, "reference": ref, "features_ids": self.inputs["ids"],
+                      **{k: self.cfg.path(sec[k]) for k in ("exclude", "include") if sec.get(k)},
                       **({} if "embed" in self.ctx.planned else {"features": features})}
         return True
 
@@ -56,5 +58,6 @@ class Select(Stage):
         from presel.selection.select import select_to_dir
 
         i = self.inputs
+        conf = replace(self.conf, **{k: str(self.files[k]) for k in ("exclude", "include") if k in self.files})
         select_to_dir(self.ctx.pool(), load_features(i["features"], i["ids"]), i["weights"], i["reference"],
-                      self.conf, self.out_dir, overwrite=True, dedup=i["dedup"])
+                      conf, self.out_dir, overwrite=True, dedup=i["dedup"])
