@@ -25,7 +25,7 @@ INPUT_FLAGS: dict[str, str] = {
     "dedup": "tree", "task_map": "tree", "task_rule": "tree", "selection": "tree", "reference_annotations": "tree",
     "templates": "tree", "from_annotations": "tree", "collect": "same", "data": "tree", "model": "tree",
     "annotations": "tree", "splits": "tree", "tasks_config": "tree", "train": "tree", "throughputs": "tree",
-    "config": "tree", "irs": "tree",
+    "config": "tree", "irs": "tree", "exclude": "tree", "include": "tree", "reference_split": "tree", "from_file": "tree",
     "image_root": "root", "run_dir": "root",
 }
 # flags that name what a command writes
