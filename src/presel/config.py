@@ -28,6 +28,77 @@ _VERSIONED = ("presel", "numpy", "pyarrow", "faiss-cpu", "faiss-gpu", "scikit-le
               "peft", "accelerate", "onnxruntime", "ray")
 
 
+# --------------------------------------------------------------------------- what a setting changes
+# A config field's ``metadata["effect"]`` says what changing it does to the step's result; this one declaration
+# feeds both the pipeline's stage key (``Stage.neutral``) and each step's own resume identity (``identity``).
+RESULT = "result"    # changes the result (the default): in every key
+NEUTRAL = "neutral"  # how fast, where, how often, how it is accounted for: never in a key
+FORMAT = "format"    # only the form of an output: the stage rewrites that output from what it has (no recompute)
+EFFECTS = (RESULT, NEUTRAL, FORMAT)
+
+
+def setting(default: Any = dataclasses.MISSING, *, effect: str = RESULT, help: str = "",
+            default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config dataclass field with its effect (and optional help) declared once."""
+    if effect not in EFFECTS:
+        raise ValueError(f"effect={effect!r} must be one of {', '.join(EFFECTS)}")
+    md: dict[str, Any] = {"effect": effect}
+    if help:
+        md["help"] = help
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=md)
+    return dataclasses.field(default=default, metadata=md)
+
+
+def neutral(default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    """A result-neutral setting (speed, place, retries, accounting, logging): changing it recomputes nothing."""
+    return setting(default, effect=NEUTRAL, **kw)
+
+
+def output_format(default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    """A setting that only changes an output's form: the stage rewrites that output from what it has."""
+    return setting(default, effect=FORMAT, **kw)
+
+
+def effect_of(cls: type, name: str) -> str:
+    """RESULT, NEUTRAL or FORMAT for a field (or a deprecated old name) of the config dataclass ``cls``."""
+    name = deprecated_names(cls).get(name, name)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name == name:
+            return f.metadata.get("effect", RESULT)
+    raise KeyError(f"{cls.__name__} has no setting {name!r}")
+
+
+def fields_with(cls: type, effect: str) -> frozenset[str]:
+    """The fields of ``cls`` with this effect, plus their deprecated old names."""
+    names = {f.name for f in dataclasses.fields(cls) if f.metadata.get("effect", RESULT) == effect}  # type: ignore[arg-type]
+    return frozenset(names | {old for old, new in deprecated_names(cls).items() if new in names})
+
+
+def identity(cfg: Any, **override: Any) -> dict[str, Any]:
+    """A step's resume identity from its config: every result field (neither neutral nor format), JSON-ready;
+    ``override`` replaces values by what they resolve to (a model's digest, a template's fingerprint)."""
+    keep = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("effect", RESULT) == RESULT}
+    out = {k: v for k, v in to_dict(cfg).items() if k in keep}
+    out.update(override)
+    return out
+
+
+def same_identity(old: Any, new: dict[str, Any], *, required: tuple[str, ...] = ()) -> bool:
+    """Whether a stored identity ``old`` describes the same result as ``new``. Keys only one side has are settings
+    another presel version did not record (one it counted that is now neutral, or one added since with its
+    default), so only the keys both hold are compared; ``required`` keys must be in both."""
+    if not isinstance(old, dict) or any(k not in old or k not in new for k in required):
+        return False
+    return all(old[k] == v for k, v in to_jsonable(new).items() if k in old)
+
+
+def to_jsonable(blob: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(to_dict(blob)))
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config dataclass (paths as strings, tuples as lists)."""
 

@@ -122,7 +122,7 @@ def test_dry_run_of_a_fresh_run_lists_every_stage_as_will_run(tmp_path, capsys):
     ({"select": {"kmeans_niter": 0}}, "select: kmeans_niter=0 must be an integer >= 1"),
     ({"annotate": {"annotations": "nope.json"}}, "annotate.annotations='nope.json'"),
     ({"generate": {"mode": "batch-files"}}, "unknown setting(s) mode in 'generate'"),
-    ({"generate": {"from_annotations": None, "model": "m", "mode": "batch-filez"}}, "generate.mode='batch-filez'"),
+    ({"generate": {"from_annotations": None, "model": "m", "mode": "batch-filez"}}, "generate: mode='batch-filez' must be one of online"),
     ({"generate": {"from_annotations": None, "model": "m"}}, "no --base-url"),
     ({"final_model": {"model": "tiny-llava", "log_every": "5"}}, "final_model: log_every='5' must be an integer"),
     ({"final_model": {"model": "tiny-llava", "lrr": 1e-4}}, "unknown setting(s) lrr in 'final_model'"),

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from presel.config import identity, neutral
 from presel.devices import dtype_choices
 from presel.errors import PreselError
 from presel.features.backends import BACKENDS, POOLINGS, BackendSpec
@@ -71,22 +72,22 @@ class EmbedConfig:
     model: str = "facebook/dinov2-base"
     backend: str = "hf"
     pooling: str = "cls"
-    batch_size: int = 64
-    workers: int = 4
+    batch_size: int = neutral(64)
+    workers: int = neutral(4)
     dtype: str = "auto"
     image_size: int | None = None
     store_dtype: str = "float16"
-    shard_size: int = 4096
-    device: str = "auto"
-    executor: str = "local"
+    shard_size: int = neutral(4096)
+    device: str = neutral("auto")  # the store records the compute dtype it resolves to
+    executor: str = neutral("local")
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     onnx_output: str | None = None
-    ray_address: str | None = None
-    ray_actors: int | None = None
-    ray_progress_timeout: float = 600.0
-    threads: int | None = None
-    progress: bool = True
-    hash_in_workers: bool | None = None
+    ray_address: str | None = neutral(None)
+    ray_actors: int | None = neutral(None)
+    ray_progress_timeout: float = neutral(600.0)
+    threads: int | None = neutral(None)
+    progress: bool = neutral(True)
+    hash_in_workers: bool | None = neutral(None)
 
     def __post_init__(self) -> None:
         def bad(name: str, fix: str) -> PreselError:
@@ -151,10 +152,14 @@ def resolve_spec(config: EmbedConfig) -> BackendSpec:
                        image_size=config.image_size, onnx_output=config.onnx_output, threads=config.threads)
 
 
+def store_identity(config: EmbedConfig, compute_dtype: str, image_size: Any) -> dict[str, Any]:
+    """What the stored vectors mean: every result setting of ``config`` (:func:`presel.config.identity`), with
+    the input size and compute dtype they resolve to."""
+    return identity(config, image_size=list(image_size), compute_dtype=compute_dtype)
+
+
 def _identity(config: EmbedConfig, spec: BackendSpec, pre: Any) -> dict[str, Any]:
-    return {"model": config.model, "backend": config.backend, "pooling": config.pooling,
-            "image_size": list(pre.out_size), "compute_dtype": spec.dtype, "store_dtype": config.store_dtype,
-            "onnx_output": config.onnx_output}
+    return store_identity(config, spec.dtype, pre.out_size)
 
 
 def hash_keys(items: list[tuple[str, str]], workers: int) -> dict[str, tuple[str | None, str | None]]:

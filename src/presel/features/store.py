@@ -64,6 +64,7 @@ class FeatureStore:
 
         ``overwrite`` empties a store presel wrote, after taking its lock (a store another embed is writing
         is never deleted); a folder that is not a feature store is never deleted."""
+        from presel.config import same_identity
         from presel.io.owned import check_deletable, remove_owned
 
         root = Path(root)
@@ -87,11 +88,15 @@ class FeatureStore:
                 remove_owned(root, only=("identity.json",), keep=(".lock",), fix=fix)
             if ident_path.is_file():
                 old = json.loads(ident_path.read_text(encoding="utf-8"))
-                diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-                if diff:
+                # keys only one side holds are settings another presel version did not record (presel.config)
+                diff = sorted(k for k in set(old) & set(identity) if old.get(k) != identity.get(k))
+                if diff or not same_identity(old, identity, required=("format", "model")):
+                    diff = diff or sorted(set(old) ^ set(identity))
                     what = ", ".join(f"{k}={old.get(k)!r} (now {identity.get(k)!r})" for k in diff)
                     raise PreselError(f"{root}: this feature store was built with {what}; rerun with the same settings "
                                       "to resume or add images, or use another --out (or --overwrite)")
+                if old != identity:  # written by an older presel: record what the vectors mean now
+                    write_json(ident_path, identity)
             else:
                 (root / "shards").mkdir(parents=True, exist_ok=True)
                 write_json(ident_path, identity)

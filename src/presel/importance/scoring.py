@@ -30,6 +30,7 @@ from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from presel.config import identity, neutral, same_identity
 from presel.errors import PreselError
 
 EXECUTORS = ("local", "ray")
@@ -58,23 +59,23 @@ class ScoreConfig:
         return default_chat_format(self.protocol, self.chat_format)
 
     model: str = "llava-small"
-    batch_size: int = 8
+    batch_size: int = neutral(8)
     dtype: str = "auto"
-    device: str = "auto"
+    device: str = neutral("auto")
     max_length: int | None = None
-    seed: int = 0
+    seed: int = neutral(0)  # scoring is deterministic
     image_root: str | None = None
     default_task: str | None = None
     id_field: str = "id"
     task_field: str | None = None
-    executor: str = "local"
-    ray_actors: int | None = None
-    ray_address: str | None = None
-    render_workers: int | None = None
-    prefetch: bool = True
+    executor: str = neutral("local")
+    ray_actors: int | None = neutral(None)
+    ray_address: str | None = neutral(None)
+    render_workers: int | None = neutral(None)
+    prefetch: bool = neutral(True)
     chat_format: str | None = None  # llava-v1, or None: the model's own chat template
     protocol: str = "paper"  # official: chat_format defaults to llava-v1 (the authors' scoring)
-    ray_progress_timeout: float = 600.0
+    ray_progress_timeout: float = neutral(600.0)
     workers: InitVar[int | None] = None  # deprecated name of ray_actors
     DEPRECATED: ClassVar[dict[str, str]] = {"workers": "ray_actors"}
 
@@ -386,10 +387,13 @@ def _fingerprint(data_path: Path, config: ScoreConfig, model: str) -> dict[str, 
     with open(data_path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return {"data_sha256": h.hexdigest(), "model": model, "dtype": config.dtype, "max_length": config.max_length,
-            "image_root": config.image_root, "default_task": config.default_task, "id_field": config.id_field,
-            "task_field": config.task_field,
-            **({"chat_format": config.effective_chat_format} if config.effective_chat_format else {})}
+    return {"data_sha256": h.hexdigest(), **score_identity(config, model)}
+
+
+def score_identity(config: ScoreConfig, model: str) -> dict[str, Any]:
+    """What the scores depend on: every result setting of ``config`` (:func:`presel.config.identity`), the model
+    as :func:`_model_identity` names it and the chat format it resolves to."""
+    return identity(config, model=model, chat_format=config.effective_chat_format)
 
 
 def _model_identity(model: str) -> str:
@@ -464,7 +468,7 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
                 old = json.loads(state_path.read_text(encoding="utf-8"))
             except json.JSONDecodeError:
                 old = None
-        if old != fingerprint:
+        if not same_identity(old, fingerprint, required=("data_sha256", "model")):
             if not overwrite:
                 what = ("holds IRS results of other settings ("
                         + ", ".join(sorted(k for k in {*fingerprint, *(old or {})} if (old or {}).get(k) != fingerprint.get(k)))

@@ -71,7 +71,7 @@ class RunConfig:
             sec = sections.get(stage.name)
             if sec is not None:
                 for k, v in settings.items():
-                    if k in stage.takes():
+                    if k in stage.accepts(sec):
                         sec.setdefault(k, v)
         return cls(Path(out_v) if Path(out_v).is_absolute() else base / out_v, pool, sections, source, base,
                    settings, str(settings.get("protocol", DEFAULT_PROTOCOL)))

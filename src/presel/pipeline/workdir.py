@@ -71,6 +71,7 @@ class KeyParts:
     upstream: dict[str, str]
     files: dict[str, Path | None]
     prints: dict[str, str | None] = field(default_factory=dict)
+    reformat: frozenset[str] = frozenset()  # settings that only change an output's form: not in ``work_key``
 
     def __post_init__(self) -> None:
         self.prints = {k: fingerprint(v) for k, v in self.files.items()}
@@ -80,8 +81,18 @@ class KeyParts:
         return key_hash({"stage": self.stage, "settings": self.settings, "upstream": self.upstream,
                          "files": self.prints})
 
+    @property
+    def work_key(self) -> str:
+        """The key of the work itself: the stage key without the settings that only change an output's form. A
+        finished stage of the same work key rewrites its outputs from what it has; later stages see this key."""
+        settings = {k: v for k, v in self.settings.items() if k not in self.reformat}
+        if settings == self.settings:
+            return self.key
+        return key_hash({"stage": self.stage, "settings": settings, "upstream": self.upstream, "files": self.prints})
+
     def record(self) -> dict[str, Any]:
-        return {"key": self.key, "stage": self.stage, "version": VERSION, "settings": self.settings,
+        return {"key": self.key, "work_key": self.work_key, "stage": self.stage, "version": VERSION,
+                "settings": self.settings,
                 "upstream": self.upstream, "files": {k: str(v) if v is not None else None for k, v in self.files.items()},
                 "fingerprints": self.prints}
 

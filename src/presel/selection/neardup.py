@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from presel.config import neutral
 from presel.errors import PreselError
 
 SCOPES = ("all", "task")
@@ -40,9 +41,9 @@ class DedupConfig:
     nlist: int | None = None
     nprobe: int = 4
     margin: float = 0.015
-    block: int = 16_384
+    block: int = neutral(16_384)  # query rows per call: how fast, not what
     seed: int = 0
-    threads: int | None = None
+    threads: int | None = neutral(None)
 
     def __post_init__(self) -> None:
         if not (0 < float(self.threshold) <= 1):

@@ -13,7 +13,6 @@ class Dedup(Stage):
     dir = "dedup"
     config = DedupConfig
     needs = ("embed",)
-    neutral = frozenset({"threads"})
     outputs = {"dedup": ""}
 
     @classmethod

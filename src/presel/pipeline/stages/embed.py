@@ -10,9 +10,6 @@ class Embed(Stage):
     name = "embed"
     dir = "features"
     config = EmbedConfig
-    # the feature store's identity leaves these out: they change how fast, not the vectors
-    neutral = frozenset({"batch_size", "workers", "shard_size", "executor", "ray_address", "ray_actors", "threads",
-                         "progress"})
     resumable = True
     outputs = {"features": ""}
 

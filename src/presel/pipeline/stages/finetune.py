@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from presel.errors import PreselError
-from presel.finetune.train import _RESUME_NEUTRAL, FinetuneConfig
+from presel.finetune.train import FinetuneConfig
 from presel.pipeline.base import Stage
 
 
@@ -11,7 +11,6 @@ class _Finetune(Stage):
     config = FinetuneConfig
     extra = ("model", "image_root")
     paths = ("image_root",)
-    neutral = frozenset(_RESUME_NEUTRAL)
     resumable = True
     data_output: str = ""
 

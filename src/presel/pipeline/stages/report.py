@@ -11,8 +11,11 @@ class Report(Stage):
     outputs = {"report": "report.html"}
 
     def wire(self) -> bool:
-        self.needs = tuple(self.ctx.planned)  # type: ignore[misc]  # every stage before it
+        self.before = tuple(self.ctx.planned)  # every stage before it
         return True
+
+    def upstream(self) -> tuple[str, ...]:
+        return self.before
 
     def run(self) -> None:
         from presel.report.html import build_report

@@ -12,8 +12,6 @@ class Score(Stage):
     dir = "irs"
     config = ScoreConfig
     needs = ("annotate", "ref_model")
-    # scoring's own resume state leaves these out: they change how fast, not what
-    neutral = frozenset({"batch_size", "executor", "ray_actors", "ray_address", "render_workers", "prefetch"})
     resumable = True
     outputs = {"irs": ""}
 
