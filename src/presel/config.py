@@ -247,7 +247,7 @@ def add_config_arguments(group: Any, cls: type, *, skip: tuple[str, ...] = (), h
     dataclass, type from its annotation (``none`` for an optional value), help from ``helps`` or the field's
     ``metadata['help']``; booleans get ``--x/--no-x``. ``zero_is_none``: fields where ``0`` still means none (old flags).
     ``only``: just these fields (one argument group each), in the dataclass's order."""
-    helps = dict(helps or {})
+    helps = {**field_helps(cls), **(helps or {})}
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip or (only is not None and f.name not in only):
@@ -257,8 +257,7 @@ def add_config_arguments(group: Any, cls: type, *, skip: tuple[str, ...] = (), h
         optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
         base = args[0] if optional and len(args) == 1 else hint
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        kw: dict[str, Any] = {"dest": f.name, "default": default,
-                              "help": helps.get(f.name, f.metadata.get("help", ""))}
+        kw: dict[str, Any] = {"dest": f.name, "default": default, "help": helps.get(f.name, "")}
         if base is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(base) in (tuple, list):
@@ -268,6 +267,35 @@ def add_config_arguments(group: Any, cls: type, *, skip: tuple[str, ...] = (), h
         if choices and f.name in choices:
             kw["choices"] = choices[f.name]
         group.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def field_helps(cls: type) -> dict[str, str]:
+    """Help text of each field of ``cls``: its ``metadata['help']``, else its entry in the class docstring
+    (``name: text``), else the comment after it in the source (``name: int = 4  # text``)."""
+    import inspect
+
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    out: dict[str, str] = {}
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        src = ""
+    for name in names:
+        m = re.search(rf"^\s+{re.escape(name)}\s*:[^\n#]*#\s*(.+)$", src, re.M)
+        if m:
+            out[name] = m.group(1).strip()
+    doc = inspect.getdoc(cls) or ""
+    pattern = r"(?:^|(?<=[\s;.]))(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) + r"):\s"
+    marks = list(re.finditer(pattern, doc, re.M)) if names else []
+    for i, m in enumerate(marks):
+        text = doc[m.end(): marks[i + 1].start() if i + 1 < len(marks) else len(doc)]
+        text = " ".join(text.split()).rstrip(" ;,")
+        if text:
+            out[m.group(1)] = text
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.metadata.get("help"):
+            out[f.name] = f.metadata["help"]
+    return {k: v.replace("%", "%%") for k, v in out.items()}
 
 
 def add_deprecated_alias(group: Any, old: str, dest: str, **kw: Any) -> None:

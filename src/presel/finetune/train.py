@@ -494,7 +494,7 @@ def finetune(
     import torch
 
     from presel.cache import resolve_model
-    from presel.config import resolved_config, to_dict
+    from presel.config import resolved_config
     from presel.finetune.data import ConversationDataset, MicroBatchSampler, StepPlan, load_train_data
     from presel.io.atomic import atomic_dir, write_json, write_jsonl
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from presel.pipeline.base import Stage
 from presel.selection.neardup import DedupConfig
 
-SETTINGS = ("threshold", "scope", "nprobe", "exact_max", "threads")  # the `presel dedup` flags
-
 
 class Dedup(Stage):
     name = "dedup"
@@ -14,10 +12,6 @@ class Dedup(Stage):
     config = DedupConfig
     needs = ("embed",)
     outputs = {"dedup": ""}
-
-    @classmethod
-    def takes(cls) -> set[str]:
-        return set(SETTINGS)
 
     def wire(self) -> bool:
         self.need("features", "needs features: add an 'embed' section")
