@@ -38,13 +38,16 @@ EFFECTS = (RESULT, NEUTRAL, FORMAT)
 
 
 def setting(default: Any = dataclasses.MISSING, *, effect: str = RESULT, help: str = "",
-            default_factory: Any = dataclasses.MISSING) -> Any:
-    """A config dataclass field with its effect (and optional help) declared once."""
+            default_factory: Any = dataclasses.MISSING, nargs: str | None = None) -> Any:
+    """A config dataclass field with its effect (and optional help; ``nargs`` for a list flag that takes several
+    words, ``--collect a b``) declared once."""
     if effect not in EFFECTS:
         raise ValueError(f"effect={effect!r} must be one of {', '.join(EFFECTS)}")
     md: dict[str, Any] = {"effect": effect}
     if help:
         md["help"] = help
+    if nargs:
+        md["nargs"] = nargs
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=md)
     return dataclasses.field(default=default, metadata=md)
@@ -260,6 +263,10 @@ def add_config_arguments(group: Any, cls: type, *, skip: tuple[str, ...] = (), h
         kw: dict[str, Any] = {"dest": f.name, "default": default, "help": helps.get(f.name, "")}
         if base is bool:
             kw["action"] = argparse.BooleanOptionalAction
+        elif base is dict or typing.get_origin(base) is dict:
+            kw["type"] = _json_mapping
+        elif f.metadata.get("nargs"):
+            kw["nargs"] = f.metadata["nargs"]
         elif typing.get_origin(base) in (tuple, list):
             kw["type"] = lambda t: None if t.lower() in ("none", "null") else tuple(x for x in re.split(r"[,\s]+", t) if x)
         elif base in (int, float, str):
@@ -298,14 +305,28 @@ def field_helps(cls: type) -> dict[str, str]:
     return {k: v.replace("%", "%%") for k, v in out.items()}
 
 
+def _json_mapping(text: str) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object; write e.g. '{{\"top_p\": 0.9}}'")
+    return value
+
+
 def add_deprecated_alias(group: Any, old: str, dest: str, **kw: Any) -> None:
     """An old flag kept working, hidden from --help (``--save-every`` for ``--save-every-steps``)."""
     group.add_argument(old, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kw)
 
 
 def config_from_args(cls: type[T], args: Any, *, skip: tuple[str, ...] = ()) -> T:
-    """The config dataclass from parsed flags of :func:`add_config_arguments` (same checks as a YAML section)."""
-    data = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in skip}  # type: ignore[arg-type]
+    """The config dataclass from parsed flags of :func:`add_config_arguments` (same checks as a YAML section); a
+    field with no flag value in ``args`` takes the dataclass default."""
+    data = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if f.name not in skip and hasattr(args, f.name)}
     return from_dict(cls, data, source="command line")
 
 

@@ -10,6 +10,20 @@ DESCRIPTION = ("Select images from a pool with given features and task weights (
                "assignments.parquet, summary.json and config.json to --out.")
 
 
+HELPS = {
+    "budget": "fraction of distinct pool images, reference set included (e.g. 0.15); give this or --budget-count",
+    "budget_count": "number of images, reference set included",
+    "method": "presel: the paper's rule; presel-cover: PreSel's task weights, clusters and quotas, images picked inside "
+              "each cluster by facility location (representative and covering, no near-copies)",
+    "task_weights": "irs: from --weights; uniform; size: proportional to task size",
+    "images_per_cluster": "k-means clusters per task = round(task images / this); protocol official: "
+                          "max(1, int(0.01 * records))",
+    "k": "neighbours for neighbour centrality (protocol official: min(5, cluster size - 1))",
+    "kmeans_niter": "faiss k-means iterations (default 25)",
+    "allow_repeats": "an image used by several tasks may be selected once per task",
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from presel.commands._common import add_out_arguments, add_pool_arguments
 
@@ -19,38 +33,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--feature-ids", default=None, help="ids of the .npy rows, one per line (record ids or image paths)")
     g.add_argument("--weights", default=None, help="task weights JSON (from `presel weights`); needed for --task-weights irs")
     g.add_argument("--reference", default=None, help="reference set: ids (record ids or image paths), .txt or a manifest with 'id'")
-    g = p.add_argument_group("selection")
-    b = g.add_mutually_exclusive_group(required=True)
-    b.add_argument("--budget", type=float, default=None, help="fraction of distinct pool images, reference set included (e.g. 0.15)")
-    b.add_argument("--budget-count", type=int, default=None, help="number of images, reference set included")
-    g.add_argument("--method", default="presel", choices=["presel", "presel-cover", "random", "random-cluster", "typiclust"],
-                   help="presel: the paper's rule; presel-cover: PreSel's task weights, clusters and quotas, images "
-                        "picked inside each cluster by facility location (representative and covering, no near-copies)")
-    g.add_argument("--task-weights", default="irs", choices=["irs", "uniform", "size"],
-                   help="irs: from --weights; uniform; size: proportional to task size")
-    g.add_argument("--images-per-cluster", type=int, default=100, help="k-means clusters per task = round(task images / this); protocol official: max(1, int(0.01 * records))")
-    g.add_argument("--k", type=int, default=5, help="neighbours for neighbour centrality (protocol official: min(5, cluster size - 1))")
-    g.add_argument("--kmeans-backend", default="faiss", choices=["faiss", "sklearn"])
-    g.add_argument("--kmeans-niter", type=int, default=None, help="faiss k-means iterations (default 25)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--allow-repeats", action="store_true", help="an image used by several tasks may be selected once per task")
     g.add_argument("--dedup", default=None, metavar="DIR",
                    help="output of `presel dedup`: keep one image per group of near-duplicates before clustering")
+    from presel.config import add_config_arguments
     from presel.protocol import add_protocol_argument
+    from presel.selection.select import KMEANS_BACKENDS, METHODS, TASK_WEIGHT_MODES, SelectConfig
 
+    g = p.add_argument_group("selection (the keys of a run's select section)")
+    add_config_arguments(g, SelectConfig, skip=("protocol",), helps=HELPS,
+                         choices={"method": METHODS, "task_weights": TASK_WEIGHT_MODES, "kmeans_backend": KMEANS_BACKENDS})
     add_protocol_argument(g)
     add_out_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from presel.commands._common import load_pool
+    from presel.config import config_from_args
     from presel.io.features import load_features
     from presel.selection.select import SelectConfig, select_to_dir
 
-    cfg = SelectConfig(budget=args.budget, budget_count=args.budget_count, images_per_cluster=args.images_per_cluster,
-                       k=args.k, method=args.method, task_weights=args.task_weights, kmeans_backend=args.kmeans_backend,
-                       kmeans_niter=args.kmeans_niter, seed=args.seed, allow_repeats=args.allow_repeats,
-                       protocol=args.protocol)
+    cfg = config_from_args(SelectConfig, args)
     pool = load_pool(args)
     features = load_features(args.features, args.feature_ids)
     summary = select_to_dir(pool, features, args.weights, args.reference, cfg, args.out, overwrite=args.overwrite,

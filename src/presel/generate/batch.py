@@ -52,7 +52,7 @@ class BatchConfig:
 
     mode: str | None = neutral(None, help="online (the default of presel generate and presel run) requests; "
                                           "batch-file: write request files only; batch-api: submit them to --base-url")
-    collect: list[str] | None = neutral(None, help="batch result files to collect (vllm run-batch / provider output "
+    collect: list[str] | None = neutral(None, nargs="+", help="batch result files to collect (vllm run-batch / provider output "
                                                    "and error files)")
     allow_partial: bool = neutral(False, help="write train.json even when some selected items have neither a result "
                                               "nor a recorded failure")

@@ -65,6 +65,7 @@ class GenerateConfig:
     seed: int = 0                        # request seed and instruction choice (description/json kinds)
     retry_failed: bool = neutral(False)
     extra_body: dict[str, Any] = field(default_factory=dict)  # more request fields (top_p, ...)
+    progress: bool = neutral(True)       # a progress bar
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -295,7 +296,7 @@ def _load_rows(selection_path: Any, image_root: Any, pool: Any) -> tuple[list[An
 
 def generate_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, config: GenerateConfig | None = None, *,
                     reference_annotations: str | os.PathLike | None = None, image_root: str | os.PathLike | None = None,
-                    pool: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True,
+                    pool: str | os.PathLike | None = None, overwrite: bool = False, progress: bool | None = None,
                     client: Any = None, on_item: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Generate instructions for the selected rows of ``selection_path`` into ``out`` (resumable).
 
@@ -310,6 +311,7 @@ def generate_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, c
     from presel.io.atomic import write_json
 
     cfg = config or GenerateConfig()
+    progress = cfg.progress if progress is None else progress
     cfg.require_online()
     rows, root = _load_rows(selection_path, image_root, pool)
     ref = load_annotations(reference_annotations) if reference_annotations is not None else None
