@@ -259,8 +259,10 @@ def add_config_arguments(group: Any, cls: type, *, skip: tuple[str, ...] = (), h
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
         base = args[0] if optional and len(args) == 1 else hint
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        kw: dict[str, Any] = {"dest": f.name, "default": default, "help": helps.get(f.name, "")}
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+        default = None if required else f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kw: dict[str, Any] = {"dest": f.name, "help": helps.get(f.name, "")}
+        kw.update({"required": True} if required else {"default": default})
         if base is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif base is dict or typing.get_origin(base) is dict:

@@ -18,7 +18,7 @@ from typing import Any
 from presel.errors import PreselError
 from presel.generate.batch import BatchConfig
 from presel.generate.online import GenerateConfig
-from presel.pipeline.base import Stage, Waiting
+from presel.pipeline.base import Stage, Waiting, require_path
 
 ORACLE_KEYS = ("from_annotations", "match", "format", "protocol")
 
@@ -70,8 +70,8 @@ class Generate(Stage):
         self.files = {"annotations": self.cfg.path(self.section.get("from_annotations")),
                       # a user-given annotated reference file is an input too (the annotate stage's key covers its own)
                       "reference_annotations": given}
-        if self.section.get("templates"):  # relative to the config, like every path in it
-            self.files["templates"] = self.cfg.path(self.section["templates"])
+        if self.section.get("templates"):  # relative to the config, like every path in it (checked here: it is a file)
+            self.files["templates"] = require_path(self.cfg, self.name, "templates", self.section["templates"])
         return True
 
     def run(self) -> Waiting | None:
