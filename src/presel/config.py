@@ -319,9 +319,28 @@ def _json_mapping(text: str) -> dict[str, Any]:
     return value
 
 
-def add_deprecated_alias(group: Any, old: str, dest: str, **kw: Any) -> None:
-    """An old flag kept working, hidden from --help (``--save-every`` for ``--save-every-steps``)."""
-    group.add_argument(old, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kw)
+class _DeprecatedFlag(argparse.Action):
+    """An old flag: stores like the new one and says which flag to write instead."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, flag_value: Any = None, new: str = "", **kw: Any):
+        self.flag_value, self.new = flag_value, new
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        print(f"presel: {option_string} is deprecated, write {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, self.flag_value if self.nargs == 0 else values)
+
+
+def add_deprecated_alias(group: Any, old: str, dest: str, *, action: str | None = None, new: str | None = None,
+                         **kw: Any) -> None:
+    """An old flag kept working, hidden from --help, with a warning naming the new one (``--save-every`` for
+    ``--save-every-steps``). ``action``: ``store_true``/``store_false`` for an old switch."""
+    new = new or "--" + dest.replace("_", "-")
+    if action in ("store_true", "store_false"):
+        kw.update(nargs=0, flag_value=action == "store_true")
+        new = new if action == "store_true" or new.startswith("--no-") else "--no-" + new[2:]
+    group.add_argument(old, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, action=_DeprecatedFlag,
+                       new=new, **kw)
 
 
 def config_from_args(cls: type[T], args: Any, *, skip: tuple[str, ...] = ()) -> T:

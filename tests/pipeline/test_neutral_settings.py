@@ -202,7 +202,7 @@ def test_each_neutral_setting_edited_in_a_finished_run_recomputes_and_deletes_no
     from presel.selection.neardup import DedupConfig
 
     _pool16(tmp_path)
-    embed = {"model": str(tiny_dinov2), "device": "cpu", "batch_size": 4, "workers": 0, "progress": False}
+    embed = {"model": str(tiny_dinov2), "device": "cpu", "batch_size": 4, "num_workers": 0, "progress": False}
     gen = _online(server)
     sel = {"budget_count": 8, "seed": 0, "task_weights": "uniform", "images_per_cluster": 4}
 
