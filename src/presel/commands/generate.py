@@ -182,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
     if batch.mode == "online":
         summary = generate_to_dir(args.selection, args.out, cfg, progress=cfg.progress, **common)
     else:
-        from presel.generate.batch import batch_api_to_dir, batch_files_to_dir
+        from presel.generate.batch import batch_files_to_dir
+        from presel.generate.batch_api import batch_api_to_dir
 
         if batch.mode == "batch-file":
             r = batch_files_to_dir(args.selection, args.out, cfg, batch, **common)

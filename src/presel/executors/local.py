@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from presel.executors import ShardTask, batches_of
+from presel.executors.tasks import ShardTask, batches_of
 
 
 class DecodeDataset:

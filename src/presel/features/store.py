@@ -233,7 +233,7 @@ def load_feature_matrix(path: str | os.PathLike):
     """Open a feature store as a ``FeatureMatrix`` whose ids are image keys (memory-mapped shards)."""
     import pyarrow.parquet as pq
 
-    from presel.io.features import FeatureMatrix
+    from presel.io.feature_matrix import FeatureMatrix
 
     root = Path(path)
     man_path = root / "manifest.json"

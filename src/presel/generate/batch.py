@@ -561,14 +561,3 @@ def collect_to_dir(out: str | os.PathLike, result_files: Iterable[str | os.PathL
     ctx = load_context(out, reference_annotations=reference_annotations, price_in=price_in, price_out=price_out)
     stats = collect_into(ctx, files, provider)
     return _finalize(ctx, mode="batch", allow_partial=allow_partial, extra={"collect": stats})
-
-
-# --------------------------------------------------------------------------- batch API
-
-
-def batch_api_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, config: Any,
-                     batch: BatchConfig | None = None, **kw: Any) -> dict[str, Any]:
-    """``--mode batch-api``: see :func:`presel.generate.batch_api.batch_api_to_dir`."""
-    from presel.generate.batch_api import batch_api_to_dir as run
-
-    return run(selection_path, out, config, batch, **kw)

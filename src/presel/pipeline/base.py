@@ -59,7 +59,7 @@ class Stage:
     metadata (:func:`presel.config.neutral`, :func:`presel.config.output_format`), never declared here."""
 
     name: ClassVar[str]
-    dir: ClassVar[str]
+    dir: ClassVar[str]  # its folder in the run directory: presel.layout.STAGE_DIRS[name]
     config: ClassVar[type | None] = None
     also: ClassVar[tuple[type, ...]] = ()  # more config dataclasses whose fields the section holds
     extra: ClassVar[tuple[str, ...]] = ()
@@ -75,6 +75,12 @@ class Stage:
         super().__init_subclass__(**kw)
         from presel.config import FORMAT, NEUTRAL, fields_with
 
+        if "name" in cls.__dict__ and "dir" not in cls.__dict__:
+            from presel.layout import STAGE_DIRS
+
+            if cls.name not in STAGE_DIRS:
+                raise TypeError(f"stage {cls.name!r} has no folder: add it to presel.layout.STAGE_DIRS")
+            cls.dir = STAGE_DIRS[cls.name]
         for attr in ("neutral", "reformat"):
             if attr in cls.__dict__:
                 raise TypeError(f"{cls.__name__}.{attr} is derived from the config dataclass: declare the setting with "

@@ -112,7 +112,7 @@ class RunConfig:
 
     def check_estimate(self) -> None:
         """The ``estimate`` section: measured throughputs, each a number > 0 under a known name."""
-        from presel.estimate import ASSUMED
+        from presel.assumed import ASSUMED
 
         for key, value in (self.sections.get("estimate") or {}).items():
             if key not in ASSUMED:

@@ -19,9 +19,8 @@ from typing import Any
 
 from presel.errors import PreselError
 from presel.io.atomic import dumps_json, write_json
+from presel.layout import MARKER, PENDING  # where they lie is the layout's
 
-MARKER = ".presel-stage.json"
-PENDING = ".presel-pending"
 # what presel's writers leave beside an output folder: atomic_dir's temporary and replaced folders, fine-tuning's
 # checkpoints; anything else named like ``.<dir>.*`` is not presel's and stays
 LEFTOVERS = (".tmp-*", ".old-*", ".finetune-work")

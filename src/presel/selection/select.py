@@ -47,6 +47,8 @@ from presel.errors import PreselError
 from presel.records import Pool, image_key
 from presel.selection.budget import allocate
 from presel.selection.methods import WITHIN_CLUSTER_METHODS
+from presel.selection.result import SelectionResult  # shared with official
+from presel.selection.result import task_weights as _task_weights
 
 METHODS = ("presel", "random", "random-cluster", "typiclust", *WITHIN_CLUSTER_METHODS)
 TASK_WEIGHT_MODES = ("irs", "uniform", "size")
@@ -113,18 +115,6 @@ class SelectConfig:
             raise PreselError(f"kmeans_backend={self.kmeans_backend!r} must be one of {', '.join(KMEANS_BACKENDS)}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise PreselError(f"seed={self.seed} must be an integer >= 0")
-
-
-@dataclass
-class SelectionResult:
-    selection: dict[str, list]  # columns, one row per chosen image (reference rows included)
-    assignments: dict[str, list]  # columns, one row per item (task, image)
-    summary: dict[str, Any]
-    config: SelectConfig
-
-    @property
-    def selected_ids(self) -> list[str]:
-        return [i for i, s in zip(self.selection["id"], self.selection["source"]) if s == "selected"]
 
 
 @dataclass
@@ -209,22 +199,6 @@ def _resolve_reference(pool: Pool, keys: list[str], reference: Iterable[str], so
         rec = pool.records[i]
         out.setdefault(keys[i], (rec.task, rec.id))
     return out
-
-
-def _task_weights(cfg: SelectConfig, tasks: list[_Task], weights: Mapping[str, Any] | None, source: str) -> np.ndarray:
-    names = [t.name for t in tasks]
-    if cfg.task_weights == "uniform":
-        return np.full(len(tasks), 1.0 / len(tasks))
-    if cfg.task_weights == "size":
-        n = np.array([len(t.ids) for t in tasks], dtype=np.float64)
-        return n / n.sum()
-    if weights is None:
-        raise PreselError("task_weights='irs' needs task weights (--weights FILE from `presel weights`); "
-                          "or pass --task-weights uniform or size")
-    from presel.selection.weights_io import normalise_task_weights
-
-    w = normalise_task_weights(weights, names, source=source)
-    return np.array([w[n] for n in names], dtype=np.float64)
 
 
 def _feature_rows(features, tasks: list[_Task]) -> list[np.ndarray]:

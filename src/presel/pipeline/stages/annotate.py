@@ -8,7 +8,6 @@ from presel.pipeline.base import Stage
 
 class Annotate(Stage):
     name = "annotate"
-    dir = "reference_annotated"
     extra = ("annotations", "annotated", "match")
     paths = ("annotations", "annotated")
     needs = ("reference",)

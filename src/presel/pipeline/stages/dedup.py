@@ -8,7 +8,6 @@ from presel.selection.neardup import DedupConfig
 
 class Dedup(Stage):
     name = "dedup"
-    dir = "dedup"
     config = DedupConfig
     needs = ("embed",)
     outputs = {"dedup": ""}

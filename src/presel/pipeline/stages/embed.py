@@ -8,7 +8,6 @@ from presel.pipeline.base import Stage
 
 class Embed(Stage):
     name = "embed"
-    dir = "features"
     config = EmbedConfig
     resumable = True
     outputs = {"features": ""}

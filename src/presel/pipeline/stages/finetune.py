@@ -30,7 +30,6 @@ class _Finetune(Stage):
 
 class RefModel(_Finetune):
     name = "ref_model"
-    dir = "ref_model"
     needs = ("annotate",)
     data_output = "annotated"
     outputs = {"ref_model": ""}
@@ -43,7 +42,6 @@ class RefModel(_Finetune):
 
 class FinalModel(_Finetune):
     name = "final_model"
-    dir = "final_model"
     needs = ("generate",)
     data_output = "train_json"
     outputs = {"final_model": ""}

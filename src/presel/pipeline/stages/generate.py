@@ -25,7 +25,6 @@ ORACLE_KEYS = ("from_annotations", "match", "format", "protocol")
 
 class Generate(Stage):
     name = "generate"
-    dir = "generate"
     config = GenerateConfig
     also = (BatchConfig,)  # mode, collect, allow_partial and the batch settings: all result-neutral
     # protocol: oracle mode takes every record of a picked image under `official`; online writes one per item
@@ -88,7 +87,7 @@ class Generate(Stage):
 
             generate_to_dir(selection, self.out_dir, self.conf, **common)
         elif mode == "batch-api":
-            from presel.generate.batch import batch_api_to_dir
+            from presel.generate.batch_api import batch_api_to_dir
 
             batch_api_to_dir(selection, self.out_dir, self.conf, self.batch,
                              allow_partial=self.batch.allow_partial, **common)

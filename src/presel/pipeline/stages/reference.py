@@ -8,7 +8,6 @@ from presel.pipeline.base import Stage
 
 class Reference(Stage):
     name = "reference"
-    dir = "reference"
     config = ReferenceConfig
     outputs = {"reference": "reference.jsonl"}
 

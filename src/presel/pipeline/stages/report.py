@@ -7,7 +7,6 @@ from presel.pipeline.base import Stage
 
 class Report(Stage):
     name = "report"
-    dir = "report"
     outputs = {"report": "report.html"}
 
     def wire(self) -> bool:

@@ -9,7 +9,6 @@ from presel.pipeline.base import Stage
 
 class Score(Stage):
     name = "score"
-    dir = "irs"
     config = ScoreConfig
     needs = ("annotate", "ref_model")
     resumable = True

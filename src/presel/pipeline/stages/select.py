@@ -11,7 +11,6 @@ from presel.selection.select import SelectConfig
 
 class Select(Stage):
     name = "select"
-    dir = "selection"
     config = SelectConfig
     # inputs given as files when their stage is not in the run
     extra = ("features", "feature_ids", "weights", "reference")

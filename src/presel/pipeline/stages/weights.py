@@ -8,7 +8,6 @@ from presel.pipeline.base import Stage
 
 class Weights(Stage):
     name = "weights"
-    dir = "weights"
     config = WeightsConfig
     needs = ("score",)
     outputs = {"weights": "task_weights.json"}
