@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from presel.errors import PreselError
 from presel.io.atomic import dumps_json, write_json
 from presel.layout import MARKER, PENDING  # where they lie is the layout's
 
@@ -131,15 +130,14 @@ class StageDir:
         return self.marker() is not None or self.pending() is not None
 
     def check_owned(self) -> None:
-        """Stop when a folder that presel cannot prove it wrote sits where this stage writes."""
-        p = self.path
-        if not (p.exists() or p.is_symlink()) or self.proven():
-            return
-        if p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
-            return  # an empty folder holds nothing to lose
-        raise PreselError(f"stage folder {p} was not written by presel (no {MARKER} in it, no record in "
-                          f"{self.pending_path.parent}) and stage '{self.stage}' would replace it: move it away, or "
-                          "choose another `out` for the run; nothing was changed")
+        """Stop when something presel cannot prove it wrote sits where this stage writes: the one rule of
+        :func:`presel.io.owned.check_deletable`, with this run's pending record as the proof that it began."""
+        from presel.io.owned import check_deletable
+
+        check_deletable(self.path, started=self.pending() is not None, only=(MARKER,), what="stage folder",
+                        linked_proof=True, evidence=f"no {MARKER} in it, no record in {self.pending_path.parent}",
+                        fix=f"stage '{self.stage}' would replace it: move it away, or choose another `out` for the "
+                            "run; nothing was changed")
 
     def clear(self) -> None:
         """Remove this stage's output and the work leftovers that presel names beside it (``LEFTOVERS``)."""
