@@ -94,6 +94,11 @@ class Stage:
                             "does not take")
         if isinstance(cls.needs, str) or not all(isinstance(n, str) for n in cls.needs):
             raise TypeError(f"{cls.__name__}.needs must be a tuple of stage names")
+        from presel.layout import STAGE_DIRS
+
+        unknown = [n for n in cls.needs if n not in STAGE_DIRS]
+        if unknown:
+            raise TypeError(f"{cls.__name__}.needs names {', '.join(unknown)}, which are no stages (presel.layout)")
         configs = [c for c in (cls.config, *cls.also) if c is not None]
         cls.neutral = frozenset(cls.extra_neutral).union(*(fields_with(c, NEUTRAL) for c in configs))
         cls.reformat = frozenset().union(*(fields_with(c, FORMAT) for c in configs))
