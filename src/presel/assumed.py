@@ -1,5 +1,6 @@
-"""Throughputs assumed by ``presel run --dry-run`` where a config measured none (data only: the run config checks
-its ``estimate`` section against these names, :mod:`presel.estimate` uses the figures)."""
+"""What ``presel run --dry-run`` assumes where a config measured nothing: throughputs (the run config checks its
+``estimate`` section against these names) and the tokens of a generation request. Imports nothing of presel at
+module level, so the run config and every stage can read it."""
 
 # Throughputs on one modern data-centre GPU (A100/H100 class), used when the config gives none.
 ASSUMED: dict[str, float] = {
@@ -13,3 +14,17 @@ ASSUMED: dict[str, float] = {
     # instruction generation by a 7B VLM on vLLM, online or `vllm run-batch`
     "generate_samples_per_s": 8.0,
 }
+TOKENS = {"prompt": 900, "response": 250}  # per generated instruction (image tokens + template; answer)
+TEMPLATE_TOKENS = 150          # system + user prompt text of a template, roughly
+TYPICAL_IMAGE = (640, 480)     # a COCO-sized image, the bulk of LLaVA-665K
+
+
+def prompt_tokens(gen: dict) -> int:
+    """Input tokens of one generation request: the template plus a typical image by the model's own rule
+    (:mod:`presel.generate.image_tokens`, with the section's ``image_detail``)."""
+    from presel.generate.image_tokens import image_tokens
+
+    if not gen.get("model"):
+        return TOKENS["prompt"]
+    return TEMPLATE_TOKENS + image_tokens(*TYPICAL_IMAGE, model=str(gen["model"]),
+                                          detail=str(gen.get("image_detail", "auto")))

@@ -44,6 +44,33 @@ class StagePlan:
 
 
 @dataclass
+class Sizes:
+    """What ``--dry-run`` knows before anything runs: the pool's sizes, the reference set and the budget, and the
+    throughputs to turn work into hours (measured ones from the config, else ``presel.assumed.ASSUMED``)."""
+
+    records: int
+    images: int
+    tasks: list[str]
+    reference: int
+    budget: int
+    new: int
+    unit: str
+    throughputs: dict[str, float]
+
+    def hours(self, n: float, key: str) -> float:
+        return n / self.throughputs[key] / 3600.0
+
+
+@dataclass
+class Estimate:
+    """One stage's row of ``--dry-run``: what it will do, its GPU-hours and its cost in dollars."""
+
+    what: str
+    hours: float = 0.0
+    cost: float = 0.0
+
+
+@dataclass
 class Context:
     """What the stages of one run share: the config, the pool (read once) and the outputs published so far."""
 
@@ -191,6 +218,10 @@ class Stage:
 
     def run(self) -> Any:
         raise NotImplementedError
+
+    def estimate(self, sizes: Sizes) -> Estimate | None:
+        """Its ``--dry-run`` row (None: no estimate for this stage)."""
+        return None
 
     def plan(self) -> StagePlan:
         return StagePlan(self.name, self.settings(), self.upstream(), dict(self.files), self.run, self.resumable,

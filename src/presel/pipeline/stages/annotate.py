@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from presel.errors import PreselError
-from presel.pipeline.base import Stage
+from presel.pipeline.base import Estimate, Sizes, Stage
 
 
 class Annotate(Stage):
@@ -12,6 +12,9 @@ class Annotate(Stage):
     paths = ("annotations", "annotated")
     needs = ("reference",)
     outputs = {"annotated": "train.json"}
+
+    def estimate(self, sizes: Sizes) -> Estimate:
+        return Estimate(f"{sizes.reference:,} reference instructions")
 
     def validate(self) -> None:
         super().validate()

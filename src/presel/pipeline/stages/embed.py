@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from presel.features.extract import EmbedConfig
-from presel.pipeline.base import Stage
+from presel.pipeline.base import Estimate, Sizes, Stage
 
 
 class Embed(Stage):
@@ -11,6 +11,10 @@ class Embed(Stage):
     config = EmbedConfig
     resumable = True
     outputs = {"features": ""}
+
+    def estimate(self, sizes: Sizes) -> Estimate:
+        return Estimate(f"{self.section.get('model', 'facebook/dinov2-base')} on {sizes.images:,} distinct images",
+                        sizes.hours(sizes.images, "embed_images_per_s"))
 
     def wire(self) -> bool:
         self.files = {"pool": self.cfg.path(self.cfg.pool["path"])}

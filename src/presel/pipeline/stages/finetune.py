@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from presel.errors import PreselError
 from presel.finetune.train import FinetuneConfig
-from presel.pipeline.base import Stage
+from presel.pipeline.base import Estimate, Sizes, Stage
 
 
 class _Finetune(Stage):
@@ -13,6 +13,14 @@ class _Finetune(Stage):
     paths = ("image_root",)
     resumable = True
     data_output: str = ""
+
+    def samples(self, sizes: Sizes) -> int:
+        raise NotImplementedError
+
+    def estimate(self, sizes: Sizes) -> Estimate:
+        ep, n = int(self.section.get("epochs", 1)), self.samples(sizes)
+        return Estimate(f"fine-tune {self.section.get('model')} on {n:,} samples x {ep} epoch(s)",
+                        sizes.hours(n * ep, "finetune_samples_per_s"))
 
     def validate(self) -> None:
         super().validate()
@@ -34,6 +42,9 @@ class RefModel(_Finetune):
     data_output = "annotated"
     outputs = {"ref_model": ""}
 
+    def samples(self, sizes: Sizes) -> int:
+        return sizes.reference
+
     def wire(self) -> bool:
         data = self.need("annotated", "fine-tunes on the annotated reference set: add an 'annotate' section")
         self.files = {"data": data}
@@ -45,6 +56,9 @@ class FinalModel(_Finetune):
     needs = ("generate",)
     data_output = "train_json"
     outputs = {"final_model": ""}
+
+    def samples(self, sizes: Sizes) -> int:
+        return sizes.budget
 
     def wire(self) -> bool:
         self.need("train_json", "fine-tunes on the generated set: add a 'generate' section")

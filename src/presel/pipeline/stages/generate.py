@@ -18,7 +18,7 @@ from typing import Any
 from presel.errors import PreselError
 from presel.generate.batch import BatchConfig
 from presel.generate.online import GenerateConfig
-from presel.pipeline.base import Stage, Waiting, require_path
+from presel.pipeline.base import Estimate, Sizes, Stage, Waiting, require_path
 
 ORACLE_KEYS = ("from_annotations", "match", "format", "protocol")
 
@@ -33,6 +33,19 @@ class Generate(Stage):
     needs = ("select", "annotate")
     resumable = True
     outputs = {"train_json": "train.json"}
+
+    def estimate(self, sizes: Sizes) -> Estimate:
+        from presel.assumed import TOKENS, prompt_tokens
+
+        g = self.section
+        if self.oracle:
+            return Estimate(f"oracle: {sizes.new:,} instructions taken from {g['from_annotations']} (no cost)")
+        pin, pout = float(g.get("price_in", 0.0)), float(g.get("price_out", 0.0))
+        tin = prompt_tokens(g)
+        cost = sizes.new * (tin * pin + TOKENS["response"] * pout) / 1e6
+        return Estimate(f"{sizes.new:,} instructions with {g.get('model')} (~{tin} in / {TOKENS['response']} out tokens "
+                        f"each): ${cost:,.2f} at ${pin}/{pout} per 1M tokens",
+                        sizes.hours(sizes.new, "generate_samples_per_s"), cost)
 
     @property
     def oracle(self) -> bool:

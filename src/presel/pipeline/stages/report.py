@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from presel.pipeline.base import Stage
+from presel.pipeline.base import Estimate, Sizes, Stage
 
 
 class Report(Stage):
     name = "report"
     outputs = {"report": "report.html"}
+
+    def estimate(self, sizes: Sizes) -> Estimate:
+        return Estimate("HTML report")
 
     def wire(self) -> bool:
         self.before = tuple(self.ctx.planned)  # every stage before it

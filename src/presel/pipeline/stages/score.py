@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from presel.errors import PreselError
 from presel.importance.scoring import ScoreConfig
-from presel.pipeline.base import Stage
+from presel.pipeline.base import Estimate, Sizes, Stage
 
 
 class Score(Stage):
@@ -13,6 +13,10 @@ class Score(Stage):
     needs = ("annotate", "ref_model")
     resumable = True
     outputs = {"irs": ""}
+
+    def estimate(self, sizes: Sizes) -> Estimate:
+        return Estimate(f"IRS: {sizes.reference:,} samples x 2 passes",
+                        sizes.hours(sizes.reference, "score_samples_per_s"))
 
     def wire(self) -> bool:
         data = self.need("annotated", "needs the annotated reference set: add an 'annotate' section")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from presel.errors import PreselError
-from presel.pipeline.base import Stage
+from presel.pipeline.base import Estimate, Sizes, Stage
 from presel.selection.select import SelectConfig
 
 
@@ -17,6 +17,10 @@ class Select(Stage):
     paths = extra
     needs = ("reference", "weights", "embed", "dedup")
     outputs = {"selection": "selection.parquet"}
+
+    def estimate(self, sizes: Sizes) -> Estimate:
+        return Estimate(f"budget {sizes.budget:,} {sizes.unit} = {sizes.reference:,} reference + {sizes.new:,} new "
+                        "(CPU, minutes)")
 
     def settings(self) -> dict[str, Any]:  # the input files are in the key as files
         return {k: v for k, v in self.section.items() if k not in self.extra}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from presel.importance.weights import WeightsConfig
-from presel.pipeline.base import Stage
+from presel.pipeline.base import Estimate, Sizes, Stage
 
 
 class Weights(Stage):
@@ -11,6 +11,10 @@ class Weights(Stage):
     config = WeightsConfig
     needs = ("score",)
     outputs = {"weights": "task_weights.json"}
+
+    def estimate(self, sizes: Sizes) -> Estimate:
+        m = len(sizes.tasks)
+        return Estimate(f"softmax over {m} task scores, tau = 1/sqrt({m})")
 
     def wire(self) -> bool:
         self.need("irs", "needs IRS scores: add a 'score' section")
