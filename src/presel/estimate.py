@@ -7,38 +7,9 @@ below are used and printed as assumptions, so an estimate never pretends to be a
 
 from __future__ import annotations
 
+from presel.assumed import ASSUMED, TOKENS, prompt_tokens  # noqa: F401 - the assumptions live there
 from presel.pipeline import RunConfig
-
-# Throughputs on one modern data-centre GPU (A100/H100 class), used when the config gives none.
-ASSUMED: dict[str, float] = {
-    # DINOv2-base [CLS] at 224 px, bf16, 16 decode workers (issue target for one H200: >= 2,000 img/s)
-    "embed_images_per_s": 2000.0,
-    # LoRA fine-tuning of a 7B LLaVA (~700 tokens/sample with 576 image tokens), bf16, ZeRO-2:
-    # LLaVA-1.5-7B's 665K-sample epoch takes roughly 80 A100-hours -> ~2.3 samples/s per GPU
-    "finetune_samples_per_s": 2.3,
-    # IRS: two forward passes per sample, no backward (~3x a training step's throughput / 2 passes)
-    "score_samples_per_s": 3.5,
-    # instruction generation by a 7B VLM on vLLM, online or `vllm run-batch`
-    "generate_samples_per_s": 8.0,
-}
-TOKENS = {"prompt": 900, "response": 250}  # per generated instruction (image tokens + template; answer)
-TEMPLATE_TOKENS = 150          # system + user prompt text of a template, roughly
-TYPICAL_IMAGE = (640, 480)     # a COCO-sized image, the bulk of LLaVA-665K
-
-
-def prompt_tokens(gen: dict) -> int:
-    """Input tokens of one generation request: the template plus a typical image by the model's own rule
-    (:mod:`presel.generate.image_tokens`, with the section's ``image_detail``)."""
-    from presel.generate.image_tokens import image_tokens
-
-    if not gen.get("model"):
-        return TOKENS["prompt"]
-    return TEMPLATE_TOKENS + image_tokens(*TYPICAL_IMAGE, model=str(gen["model"]),
-                                          detail=str(gen.get("image_detail", "auto")))
-
-
-def _hours(n: float, per_s: float) -> float:
-    return n / per_s / 3600.0
+from presel.pipeline.base import Sizes
 
 
 def read_throughputs(path: str) -> dict[str, float]:
@@ -66,6 +37,23 @@ def read_throughputs(path: str) -> dict[str, float]:
     return out
 
 
+def _rows(cfg: RunConfig, sizes: Sizes) -> list[tuple[str, str, float, float]]:
+    """(stage, what, GPU-hours, cost) of every stage in the config, from each stage's own ``estimate()``, in the
+    registry's order (a stage with none still shows)."""
+    from presel.pipeline.base import Context
+    from presel.pipeline.registry import REGISTRY
+
+    ctx = Context(cfg, lambda: None)
+    rows = []
+    for cls in REGISTRY:
+        if cls.name not in cfg.sections:
+            continue
+        e = cls(ctx, cfg.sections[cls.name] or {}).estimate(sizes)
+        rows.append((cls.name, e.what, e.hours, e.cost) if e is not None else
+                    (cls.name, "no estimate for this stage", 0.0, 0.0))
+    return rows
+
+
 def dry_run(cfg: RunConfig, throughputs: dict[str, float] | None = None) -> str:
     """The plan of ``cfg``; ``throughputs`` (e.g. from :func:`read_throughputs`) override the config's
     ``estimate`` section, which overrides ``ASSUMED``."""
@@ -86,7 +74,6 @@ def dry_run(cfg: RunConfig, throughputs: dict[str, float] | None = None) -> str:
     n_img = len(pool.distinct_images())
     tasks = pool.tasks
     ref_sec = dict(S.get("reference") or {})
-    frac = float(ref_sec.get("fraction", 0.05))
     if "reference" in S:
         n_ref = len(sample_reference(pool, from_dict(ReferenceConfig, ref_sec, source=f"{cfg.source}: reference")))
     elif (S.get("select") or {}).get("reference"):
@@ -108,57 +95,14 @@ def dry_run(cfg: RunConfig, throughputs: dict[str, float] | None = None) -> str:
     lines = [f"run: {cfg.out}", f"pool: {cfg.path(cfg.pool['path'])}"]
     lines.append(f"  {len(pool.records):,} image records, {n_img:,} distinct images, {len(tasks)} tasks, "
                  f"{pool.text_only:,} text-only records left out")
-    rows: list[tuple[str, str, float]] = []
-
-    def add(stage: str, what: str, hours: float) -> None:
-        rows.append((stage, what, hours))
-
-    if "reference" in S:
-        add("reference", f"{n_ref:,} images to annotate ({frac:.0%} per task, at least 1)", 0.0)
-    if "annotate" in S:
-        add("annotate", f"{n_ref:,} reference instructions", 0.0)
-    if "ref_model" in S:
-        ep = int((S["ref_model"] or {}).get("epochs", 1))
-        add("ref_model", f"fine-tune {S['ref_model'].get('model')} on {n_ref:,} samples x {ep} epoch(s)",
-            _hours(n_ref * ep, est["finetune_samples_per_s"]))
-    if "score" in S:
-        add("score", f"IRS: {n_ref:,} samples x 2 passes", _hours(n_ref, est["score_samples_per_s"]))
-    if "weights" in S:
-        add("weights", f"softmax over {len(tasks)} task scores, tau = 1/sqrt({len(tasks)})", 0.0)
-    if "embed" in S:
-        add("embed", f"{(S['embed'] or {}).get('model', 'facebook/dinov2-base')} on {n_img:,} distinct images",
-            _hours(n_img, est["embed_images_per_s"]))
-    if "select" in S:
-        add("select", f"budget {budget:,} {unit} = {n_ref:,} reference + {n_new:,} new (CPU, minutes)", 0.0)
-    cost = 0.0
-    if "generate" in S:
-        g = S["generate"] or {}
-        if g.get("from_annotations"):
-            add("generate", f"oracle: {n_new:,} instructions taken from {g['from_annotations']} (no cost)", 0.0)
-        else:
-            pin, pout = float(g.get("price_in", 0.0)), float(g.get("price_out", 0.0))
-            tin = prompt_tokens(g)
-            cost = n_new * (tin * pin + TOKENS["response"] * pout) / 1e6
-            add("generate", f"{n_new:,} instructions with {g.get('model')} (~{tin} in / {TOKENS['response']} "
-                f"out tokens each): ${cost:,.2f} at ${pin}/{pout} per 1M tokens", _hours(n_new, est["generate_samples_per_s"]))
-    if "final_model" in S:
-        ep = int((S["final_model"] or {}).get("epochs", 1))
-        add("final_model", f"fine-tune {S['final_model'].get('model')} on {budget:,} samples x {ep} epoch(s)",
-            _hours(budget * ep, est["finetune_samples_per_s"]))
-    if "report" in S:
-        add("report", "HTML report", 0.0)
-    # the one list of stages: a stage without a row above still shows
-    from presel.pipeline.registry import STAGES
-
-    listed = {r[0] for r in rows}
-    rows += [(s, "no estimate for this stage", 0.0) for s in STAGES if S.get(s) is not None and s not in listed]
-    rows.sort(key=lambda r: STAGES.index(r[0]))
+    rows = _rows(cfg, Sizes(len(pool.records), n_img, list(tasks), n_ref, budget, n_new, unit, est))
+    cost = sum(c for _, _, _, c in rows)
     lines.append("")
     lines.append(f"{'stage':12s} {'GPU-hours':>10s}  what")
-    for stage, what, h in rows:
+    for stage, what, h, _ in rows:
         lines.append(f"{stage:12s} {h:10.2f}  {what}")
-    sel_h = sum(h for s, _, h in rows if s in ("ref_model", "score", "embed"))
-    lines.append(f"{'total':12s} {sum(h for _, _, h in rows):10.2f}  (selection cost: {sel_h:.1f} GPU-hours; "
+    sel_h = sum(h for s, _, h, _ in rows if s in ("ref_model", "score", "embed"))
+    lines.append(f"{'total':12s} {sum(h for _, _, h, _ in rows):10.2f}  (selection cost: {sel_h:.1f} GPU-hours; "
                  f"instruction cost ${cost:,.2f})")
     assumed = sorted(set(est) - measured)
     if assumed:

@@ -8,7 +8,8 @@ import pytest
 from gen_fake_server import FakeBatchAPI, fake_image_bytes, make_selection, ok_answer
 
 from presel.errors import PreselError
-from presel.generate.batch import BatchConfig, batch_api_to_dir, batch_files_to_dir, collect_to_dir
+from presel.generate.batch import BatchConfig, batch_files_to_dir, collect_to_dir
+from presel.generate.batch_api import batch_api_to_dir
 from presel.generate.online import GenerateConfig, generate_to_dir
 
 REQUEST_SCHEMA = {

@@ -10,7 +10,8 @@ from gen_fake_providers import FakeAnthropic, FakeGemini
 from gen_fake_server import FakeBatchAPI, FakeOpenAI, make_selection, ok_answer
 
 from presel.errors import PreselError
-from presel.generate.batch import BatchConfig, batch_api_to_dir, batch_files_to_dir, collect_to_dir
+from presel.generate.batch import BatchConfig, batch_files_to_dir, collect_to_dir
+from presel.generate.batch_api import batch_api_to_dir
 from presel.generate.online import GenerateConfig
 
 IDS = ["s00", "s01", "coco/000000123.jpg", "s03", "s04", "s05"]  # one id Anthropic cannot carry as is

@@ -110,7 +110,7 @@ def test_embed_booleans_are_flag_pairs_and_old_no_progress_still_works():
     assert _embed("--no-progress").progress is False
     assert _embed("--progress").progress is True
     cfg = _embed("--workers", "0", "--ray-actors", "3", "--image-size", "none", "--dtype", "fp32", "--device", "cpu")
-    assert (cfg.workers, cfg.ray_actors, cfg.image_size, cfg.dtype, cfg.device) == (0, 3, None, "fp32", "cpu")
+    assert (cfg.num_workers, cfg.ray_actors, cfg.image_size, cfg.dtype, cfg.device) == (0, 3, None, "fp32", "cpu")
     with pytest.raises(PreselError, match="command line: batch_size=0"):
         _embed("--batch-size", "0")
 

@@ -122,7 +122,7 @@ def test_dry_run_of_a_fresh_run_lists_every_stage_as_will_run(tmp_path, capsys):
     ({"select": {"kmeans_niter": 0}}, "select: kmeans_niter=0 must be an integer >= 1"),
     ({"annotate": {"annotations": "nope.json"}}, "annotate.annotations='nope.json'"),
     ({"generate": {"mode": "batch-files"}}, "unknown setting(s) mode in 'generate'"),
-    ({"generate": {"from_annotations": None, "model": "m", "mode": "batch-filez"}}, "generate.mode='batch-filez'"),
+    ({"generate": {"from_annotations": None, "model": "m", "mode": "batch-filez"}}, "generate: mode='batch-filez' must be one of online"),
     ({"generate": {"from_annotations": None, "model": "m"}}, "no --base-url"),
     ({"final_model": {"model": "tiny-llava", "log_every": "5"}}, "final_model: log_every='5' must be an integer"),
     ({"final_model": {"model": "tiny-llava", "lrr": 1e-4}}, "unknown setting(s) lrr in 'final_model'"),
@@ -158,14 +158,14 @@ def test_foreign_folders_in_stage_places_survive_and_stop_the_run(tmp_path, caps
                             "select": {"budget": 0.3, "task_weights": "uniform"}, "report": {}})
     assert main(["run", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert f"stage folder {tmp_path / 'features'} was not written by presel" in err and "move it away" in err
+    assert f"stage folder {tmp_path / 'features'} exists and was not written by presel" in err and "move it away" in err
     assert (tmp_path / "features" / "my_own_features.npy").exists()
     assert (tmp_path / "report" / "notes.txt").read_text() == "mine"
     assert not (tmp_path / ".presel-pending").exists()
     # the report folder alone is refused too
     cfg = _write(tmp_path, {"out": ".", "pool": {"path": "pool.jsonl"}, "report": {}})
     assert main(["run", str(cfg)]) == 2
-    assert f"stage folder {tmp_path / 'report'} was not written by presel" in capsys.readouterr().err
+    assert f"stage folder {tmp_path / 'report'} exists and was not written by presel" in capsys.readouterr().err
     assert (tmp_path / "report" / "notes.txt").read_text() == "mine"
 
 

@@ -16,23 +16,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", required=True, help="feature store written by `presel embed` (or .npy/.parquet)")
     p.add_argument("--feature-ids", default=None, help="ids of the .npy rows, one per line")
     add_pool_arguments(p, required=False)
-    g = p.add_argument_group("near-duplicates")
-    g.add_argument("--threshold", type=float, default=0.95, help="cosine similarity at or above which images group")
-    g.add_argument("--scope", choices=("all", "task"), default="all",
-                   help="all: across tasks; task: only images of the same task (needs --pool)")
-    g.add_argument("--nprobe", type=int, default=4, help="IVF cells probed per query (large inputs)")
-    g.add_argument("--exact-max", type=int, default=20_000, help="exact search up to this many images")
-    g.add_argument("--threads", type=int, default=None, help="faiss threads (default: all cores)")
+    from presel.config import add_config_arguments
+    from presel.selection.neardup import SCOPES, DedupConfig
+
+    add_config_arguments(p.add_argument_group("near-duplicates"), DedupConfig, choices={"scope": SCOPES})
     add_out_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from presel.commands._common import load_pool
+    from presel.config import config_from_args
     from presel.io.features import load_features
     from presel.selection.neardup import DedupConfig, dedup_to_dir
 
-    cfg = DedupConfig(threshold=args.threshold, scope=args.scope, nprobe=args.nprobe, exact_max=args.exact_max,
-                      threads=args.threads)
+    cfg = config_from_args(DedupConfig, args)
     pool = load_pool(args) if args.pool else None
     features = load_features(args.features, args.feature_ids)
     s = dedup_to_dir(features, args.out, cfg, pool=pool, overwrite=args.overwrite)

@@ -19,7 +19,7 @@ HELPS = {
     "image_size": "square input size (none: the image processor's, 224 for DINOv2)",
     "onnx_output": "output name for --backend onnx (none: last_hidden_state)",
     "batch_size": "images per forward pass",
-    "workers": "decode worker processes (0: decode in the main process)",
+    "num_workers": "decode worker processes (0: decode in the main process)",
     "dtype": "compute dtype (auto: bf16 on CUDA, fp32 on CPU)",
     "device": "auto, cpu, cuda or cuda:N",
     "threads": "CPU threads for the model (none: torch's)",
@@ -37,7 +37,7 @@ HELPS = {
 GROUPS = {
     "model (flags are the keys of a run's embed section)": ("model", "backend", "pooling", "image_size", "onnx_output"),
     "throughput and device": (
-        "batch_size", "workers", "dtype", "device", "threads", "executor", "ray_address", "ray_actors",
+        "batch_size", "num_workers", "dtype", "device", "threads", "executor", "ray_address", "ray_actors",
         "ray_progress_timeout", "progress", "hash_in_workers"),
     "store": ("store_dtype", "shard_size", "max_image_pixels"),
 }
@@ -45,7 +45,7 @@ GROUPS = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from presel.commands._common import add_pool_arguments
-    from presel.config import add_config_arguments
+    from presel.config import add_config_arguments, add_deprecated_alias
     from presel.features.extract import BACKENDS, DTYPES, POOLINGS, EmbedConfig
     from presel.features.store import STORE_DTYPES
 
@@ -59,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                "store_dtype": STORE_DTYPES}
     for title, names in GROUPS.items():
         add_config_arguments(p.add_argument_group(title), EmbedConfig, only=names, helps=HELPS, choices=choices)
+    add_deprecated_alias(p, "--workers", "num_workers", type=int)  # the old name of --num-workers
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,20 +10,24 @@ HELP = "per-task exact-match accuracy of a (fine-tuned) VLM on held-out question
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory or hub id (or an offline name: llava-small, tiny-llava)")
     p.add_argument("--data", required=True, help="held-out LLaVA JSON/JSONL with a 'task' field; first answer is the exact reference")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--limit-per-task", type=int, default=None, help="evaluate at most this many questions per task")
-    p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16")
+    from presel.config import add_config_arguments
+    from presel.evaluate import EvalConfig
+
+    add_config_arguments(p.add_argument_group("evaluation"), EvalConfig, helps={
+        "batch_size": "questions per generate call", "max_new_tokens": "answer length limit in tokens",
+        "limit_per_task": "evaluate at most this many questions per task",
+        "dtype": "auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16", "device": "auto, cpu, cuda or cuda:N",
+        "answer_nll": "also the negative log-likelihood of the reference answer"})
     p.add_argument("--out", default=None, help="write the results (per task + predictions) to this JSON file")
 
 
 def run(args: argparse.Namespace) -> int:
     from presel.cache import resolve_model
+    from presel.config import config_from_args
     from presel.evaluate import EvalConfig, evaluate_model
     from presel.io.atomic import write_json
 
-    cfg = EvalConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                     limit_per_task=args.limit_per_task, dtype=args.dtype)
+    cfg = config_from_args(EvalConfig, args)
     res = evaluate_model(resolve_model(args.model), args.data, cfg)
     for task, r in res["per_task"].items():
         print(f"{task:24s} {r['accuracy'] * 100:6.1f}%  (n={r['n']})")

@@ -43,18 +43,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e = sub.add_parser("export", formatter_class=fmt, help="export a training set for the LLaVA repo or LLaMA-Factory",
                        description="LLaVA: train.json + images/ (--data_path/--image_folder). LLaMA-Factory: ShareGPT "
                                    "JSON + dataset_info.json + images/ (dataset_dir: OUT).")
-    e.add_argument("--train", required=True, help="training set: LLaVA JSON/JSONL (id, image, conversations, task), "
-                                                  "e.g. gen/train.json")
-    e.add_argument("--image-root", required=True, help="folder the training set's image paths are relative to")
-    e.add_argument("--to", required=True, choices=("llava", "llama-factory", "hf-datasets"),
-                   help="target trainer (hf-datasets: a datasets save_to_disk folder, images embedded)")
-    e.add_argument("--system-turns", default="merge", choices=("merge", "drop"),
-                   help="LLaVA target: merge system turns into the first human turn, or drop them (LLaVA's "
-                        "train.py knows only human/gpt)")
-    e.add_argument("--image-mode", default="symlink", choices=("symlink", "copy", "none"),
-                   help="how images/ is filled; none = no folder (LLaVA: --image_folder IMAGE_ROOT; "
-                        "LLaMA-Factory: absolute paths)")
-    e.add_argument("--name", default="presel_train", help="dataset name (LLaMA-Factory dataset: key and file name)")
+    from presel.config import add_config_arguments
+    from presel.handoff import IMAGE_MODES, TARGETS, ExportConfig
+    from presel.io.export import SYSTEM_TURNS
+
+    add_config_arguments(e, ExportConfig, choices={"to": TARGETS, "image_mode": IMAGE_MODES,
+                                                   "system_turns": SYSTEM_TURNS}, helps={
+        "train": "training set: LLaVA JSON/JSONL (id, image, conversations, task), e.g. gen/train.json",
+        "image_root": "folder the training set's image paths are relative to",
+        "to": "target trainer (hf-datasets: a datasets save_to_disk folder, images embedded)",
+        "system_turns": "LLaVA target: merge system turns into the first human turn, or drop them (LLaVA's train.py "
+                        "knows only human/gpt)",
+        "image_mode": "how images/ is filled; none = no folder (LLaVA: --image_folder IMAGE_ROOT; LLaMA-Factory: "
+                      "absolute paths)",
+        "name": "dataset name (LLaMA-Factory dataset: key and file name)"})
     add_out_arguments(e)
 
 
@@ -62,10 +64,12 @@ def run(args: argparse.Namespace) -> int:
     from presel.prepare.common import format_counts
 
     if args.what == "export":
-        from presel.handoff import export_training_set
+        from presel.config import config_from_args
+        from presel.handoff import ExportConfig, export_training_set
 
-        info = export_training_set(args.train, args.image_root, args.out, to=args.to, image_mode=args.image_mode,
-                                   name=args.name, overwrite=args.overwrite, system_turns=args.system_turns)
+        ec = config_from_args(ExportConfig, args)
+        info = export_training_set(ec.train, ec.image_root, args.out, to=ec.to, image_mode=ec.image_mode,
+                                   name=ec.name, overwrite=args.overwrite, system_turns=ec.system_turns)
         print(f"exported {info['records']:,} records ({info['images']:,} images, {info['text_only']:,} text-only) "
               f"for {info['format']} to {args.out}")
         print("trainer settings:\n" + info["trainer_args"])

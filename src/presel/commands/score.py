@@ -24,8 +24,8 @@ HELPS = {
     "ray_actors": "Ray actors of --executor ray, one model each (none: one per GPU, else 1)",
     "ray_address": "address of an existing Ray cluster",
     "ray_progress_timeout": "stop with an error when no batch finished for this many seconds on Ray",
-    "render_workers": "processes decoding and rendering batches ahead of the model (none: 0 on CPU, up to 4 with a GPU)",
-    "prefetch": "render the next batch while the model runs (with --render-workers 0)",
+    "num_workers": "processes decoding and rendering batches ahead of the model (none: 0 on CPU, up to 4 with a GPU)",
+    "prefetch": "render the next batch while the model runs (with --num-workers 0)",
     "chat_format": "llava-v1: LLaVA-1.5's conversation format, as the PreSel authors score (none: the model's own chat "
                    "template; llava-v1 under --protocol official)",
     "protocol": "paper: the paper's text, counted in distinct images (default); official: the authors' code, counted in "
@@ -51,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(g, ScoreConfig, helps=HELPS, choices=choices, skip=("model", *INPUTS))
     # old names, kept working
     add_deprecated_alias(g, "--workers", "ray_actors", type=int)
+    add_deprecated_alias(g, "--render-workers", "num_workers", type=int)
     p.add_argument("--out", required=True, help="output directory (resumable: rerun to continue)")
     p.add_argument("--overwrite", action="store_true", help="discard results of other settings in --out and start over")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress line")

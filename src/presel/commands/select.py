@@ -10,9 +10,27 @@ DESCRIPTION = ("Select images from a pool with given features and task weights (
                "assignments.parquet, summary.json and config.json to --out.")
 
 
+HELPS = {
+    "budget": "fraction of distinct pool images, reference set included (e.g. 0.15); give this or --budget-count",
+    "budget_count": "number of images, reference set included",
+    "method": "presel: the paper's rule; herding: PreSel's task weights and budgets, each task's quota filled by "
+              "kernel coverage over the whole task (TypiClust below 1.5%% of a task); presel-cover: PreSel's clusters "
+              "and quotas, facility location inside each cluster",
+    "task_weights": "irs: from --weights; uniform; size: proportional to task size",
+    "images_per_cluster": "k-means clusters per task = round(task images / this); protocol official: "
+                          "max(1, int(0.01 * records))",
+    "k": "neighbours for neighbour centrality (protocol official: min(5, cluster size - 1))",
+    "kmeans_niter": "faiss k-means iterations (default 25)",
+    "allow_repeats": "an image used by several tasks may be selected once per task",
+    "official_quotas": "protocol official: the authors' task-quota rule (vision-flan: their allocate_samples)",
+    "exclude": "ids (record ids or image paths, one per line, e.g. a `presel map` lasso export) to leave out of the "
+               "pool before selecting",
+    "include": "ids to select whatever their rank; they count in the budget (their task's quota first)",
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from presel.commands._common import add_out_arguments, add_pool_arguments
-    from presel.selection.select import METHODS
 
     add_pool_arguments(p)
     g = p.add_argument_group("inputs")
@@ -20,47 +38,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--feature-ids", default=None, help="ids of the .npy rows, one per line (record ids or image paths)")
     g.add_argument("--weights", default=None, help="task weights JSON (from `presel weights`); needed for --task-weights irs")
     g.add_argument("--reference", default=None, help="reference set: ids (record ids or image paths), .txt or a manifest with 'id'")
-    g = p.add_argument_group("selection")
-    b = g.add_mutually_exclusive_group(required=True)
-    b.add_argument("--budget", type=float, default=None, help="fraction of distinct pool images, reference set included (e.g. 0.15)")
-    b.add_argument("--budget-count", type=int, default=None, help="number of images, reference set included")
-    g.add_argument("--method", default="presel", choices=list(METHODS),
-                   help="presel: the paper's rule; herding: PreSel's task weights and budgets, each task's quota "
-                        "filled by kernel coverage over the whole task (TypiClust below 1.5%% of a task); "
-                        "presel-cover: PreSel's clusters and quotas, facility location inside each cluster")
-    g.add_argument("--task-weights", default="irs", choices=["irs", "uniform", "size"],
-                   help="irs: from --weights; uniform; size: proportional to task size")
-    g.add_argument("--images-per-cluster", type=int, default=100, help="k-means clusters per task = round(task images / this); protocol official: max(1, int(0.01 * records))")
-    g.add_argument("--k", type=int, default=5, help="neighbours for neighbour centrality (protocol official: min(5, cluster size - 1))")
-    g.add_argument("--kmeans-backend", default="faiss", choices=["faiss", "sklearn"])
-    g.add_argument("--kmeans-niter", type=int, default=None, help="faiss k-means iterations (default 25)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--allow-repeats", action="store_true", help="an image used by several tasks may be selected once per task")
-    g.add_argument("--exclude", default=None, metavar="FILE",
-                   help="ids (record ids or image paths, one per line, e.g. a `presel map` lasso export) to leave "
-                        "out of the pool before selecting")
-    g.add_argument("--include", default=None, metavar="FILE",
-                   help="ids to select whatever their rank; they count in the budget (their task's quota first)")
     g.add_argument("--dedup", default=None, metavar="DIR",
                    help="output of `presel dedup`: keep one image per group of near-duplicates before clustering")
+    from presel.config import add_config_arguments
     from presel.protocol import add_protocol_argument
+    from presel.selection.select import (
+        KMEANS_BACKENDS,
+        METHODS,
+        OFFICIAL_QUOTAS,
+        TASK_WEIGHT_MODES,
+        SelectConfig,
+    )
 
+    g = p.add_argument_group("selection (the keys of a run's select section)")
+    add_config_arguments(g, SelectConfig, skip=("protocol",), helps=HELPS,
+                         choices={"method": METHODS, "task_weights": TASK_WEIGHT_MODES, "kmeans_backend": KMEANS_BACKENDS,
+                                                               "official_quotas": OFFICIAL_QUOTAS})
     add_protocol_argument(g)
-    g.add_argument("--official-quotas", default="llava665k", choices=["llava665k", "vision-flan"],
-                   help="protocol official: the authors' task-quota rule (vision-flan: their allocate_samples)")
     add_out_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from presel.commands._common import load_pool
+    from presel.config import config_from_args
     from presel.io.features import load_features
     from presel.selection.select import SelectConfig, select_to_dir
 
-    cfg = SelectConfig(budget=args.budget, budget_count=args.budget_count, images_per_cluster=args.images_per_cluster,
-                       k=args.k, method=args.method, task_weights=args.task_weights, kmeans_backend=args.kmeans_backend,
-                       kmeans_niter=args.kmeans_niter, seed=args.seed, allow_repeats=args.allow_repeats,
-                       protocol=args.protocol, official_quotas=args.official_quotas,
-                       exclude=args.exclude, include=args.include)
+    cfg = config_from_args(SelectConfig, args)
     pool = load_pool(args)
     features = load_features(args.features, args.feature_ids)
     summary = select_to_dir(pool, features, args.weights, args.reference, cfg, args.out, overwrite=args.overwrite,

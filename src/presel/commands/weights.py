@@ -10,21 +10,18 @@ DESCRIPTION = HELP + ". Writes a JSON file mapping each task to {score, weight, 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--irs", required=True, help="output folder of `presel score` (or its irs.parquet)")
-    p.add_argument("--tau", default="auto", help="softmax temperature, or 'auto' for 1/sqrt(number of tasks)")
+    from presel.config import add_config_arguments
+    from presel.importance.weights import WeightsConfig
+
+    add_config_arguments(p, WeightsConfig)
     p.add_argument("--out", required=True, help="weights JSON file to write")
 
 
 def run(args: argparse.Namespace) -> int:
-    from presel.errors import PreselError
-    from presel.importance.weights import compute_weights, write_weights
+    from presel.config import config_from_args
+    from presel.importance.weights import WeightsConfig, compute_weights, write_weights
 
-    tau = None
-    if str(args.tau).lower() != "auto":
-        try:
-            tau = float(args.tau)
-        except ValueError:
-            raise PreselError(f"--tau {args.tau!r} must be a number > 0 or 'auto'") from None
-    w = compute_weights(args.irs, tau=tau)
+    w = compute_weights(args.irs, tau=config_from_args(WeightsConfig, args).temperature)
     write_weights(args.out, w)
     width = max([4] + [len(t) for t in w])
     print(f"{'task':<{width}}  {'n':>5}  {'score':>8}  {'weight':>8}")

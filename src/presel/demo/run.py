@@ -32,7 +32,7 @@ def demo_config(*, seed: int = 0) -> dict[str, Any]:
         "ref_model": dict(tune, epochs=1),
         "score": {"batch_size": 16},
         "weights": {"tau": "auto"},
-        "embed": {"model": "dinov2-small", "image_size": 112, "batch_size": 32, "workers": 2},
+        "embed": {"model": "dinov2-small", "image_size": 112, "batch_size": 32, "num_workers": 2},
         "select": {"budget": 0.15, "seed": seed},
         "generate": {"from_annotations": "pool/annotations.json"},
         "report": {},

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from presel.executors import ShardTask, batches_of
+from presel.executors.tasks import ShardTask, batches_of
 
 
 class DecodeDataset:
@@ -95,7 +95,7 @@ def run(tasks: list[ShardTask], spec: Any, config: Any,
     for t_i in batch_task:
         n_batches[t_i] += 1
     cuda = spec.device.startswith("cuda")
-    workers = int(config.workers)
+    workers = int(config.num_workers)
     loader = DataLoader(DecodeDataset(paths, preprocess, config.max_image_pixels), batch_sampler=batch_index,
                         num_workers=workers, collate_fn=collate, pin_memory=cuda,
                         worker_init_fn=_worker_init if workers else None,

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from presel.executors import ShardTask, batches_of
 from presel.executors.ray_guard import check_resources, with_progress_timeout
+from presel.executors.tasks import ShardTask, batches_of
 
 
 def decode_batch(row: dict[str, Any], preprocess: Any, max_pixels: int) -> dict[str, Any]:

@@ -22,10 +22,11 @@ from __future__ import annotations
 import errno
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from presel.config import identity, neutral
 from presel.devices import dtype_choices
 from presel.errors import PreselError
 from presel.features.backends import BACKENDS, POOLINGS, BackendSpec
@@ -47,7 +48,8 @@ class EmbedConfig:
     pooling: 'cls' ([CLS] of last_hidden_state, the official DINOv2/PreSel feature), 'mean' (mean of patch
         tokens) or 'pooler' (the model's pooler_output).
     batch_size: images per forward pass.
-    workers: decode processes (local executor) / hashing threads; 0 decodes in the main process.
+    num_workers: decode processes (local executor) / hashing threads; 0 decodes in the main process (``workers``
+        is its deprecated old name).
     dtype: compute dtype; 'auto' = bf16 on CUDA, fp32 on CPU.
     image_size: square input size (default: the image processor's crop size, 224 for DINOv2); DINOv2
         interpolates its position embeddings, so e.g. 112 runs 4x faster on CPU.
@@ -72,24 +74,32 @@ class EmbedConfig:
     model: str = "facebook/dinov2-base"
     backend: str = "hf"
     pooling: str = "cls"
-    batch_size: int = 64
-    workers: int = 4
+    batch_size: int = neutral(64)
+    num_workers: int = neutral(4)
     dtype: str = "auto"
     image_size: int | None = None
     store_dtype: str = "float16"
-    shard_size: int = 4096
-    device: str = "auto"
-    executor: str = "local"
+    shard_size: int = neutral(4096)
+    device: str = neutral("auto")  # the store records the compute dtype it resolves to
+    executor: str = neutral("local")
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     onnx_output: str | None = None
-    ray_address: str | None = None
-    ray_actors: int | None = None
-    ray_progress_timeout: float = 600.0
-    threads: int | None = None
-    progress: bool = True
-    hash_in_workers: bool | None = None
+    ray_address: str | None = neutral(None)
+    ray_actors: int | None = neutral(None)
+    ray_progress_timeout: float = neutral(600.0)
+    threads: int | None = neutral(None)
+    progress: bool = neutral(True)
+    hash_in_workers: bool | None = neutral(None)
+    workers: InitVar[int | None] = None  # deprecated name of num_workers
+    DEPRECATED: ClassVar[dict[str, str]] = {"workers": "num_workers"}
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, workers: int | None = None) -> None:
+        if workers is not None:
+            if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+                raise PreselError(f"workers={workers!r} (deprecated name of num_workers) must be an integer >= 0 (0 "
+                                  "decodes in the main process)")
+            self.num_workers = workers
+
         def bad(name: str, fix: str) -> PreselError:
             return PreselError(f"{name}={getattr(self, name)!r} {fix}")
 
@@ -103,8 +113,8 @@ class EmbedConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise bad(name, "must be an integer >= 1")
-        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
-            raise bad("workers", "must be an integer >= 0 (0 decodes in the main process)")
+        if not isinstance(self.num_workers, int) or isinstance(self.num_workers, bool) or self.num_workers < 0:
+            raise bad("num_workers", "must be an integer >= 0 (0 decodes in the main process)")
         if self.dtype not in DTYPES:
             raise bad("dtype", f"must be one of {', '.join(DTYPES)}")
         if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 14):
@@ -152,10 +162,14 @@ def resolve_spec(config: EmbedConfig) -> BackendSpec:
                        image_size=config.image_size, onnx_output=config.onnx_output, threads=config.threads)
 
 
+def store_identity(config: EmbedConfig, compute_dtype: str, image_size: Any) -> dict[str, Any]:
+    """What the stored vectors mean: every result setting of ``config`` (:func:`presel.config.identity`), with
+    the input size and compute dtype they resolve to."""
+    return identity(config, image_size=list(image_size), compute_dtype=compute_dtype)
+
+
 def _identity(config: EmbedConfig, spec: BackendSpec, pre: Any) -> dict[str, Any]:
-    return {"model": config.model, "backend": config.backend, "pooling": config.pooling,
-            "image_size": list(pre.out_size), "compute_dtype": spec.dtype, "store_dtype": config.store_dtype,
-            "onnx_output": config.onnx_output}
+    return store_identity(config, spec.dtype, pre.out_size)
 
 
 def hash_keys(items: list[tuple[str, str]], workers: int) -> dict[str, tuple[str | None, str | None]]:
@@ -253,7 +267,7 @@ def _embed(pool: Pool, out: Path, config: EmbedConfig, spec: BackendSpec, pre: A
     if lazy is None:
         lazy = pool.format in DATASET_FORMATS or any(is_url(p) or split_ref(p)[0] for p in key_path.values())
     to_hash = [(k, p) for k, p in key_path.items() if k not in known]
-    hashed = {} if lazy else hash_keys(to_hash, max(1, config.workers))
+    hashed = {} if lazy else hash_keys(to_hash, max(1, config.num_workers))
 
     # 3. plan
     embedded = store.embedded()

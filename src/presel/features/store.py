@@ -70,6 +70,7 @@ class FeatureStore:
         is never deleted); a folder that is not a feature store is never deleted. A damaged store (see
         :func:`check_store`) is an error naming the damaged files, unless ``repair``: then the damaged shards are
         removed (their images are embedded again) and the damaged index, manifest and rejects are rewritten."""
+        from presel.config import same_identity
         from presel.io.owned import check_deletable, remove_owned
 
         root = Path(root)
@@ -95,11 +96,15 @@ class FeatureStore:
                 remove_owned(root, only=("identity.json", "manifest.json"), keep=(".lock",), fix=fix)
             if ident_path.is_file():
                 old = _read_identity(ident_path)
-                diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-                if diff:
+                # keys only one side holds are settings another presel version did not record (presel.config)
+                diff = sorted(k for k in set(old) & set(identity) if old.get(k) != identity.get(k))
+                if diff or not same_identity(old, identity, required=("format", "model")):
+                    diff = diff or sorted(set(old) ^ set(identity))
                     what = ", ".join(f"{k}={old.get(k)!r} (now {identity.get(k)!r})" for k in diff)
                     raise PreselError(f"{root}: this feature store was built with {what}; rerun with the same settings "
                                       "to resume or add images, or use another --out (or --overwrite)")
+                if old != identity:  # written by an older presel: record what the vectors mean now
+                    write_json(ident_path, identity)
             else:
                 (root / "shards").mkdir(parents=True, exist_ok=True)
                 write_json(ident_path, identity)
@@ -408,7 +413,7 @@ def load_feature_matrix(path: str | os.PathLike):
     """Open a feature store as a ``FeatureMatrix`` whose ids are image keys (memory-mapped shards)."""
     import pyarrow.parquet as pq
 
-    from presel.io.features import FeatureMatrix
+    from presel.io.feature_matrix import FeatureMatrix
 
     root = Path(path)
     man_path = root / "manifest.json"

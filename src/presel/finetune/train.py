@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from presel.config import identity, neutral
 from presel.devices import dtype_choices
 from presel.errors import PreselError
 
@@ -60,8 +61,11 @@ VISION_NAMES = ("vision_tower", "vision_model", "visual", "vision_encoder", "ima
 PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "connector", "merger", "visual_projection",
                    "vision_projection", "mlp1", "projector", "aligner")
 LANGUAGE_NAMES = ("language_model", "text_model", "llm", "text_decoder")
-# settings that do not change the trained weights: a run may resume with other values
-_RESUME_NEUTRAL = ("save_every_steps", "keep_checkpoints", "num_workers", "log_every")
+
+
+def resume_identity(cfg: FinetuneConfig) -> dict[str, Any]:
+    """The settings an unfinished run resumes under: every result setting (:func:`presel.config.identity`)."""
+    return identity(cfg)
 
 
 @dataclass
@@ -89,10 +93,10 @@ class FinetuneConfig:
     gradient_checkpointing: bool | None = None  # None: on for CUDA, off on CPU
     max_length: int | None = 2048  # token limit per sample (None: no limit)
     seed: int = 0
-    save_every_steps: int = 50  # checkpoint period for resume; 0: no checkpoints
-    keep_checkpoints: int = 1
-    num_workers: int = 0  # DataLoader worker processes (image decoding + rendering)
-    log_every: int = 10  # progress line to stderr every N steps (0: quiet); train_log.jsonl gets every step
+    save_every_steps: int = neutral(50)  # checkpoint period for resume; 0: no checkpoints
+    keep_checkpoints: int = neutral(1)
+    num_workers: int = neutral(0)  # DataLoader worker processes (image decoding + rendering)
+    log_every: int = neutral(10)  # progress line to stderr every N steps (0: quiet); train_log.jsonl gets every step
     chat_format: str | None = None  # llava-v1 (LLaVA-1.5's conversation format) or None: the model's own template
     protocol: str = "paper"  # official: chat_format defaults to llava-v1, as the authors train
 
@@ -490,7 +494,7 @@ def finetune(
     import torch
 
     from presel.cache import resolve_model
-    from presel.config import resolved_config, to_dict
+    from presel.config import resolved_config
     from presel.finetune.data import ConversationDataset, MicroBatchSampler, StepPlan, load_train_data
     from presel.io.atomic import atomic_dir, write_json, write_jsonl
 
@@ -536,7 +540,7 @@ def finetune(
     fingerprint = {
         "data": str(data.resolve()), "data_digest": _file_digest(data), "model": model_name,
         "image_root": str(image_root) if image_root is not None else None, "world_size": dist.world_size,
-        "config": {k: v for k, v in to_dict(cfg).items() if k not in _RESUME_NEUTRAL},
+        "config": resume_identity(cfg),
         "samples": len(tdata.samples),
     }
     if dist.main:

@@ -11,7 +11,8 @@ Heavy imports (httpx, jsonschema, tqdm) happen inside the functions that use the
 
 from __future__ import annotations
 
-from presel.generate.batch import BatchConfig, batch_api_to_dir, batch_files_to_dir, collect_to_dir
+from presel.generate.batch import BatchConfig, batch_files_to_dir, collect_to_dir
+from presel.generate.batch_api import batch_api_to_dir
 from presel.generate.online import GenerateConfig, generate_to_dir
 from presel.generate.oracle import OracleConfig, oracle_to_dir
 from presel.generate.templates import Template, TemplateSet, load_templates

@@ -35,8 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from presel.config import neutral
 from presel.errors import PreselError
 
+MODES = ("online", "batch-file", "batch-api")
 TRANSPORTS = ("base64", "path", "url")
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 REQUEST_URL = "/v1/chat/completions"
@@ -44,26 +46,39 @@ REQUEST_URL = "/v1/chat/completions"
 
 @dataclass
 class BatchConfig:
-    """Settings of batch files and the batch-API driver (prices per 1M tokens)."""
+    """How the requests travel: online, as batch files, or through a batch API (prices per 1M tokens). Every
+    setting here is result-neutral: the instructions depend on the model, the templates and the sampling
+    settings (:class:`presel.generate.online.GenerateConfig`), not on the way the requests were sent."""
 
-    image_transport: str = "base64"        # base64 data URLs | path (file:// URLs) | url (image_url_prefix + path)
-    image_url_prefix: str | None = None    # for image_transport=url, e.g. https://bucket.example.com/pool/
-    max_lines: int = 50_000                # per request file (OpenAI: 50,000)
-    max_bytes: int = 190 * 2**20           # per request file (OpenAI: 200 MB)
-    completion_window: str = "24h"
-    poll_interval: float = 30.0            # first wait between polls (seconds), grows x1.5
-    poll_max: float = 600.0                # longest wait between polls
-    max_wait: float | None = None          # stop polling after this many seconds (rerun resumes); None: until done
-    batch_discount: float = 0.5            # batch price = online price x this, unless batch prices are given
-    batch_price_in: float | None = None
-    batch_price_out: float | None = None
-    image_tokens: int | None = None        # tokens per image for the estimate; None: from the image size
-    image_token_rule: str = "auto"         # auto (from the model name) | gpt-4o | gpt-4o-mini | o-series | patch32 | qwen2vl
-    output_fraction: float = 0.5           # expected share of max_tokens an answer uses (estimate)
-    provider: str = "openai"               # request/result shapes and batch API: openai | anthropic | gemini | vllm
-    max_enqueued_tokens: int | None = None  # batch-api: estimated input tokens in unfinished batches stay under this
+    mode: str | None = neutral(None, help="online (the default of presel generate and presel run) requests; "
+                                          "batch-file: write request files only; batch-api: submit them to --base-url")
+    collect: list[str] | None = neutral(None, nargs="+", help="batch result files to collect (vllm run-batch / provider output "
+                                                   "and error files)")
+    allow_partial: bool = neutral(False, help="write train.json even when some selected items have neither a result "
+                                              "nor a recorded failure")
+    image_transport: str = neutral("base64")  # base64 data URLs | path (file:// URLs) | url (image_url_prefix + path)
+    image_url_prefix: str | None = neutral(None)  # for image_transport=url, e.g. https://bucket.example.com/pool/
+    max_lines: int = neutral(50_000)       # per request file (OpenAI: 50,000)
+    max_bytes: int = neutral(190 * 2**20)  # per request file (OpenAI: 200 MB)
+    completion_window: str = neutral("24h")
+    poll_interval: float = neutral(30.0)   # first wait between polls (seconds), grows x1.5
+    poll_max: float = neutral(600.0)       # longest wait between polls
+    max_wait: float | None = neutral(None)  # stop polling after this many seconds (rerun resumes); None: until done
+    batch_discount: float = neutral(0.5)   # batch price = online price x this, unless batch prices are given
+    batch_price_in: float | None = neutral(None)
+    batch_price_out: float | None = neutral(None)
+    image_tokens: int | None = neutral(None)  # tokens per image for the estimate; None: from the image size
+    image_token_rule: str = neutral("auto")  # auto (from the model name) | gpt-4o | gpt-4o-mini | o-series | patch32 | qwen2vl
+    output_fraction: float = neutral(0.5)  # expected share of max_tokens an answer uses (estimate)
+    provider: str = neutral("openai")      # request/result shapes and batch API: openai | anthropic | gemini | vllm
+    max_enqueued_tokens: int | None = neutral(None)  # batch-api: estimated input tokens in unfinished batches stay under this
 
     def __post_init__(self) -> None:
+        if self.mode is not None and self.mode not in MODES:
+            raise PreselError(f"mode={self.mode!r} must be one of {', '.join(MODES)}")
+        if self.collect is not None and (not isinstance(self.collect, (list, tuple))
+                                         or not all(isinstance(c, str) for c in self.collect)):
+            raise PreselError(f"collect={self.collect!r} must be a list of result files")
         if self.image_transport not in TRANSPORTS:
             raise PreselError(f"image_transport={self.image_transport!r} must be one of {', '.join(TRANSPORTS)}")
         if self.image_transport == "url" and not self.image_url_prefix:
@@ -83,6 +98,11 @@ class BatchConfig:
         if self.image_token_rule not in RULES:
             raise PreselError(f"image_token_rule={self.image_token_rule!r} must be one of {', '.join(RULES)}")
         check_provider(self.provider)
+        if self.mode == "online" and self.provider in ("anthropic", "gemini") and not self.collect:
+            raise PreselError(f"provider={self.provider} is for mode batch-file/batch-api and collect; online mode speaks "
+                              "OpenAI chat completions, which both offer: set base_url to https://api.anthropic.com/v1 or "
+                              "https://generativelanguage.googleapis.com/v1beta/openai and leave provider unset "
+                              "(or set mode: batch-file / batch-api)")
         if self.provider in ("anthropic", "gemini") and self.image_transport == "path":
             raise PreselError(f"provider={self.provider} cannot read local file:// images (image_transport=path is for "
                               "vllm); use --image-transport base64 or url")
@@ -125,7 +145,7 @@ def prepare(selection_path: str | os.PathLike, out: str | os.PathLike, config: A
             pool: str | os.PathLike | None = None, overwrite: bool = False, mode: str = "batch-file") -> _Context:
     """Open ``out`` for batch work and snapshot what collect needs (selection rows, templates, settings)."""
     from presel.config import resolved_config
-    from presel.generate.online import prepare_out, run_key
+    from presel.generate.online import legacy_run_key, prepare_out, run_key
     from presel.generate.store import read_selection, resolve_image_root
     from presel.generate.templates import load_templates
     from presel.io.atomic import write_json, write_jsonl
@@ -139,7 +159,7 @@ def prepare(selection_path: str | os.PathLike, out: str | os.PathLike, config: A
     tpl_of = {t: templates.for_task(t) for t in tasks}
     key = run_key(config, templates, tasks)
     out = Path(out)
-    prepare_out(out, key, overwrite=overwrite)
+    prepare_out(out, key, overwrite=overwrite, also=(legacy_run_key(config, templates, tasks),))
     ref = None if reference_annotations is None else str(Path(reference_annotations).resolve())
     write_json(out / "config.json", resolved_config(
         "generate", config, mode=mode, run_key=key,
@@ -558,14 +578,3 @@ def collect_to_dir(out: str | os.PathLike, result_files: Iterable[str | os.PathL
     ctx = load_context(out, reference_annotations=reference_annotations, price_in=price_in, price_out=price_out)
     stats = collect_into(ctx, files, provider)
     return _finalize(ctx, mode="batch", allow_partial=allow_partial, extra={"collect": stats})
-
-
-# --------------------------------------------------------------------------- batch API
-
-
-def batch_api_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, config: Any,
-                     batch: BatchConfig | None = None, **kw: Any) -> dict[str, Any]:
-    """``--mode batch-api``: see :func:`presel.generate.batch_api.batch_api_to_dir`."""
-    from presel.generate.batch_api import batch_api_to_dir as run
-
-    return run(selection_path, out, config, batch, **kw)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from presel.config import identity, neutral, output_format
 from presel.errors import PreselError
 
 FORMATS = ("llava", "sharegpt", "hf-datasets")
@@ -43,27 +44,28 @@ FORMATS = ("llava", "sharegpt", "hf-datasets")
 class GenerateConfig:
     """Settings of online (and batch) generation. Prices are per 1M tokens."""
 
-    base_url: str | None = None          # e.g. http://127.0.0.1:8000/v1
+    base_url: str | None = neutral(None)  # where requests go (the model names what answers); e.g. http://127.0.0.1:8000/v1
     model: str | None = None
     templates: str | None = None         # YAML file tried before the shipped default_templates.yaml
-    api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key (never the key)
-    concurrency: int = 8
-    timeout: float = 120.0               # seconds per request
-    max_retries: int = 5                 # transient retries per request
-    backoff_base: float = 1.0
-    backoff_max: float = 60.0
-    parse_retries: int = 2               # extra requests when an answer is malformed
-    stop_after_failures: int = 20        # consecutive failed items that stop the run (0: never)
-    price_in: float = 0.0
-    price_out: float = 0.0
-    format: str = "llava"                # train.json always; "sharegpt" adds train_sharegpt.json, "hf-datasets" train_hf/
+    api_key_env: str = neutral("OPENAI_API_KEY")  # name of the environment variable holding the key (never the key)
+    concurrency: int = neutral(8)
+    timeout: float = neutral(120.0)      # seconds per request
+    max_retries: int = neutral(5)        # transient retries per request
+    backoff_base: float = neutral(1.0)
+    backoff_max: float = neutral(60.0)
+    parse_retries: int = neutral(2)      # extra requests when an answer is malformed
+    stop_after_failures: int = neutral(20)  # consecutive failed items that stop the run (0: never)
+    price_in: float = neutral(0.0)       # cost accounting only
+    price_out: float = neutral(0.0)
+    format: str = output_format("llava")  # train.json always; "sharegpt" adds train_sharegpt.json, "hf-datasets" train_hf/
     max_tokens: int | None = None        # override the templates' max_tokens
-    max_tokens_field: str = "max_tokens"  # "max_completion_tokens" for OpenAI models that refuse max_tokens
+    max_tokens_field: str = neutral("max_tokens")  # how the limit is spelled; "max_completion_tokens" for OpenAI models that refuse max_tokens
     temperature: float | str | None = None  # override the templates' temperature; "none": send no temperature
     image_detail: str = "auto"           # OpenAI image detail (low | high | auto); auto is not sent
     seed: int = 0                        # request seed and instruction choice (description/json kinds)
-    retry_failed: bool = False
+    retry_failed: bool = neutral(False)
     extra_body: dict[str, Any] = field(default_factory=dict)  # more request fields (top_p, ...)
+    progress: bool = neutral(True)       # a progress bar
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -140,7 +142,18 @@ def request_body(cfg: GenerateConfig, tpl: Any, task: str, image_url: str, item_
 
 
 def run_key(cfg: GenerateConfig, templates: Any, tasks: list[str]) -> str:
-    """What makes results comparable across reruns: model, prompts and sampling of every task."""
+    """What makes results comparable across reruns: every result setting of ``cfg`` (its fields that are neither
+    neutral nor format-only, see :func:`presel.config.identity`), the templates by the fingerprint of each task's
+    template rather than by path."""
+    import json
+
+    ident = identity(cfg, templates={t: templates.for_task(t).fingerprint() for t in sorted(tasks)})
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def legacy_run_key(cfg: GenerateConfig, templates: Any, tasks: list[str]) -> str:
+    """The run key as presel computed it before :func:`run_key` was derived from the config's fields (a folder it
+    wrote still resumes)."""
     parts = [str(cfg.model), str(cfg.max_tokens), str(cfg.temperature), str(cfg.seed), repr(sorted(cfg.extra_body.items()))]
     if cfg.image_detail != "auto":
         parts.append(f"detail:{cfg.image_detail}")
@@ -148,8 +161,9 @@ def run_key(cfg: GenerateConfig, templates: Any, tasks: list[str]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def prepare_out(out: Path, key: str, *, overwrite: bool, what: str = "generation") -> None:
-    """Create ``out`` or check that it holds the same run (same key); ``overwrite`` starts over."""
+def prepare_out(out: Path, key: str, *, overwrite: bool, what: str = "generation", also: tuple[str, ...] = ()) -> None:
+    """Create ``out`` or check that it holds the same run (same key, or one of the keys in ``also``: the same run
+    as an older presel keyed it); ``overwrite`` starts over."""
     import json
 
     from presel.io.owned import remove_owned
@@ -166,7 +180,7 @@ def prepare_out(out: Path, key: str, *, overwrite: bool, what: str = "generation
                 old = None
         if overwrite:
             remove_owned(out, only=("config.json",))
-        elif old != key:
+        elif old != key and old not in also:
             raise PreselError(f"--out {out} holds another {what} run (different model, templates or settings, or not a "
                               "generation folder); pass --overwrite to start over or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -282,7 +296,7 @@ def _load_rows(selection_path: Any, image_root: Any, pool: Any) -> tuple[list[An
 
 def generate_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, config: GenerateConfig | None = None, *,
                     reference_annotations: str | os.PathLike | None = None, image_root: str | os.PathLike | None = None,
-                    pool: str | os.PathLike | None = None, overwrite: bool = False, progress: bool = True,
+                    pool: str | os.PathLike | None = None, overwrite: bool = False, progress: bool | None = None,
                     client: Any = None, on_item: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Generate instructions for the selected rows of ``selection_path`` into ``out`` (resumable).
 
@@ -297,6 +311,7 @@ def generate_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, c
     from presel.io.atomic import write_json
 
     cfg = config or GenerateConfig()
+    progress = cfg.progress if progress is None else progress
     cfg.require_online()
     rows, root = _load_rows(selection_path, image_root, pool)
     ref = load_annotations(reference_annotations) if reference_annotations is not None else None
@@ -306,7 +321,7 @@ def generate_to_dir(selection_path: str | os.PathLike, out: str | os.PathLike, c
     tpl_of = {t: templates.for_task(t) for t in tasks}
     key = run_key(cfg, templates, tasks)
     out = Path(out)
-    prepare_out(out, key, overwrite=overwrite)
+    prepare_out(out, key, overwrite=overwrite, also=(legacy_run_key(cfg, templates, tasks),))
     write_json(out / "config.json", resolved_config(
         "generate", cfg, mode="online", run_key=key,
         inputs={"selection": str(selection_path), "image_root": str(root),

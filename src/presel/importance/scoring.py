@@ -30,6 +30,7 @@ from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from presel.config import identity, neutral, same_identity
 from presel.errors import PreselError
 
 EXECUTORS = ("local", "ray")
@@ -45,8 +46,8 @@ class ScoreConfig:
     fp32, bf16, fp16; device: auto, cpu, cuda, cuda:N; max_length: truncate rendered samples to this many
     tokens (None: no limit); seed: torch seed (scoring itself is deterministic); image_root / default_task /
     id_field / task_field: how to read the data file; executor: local or ray; ray_actors: Ray actors, one
-    model each (default: one per GPU, else 1; ``workers`` is its deprecated old name); ray_address: an existing Ray cluster; render_workers: processes that decode and
-    render batches ahead of the model (0: in the main process; None: 0 on CPU, up to 4 with a GPU); prefetch: with render_workers=0, render the
+    model each (default: one per GPU, else 1; ``workers`` is its deprecated old name); ray_address: an existing Ray cluster; num_workers: processes that decode and
+    render batches ahead of the model (0: in the main process; None: 0 on CPU, up to 4 with a GPU); prefetch: with num_workers=0, render the
     next batch in a background thread while the model runs the current one; chat_format: ``llava-v1`` (LLaVA-1.5's
     conversation format, as the authors score) or None (the model's own chat template; ``llava-v1`` under
     ``protocol: official``)."""
@@ -58,27 +59,33 @@ class ScoreConfig:
         return default_chat_format(self.protocol, self.chat_format)
 
     model: str = "llava-small"
-    batch_size: int = 8
+    batch_size: int = neutral(8)
     dtype: str = "auto"
-    device: str = "auto"
+    device: str = neutral("auto")
     max_length: int | None = None
-    seed: int = 0
+    seed: int = neutral(0)  # scoring is deterministic
     image_root: str | None = None
     default_task: str | None = None
     id_field: str = "id"
     task_field: str | None = None
-    executor: str = "local"
-    ray_actors: int | None = None
-    ray_address: str | None = None
-    render_workers: int | None = None
-    prefetch: bool = True
+    executor: str = neutral("local")
+    ray_actors: int | None = neutral(None)
+    ray_address: str | None = neutral(None)
+    num_workers: int | None = neutral(None)
+    prefetch: bool = neutral(True)
     chat_format: str | None = None  # llava-v1, or None: the model's own chat template
     protocol: str = "paper"  # official: chat_format defaults to llava-v1 (the authors' scoring)
-    ray_progress_timeout: float = 600.0
+    ray_progress_timeout: float = neutral(600.0)
     workers: InitVar[int | None] = None  # deprecated name of ray_actors
-    DEPRECATED: ClassVar[dict[str, str]] = {"workers": "ray_actors"}
+    render_workers: InitVar[int | None] = None  # deprecated name of num_workers
+    DEPRECATED: ClassVar[dict[str, str]] = {"workers": "ray_actors", "render_workers": "num_workers"}
 
-    def __post_init__(self, workers: int | None = None) -> None:
+    def __post_init__(self, workers: int | None = None, render_workers: int | None = None) -> None:
+        if render_workers is not None:
+            if isinstance(render_workers, bool) or not isinstance(render_workers, int) or render_workers < 0:
+                raise PreselError(f"render_workers={render_workers!r} (deprecated name of num_workers) must be an "
+                                  "integer >= 0 or null (auto)")
+            object.__setattr__(self, "num_workers", render_workers)
         from presel.devices import DTYPES
         from presel.protocol import check_protocol
         from presel.vlm.render import check_chat_format
@@ -106,9 +113,9 @@ class ScoreConfig:
             raise PreselError(f"seed={self.seed!r} must be an integer")
         if self.executor not in EXECUTORS:
             raise PreselError(f"executor={self.executor!r} must be one of {', '.join(EXECUTORS)}")
-        if self.render_workers is not None and (isinstance(self.render_workers, bool)
-                                                or not isinstance(self.render_workers, int) or self.render_workers < 0):
-            raise PreselError(f"render_workers={self.render_workers!r} must be an integer >= 0 or null (auto)")
+        if self.num_workers is not None and (isinstance(self.num_workers, bool)
+                                             or not isinstance(self.num_workers, int) or self.num_workers < 0):
+            raise PreselError(f"num_workers={self.num_workers!r} must be an integer >= 0 or null (auto)")
         if workers is not None:
             if self.ray_actors is not None and self.ray_actors != workers:
                 raise PreselError(f"workers={workers!r} and ray_actors={self.ray_actors!r} disagree; workers is the "
@@ -388,10 +395,13 @@ def _fingerprint(data_path: Path, config: ScoreConfig, model: str) -> dict[str, 
     with open(data_path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return {"data_sha256": h.hexdigest(), "model": model, "dtype": config.dtype, "max_length": config.max_length,
-            "image_root": config.image_root, "default_task": config.default_task, "id_field": config.id_field,
-            "task_field": config.task_field,
-            **({"chat_format": config.effective_chat_format} if config.effective_chat_format else {})}
+    return {"data_sha256": h.hexdigest(), **score_identity(config, model)}
+
+
+def score_identity(config: ScoreConfig, model: str) -> dict[str, Any]:
+    """What the scores depend on: every result setting of ``config`` (:func:`presel.config.identity`), the model
+    as :func:`_model_identity` names it and the chat format it resolves to."""
+    return identity(config, model=model, chat_format=config.effective_chat_format)
 
 
 def _model_identity(model: str) -> str:
@@ -466,7 +476,7 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
                 old = json.loads(state_path.read_text(encoding="utf-8"))
             except json.JSONDecodeError:
                 old = None
-        if old != fingerprint:
+        if not same_identity(old, fingerprint, required=("data_sha256", "model")):
             if not overwrite:
                 what = ("holds IRS results of other settings ("
                         + ", ".join(sorted(k for k in {*fingerprint, *(old or {})} if (old or {}).get(k) != fingerprint.get(k)))
@@ -489,7 +499,7 @@ def score_to_dir(data_path: str | os.PathLike, out: str | os.PathLike, config: S
         else:
             scorer = Scorer(model, dtype=config.dtype, device=config.device, max_length=config.max_length,
                             seed=config.seed, chat_format=config.effective_chat_format)
-            workers = config.render_workers
+            workers = config.num_workers
             if workers is None:
                 workers = 0 if scorer.device.type == "cpu" else min(4, max(1, (os.cpu_count() or 2) // 2))
             stream = score_stream(scorer, batches, prefetch=config.prefetch, render_workers=workers)

@@ -10,10 +10,37 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from presel.errors import PreselError
+
+
+@dataclass
+class WeightsConfig:
+    """tau: softmax temperature, or 'auto' for 1/sqrt(number of tasks)."""
+
+    tau: float | str | None = "auto"
+
+    def __post_init__(self) -> None:
+        tau = self.tau
+        if isinstance(tau, str) and tau.strip().lower() != "auto":
+            try:
+                tau = float(tau)
+            except ValueError:
+                tau = self.tau
+        if tau is None or (isinstance(tau, str) and tau.strip().lower() == "auto"):
+            self.tau = "auto"
+        elif isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
+            raise PreselError(f"tau={self.tau!r} must be 'auto' (1/sqrt(M)) or a number > 0")
+        else:
+            self.tau = float(tau)
+
+    @property
+    def temperature(self) -> float | None:
+        """The softmax temperature, None for auto."""
+        return None if self.tau == "auto" else float(self.tau)
 
 
 def _read_irs(source: Any) -> tuple[list[str], list[float], str, list[dict[str, Any]]]:

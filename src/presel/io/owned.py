@@ -52,20 +52,32 @@ def written_by_presel(path: str | os.PathLike) -> bool:
 
 
 def check_deletable(path: str | os.PathLike, *, started: bool = False, only: Iterable[str] | None = None,
-                    what: str = "--out", fix: str = "move it away or choose another --out") -> None:
-    """Raise PreselError unless presel may delete ``path``: it does not exist, is an empty folder, holds a
-    presel record (of the names in ``only`` when given), or ``started`` (the caller's own record proves
-    presel created it)."""
+                    what: str = "--out", fix: str = "move it away or choose another --out",
+                    linked_proof: bool = False, evidence: str = "") -> None:
+    """Raise PreselError unless presel may delete ``path``. The one rule (every command and ``presel run``):
+
+    * nothing there, or an empty real folder: yes;
+    * a real folder holding one of presel's records (of the names in ``only`` when given; markers of older presel
+      versions count, see ``_PROOFS``), or ``started`` (the caller's own record, such as a run's pending record,
+      proves presel began writing it): yes;
+    * a file, or a link: no, whatever record names the place: presel writes only real folders there, so a
+      file or link is the user's. Only with ``linked_proof`` (a run's stage folder the user linked elsewhere) is a
+      link to a folder holding presel's record accepted; the link alone is removed then, never its target;
+    * anything else: no.
+    """
     path = Path(path)
     if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() and linked_proof and path.is_dir() and _proof(path, only) is not None:
         return
     if path.is_symlink() or not path.is_dir():
         raise PreselError(f"{what} {path} is {'a link' if path.is_symlink() else 'a file'}, not a folder presel "
                           f"wrote; presel deletes only what it wrote: {fix}")
     if started or _proof(path, only) is not None or not any(path.iterdir()):
         return
-    raise PreselError(f"{what} {path} exists and was not written by presel (no presel record such as config.json "
-                      f"or .presel-stage.json in it); presel deletes only what it wrote: {fix}")
+    raise PreselError(f"{what} {path} exists and was not written by presel ("
+                      f"{evidence or 'no presel record such as config.json or .presel-stage.json in it'}); "
+                      f"presel deletes only what it wrote: {fix}")
 
 
 def remove_owned(path: str | os.PathLike, *, started: bool = False, only: Iterable[str] | None = None,

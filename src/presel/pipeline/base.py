@@ -40,6 +40,34 @@ class StagePlan:
     run: Callable[[], Any]
     resumable: bool = False  # keep a partial output dir of the same key (the stage resumes)
     legacy_settings: dict[str, Any] | None = None  # the whole section, as keys before result-neutral settings
+    reformat: frozenset[str] = frozenset()  # settings that change only an output's form (kept out of the work key)
+
+
+@dataclass
+class Sizes:
+    """What ``--dry-run`` knows before anything runs: the pool's sizes, the reference set and the budget, and the
+    throughputs to turn work into hours (measured ones from the config, else ``presel.assumed.ASSUMED``)."""
+
+    records: int
+    images: int
+    tasks: list[str]
+    reference: int
+    budget: int
+    new: int
+    unit: str
+    throughputs: dict[str, float]
+
+    def hours(self, n: float, key: str) -> float:
+        return n / self.throughputs[key] / 3600.0
+
+
+@dataclass
+class Estimate:
+    """One stage's row of ``--dry-run``: what it will do, its GPU-hours and its cost in dollars."""
+
+    what: str
+    hours: float = 0.0
+    cost: float = 0.0
 
 
 @dataclass
@@ -53,15 +81,59 @@ class Context:
 
 
 class Stage:
+    """One stage of ``presel run``. Its declarations are checked when the subclass is defined
+    (:meth:`__init_subclass__`); ``neutral`` and ``reformat`` are derived from the config dataclasses' field
+    metadata (:func:`presel.config.neutral`, :func:`presel.config.output_format`), never declared here."""
+
     name: ClassVar[str]
-    dir: ClassVar[str]
+    dir: ClassVar[str]  # its folder in the run directory: presel.layout.STAGE_DIRS[name]
     config: ClassVar[type | None] = None
+    also: ClassVar[tuple[type, ...]] = ()  # more config dataclasses whose fields the section holds
     extra: ClassVar[tuple[str, ...]] = ()
+    extra_neutral: ClassVar[tuple[str, ...]] = ()  # the result-neutral ones among the ``extra`` keys
     paths: ClassVar[tuple[str, ...]] = ()
     needs: ClassVar[tuple[str, ...]] = ()
-    neutral: ClassVar[frozenset[str]] = frozenset()
+    neutral: ClassVar[frozenset[str]] = frozenset()  # derived: settings that never enter the key
+    reformat: ClassVar[frozenset[str]] = frozenset()  # derived: settings that change only an output's form
     resumable: ClassVar[bool] = False
     outputs: ClassVar[dict[str, str]] = {}  # what it publishes for later stages: name -> path in its dir ("" = the dir)
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        from presel.config import FORMAT, NEUTRAL, fields_with
+
+        if "name" in cls.__dict__ and "dir" not in cls.__dict__:
+            from presel.layout import STAGE_DIRS
+
+            if cls.name not in STAGE_DIRS:
+                raise TypeError(f"stage {cls.name!r} has no folder: add it to presel.layout.STAGE_DIRS")
+            cls.dir = STAGE_DIRS[cls.name]
+        for attr in ("neutral", "reformat"):
+            if attr in cls.__dict__:
+                raise TypeError(f"{cls.__name__}.{attr} is derived from the config dataclass: declare the setting with "
+                                "presel.config.neutral(...) / output_format(...) in its field instead")
+        for c in (cls.config, *cls.also):
+            if c is not None and not dataclasses.is_dataclass(c):
+                raise TypeError(f"{cls.__name__}: config {c!r} is not a dataclass")
+        bad = [k for k in (*cls.extra_neutral, *cls.paths) if k not in cls.takes()]
+        if bad:
+            raise TypeError(f"{cls.__name__} declares {', '.join(bad)} (extra_neutral/paths), which its section "
+                            "does not take")
+        if isinstance(cls.needs, str) or not all(isinstance(n, str) for n in cls.needs):
+            raise TypeError(f"{cls.__name__}.needs must be a tuple of stage names")
+        from presel.layout import STAGE_DIRS
+
+        unknown = [n for n in cls.needs if n not in STAGE_DIRS]
+        if unknown:
+            raise TypeError(f"{cls.__name__}.needs names {', '.join(unknown)}, which are no stages (presel.layout)")
+        configs = [c for c in (cls.config, *cls.also) if c is not None]
+        cls.neutral = frozenset(cls.extra_neutral).union(*(fields_with(c, NEUTRAL) for c in configs))
+        cls.reformat = frozenset().union(*(fields_with(c, FORMAT) for c in configs))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _DECLARED:
+            raise AttributeError(f"{type(self).__name__}.{name} is a class declaration; it cannot change on a stage")
+        super().__setattr__(name, value)
 
     def __init__(self, ctx: Context, section: dict[str, Any]):
         self.ctx = ctx
@@ -81,19 +153,25 @@ class Stage:
 
     @classmethod
     def takes(cls) -> set[str]:
-        """Every key its section may hold: the config dataclass's fields and the declared ``extra`` keys."""
-        if cls.config is None:
-            return set(cls.extra)
-        from presel.config import deprecated_names
+        """Every key its section may hold: the config dataclasses' fields and the declared ``extra`` keys."""
+        out = set(cls.extra)
+        for c in (cls.config, *cls.also):
+            if c is not None:
+                out |= config_keys(c)
+        return out
 
-        return {f.name for f in dataclasses.fields(cls.config)} | set(deprecated_names(cls.config)) | set(cls.extra)
+    @classmethod
+    def accepts(cls, section: dict[str, Any]) -> set[str]:
+        """The keys this section may hold (a stage whose mode changes its keys narrows ``takes()`` here)."""
+        return cls.takes()
 
     def known_keys(self) -> set[str]:
-        return self.takes()
+        return self.accepts(self.section)
 
-    def config_section(self) -> dict[str, Any]:
-        """The part of the section that is the config dataclass's."""
-        return {k: v for k, v in self.section.items() if k not in self.extra}
+    def config_section(self, cls: type | None = None) -> dict[str, Any]:
+        """The part of the section that is the config dataclass ``cls``'s (default: ``config``'s)."""
+        keys = config_keys(cls or self.config) if (cls or self.config) is not None else set()
+        return {k: v for k, v in self.section.items() if k in keys}
 
     def settings(self) -> dict[str, Any]:
         """The settings in the stage key: the section without its result-neutral settings (under either name of a
@@ -117,10 +195,19 @@ class Stage:
                                  f"'{self.name}' takes no settings: write `{self.name}: {{}}`"))
         for key in self.paths:
             require_path(self.cfg, self.name, key, self.section.get(key))
-        if self.config is not None:
-            from presel.config import from_dict
+        self.conf = self.build_config()
 
-            self.conf = from_dict(self.config, self.config_section(), source=self.source)
+    def build_config(self) -> Any:
+        """The config dataclass from the section (its ``__post_init__`` checks), or None for plain keys."""
+        if self.config is None:
+            return None
+        from presel.config import from_dict
+
+        return from_dict(self.config, self.config_section(), source=self.source)
+
+    def upstream(self) -> tuple[str, ...]:
+        """The stages whose keys enter this one's: ``needs``."""
+        return self.needs
 
     def wire(self) -> bool:
         """Read upstream outputs from the context (``self.need``), set ``self.files``; False: nothing to run."""
@@ -134,9 +221,13 @@ class Stage:
     def run(self) -> Any:
         raise NotImplementedError
 
+    def estimate(self, sizes: Sizes) -> Estimate | None:
+        """Its ``--dry-run`` row (None: no estimate for this stage)."""
+        return None
+
     def plan(self) -> StagePlan:
-        return StagePlan(self.name, self.settings(), self.needs, dict(self.files), self.run, self.resumable,
-                         self.legacy_settings())
+        return StagePlan(self.name, self.settings(), self.upstream(), dict(self.files), self.run, self.resumable,
+                         self.legacy_settings(), self.reformat)
 
     def model(self, key: str = "model") -> str | None:
         """A model setting: a path relative to the config's folder when one exists there, else as given (a hub id,
@@ -162,6 +253,17 @@ class Stage:
         if value is None:
             raise PreselError(f"{self.cfg.source}: '{self.name}' {fix}")
         return value
+
+
+_DECLARED = frozenset({"name", "dir", "config", "also", "extra", "extra_neutral", "paths", "needs", "neutral", "reformat",
+                       "resumable", "outputs"})
+
+
+def config_keys(cls: type) -> set[str]:
+    """The keys a config dataclass takes in a section: its fields and its deprecated old names."""
+    from presel.config import deprecated_names
+
+    return {f.name for f in dataclasses.fields(cls)} | set(deprecated_names(cls))  # type: ignore[arg-type]
 
 
 def require_path(cfg: RunConfig, section: str, key: str, value: Any) -> Path | None:

@@ -71,7 +71,7 @@ class RunConfig:
             sec = sections.get(stage.name)
             if sec is not None:
                 for k, v in settings.items():
-                    if k in stage.takes():
+                    if k in stage.accepts(sec):
                         sec.setdefault(k, v)
         return cls(Path(out_v) if Path(out_v).is_absolute() else base / out_v, pool, sections, source, base,
                    settings, str(settings.get("protocol", DEFAULT_PROTOCOL)))
@@ -117,7 +117,7 @@ class RunConfig:
 
     def check_estimate(self) -> None:
         """The ``estimate`` section: measured throughputs, each a number > 0 under a known name."""
-        from presel.estimate import ASSUMED
+        from presel.assumed import ASSUMED
 
         for key, value in (self.sections.get("estimate") or {}).items():
             if key not in ASSUMED:

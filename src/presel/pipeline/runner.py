@@ -25,6 +25,7 @@ class Pipeline:
         self.force = set(force)
         self.keys: dict[str, str] = {}
         self.legacy: dict[str, str] = {}  # keys as presel computed them before result-neutral settings
+        self.full: dict[str, str] = {}  # keys with upstream full keys (before work keys): markers of then still hold
         self.timings: dict[str, float] = {}
         self.waiting: str | None = None
         self._pool = None
@@ -73,12 +74,14 @@ class Pipeline:
         rules = p.get("task_rules")
         files = {"manifest": self.cfg.path(p["path"]), "task_map": self.cfg.path(p.get("task_map")),
                  "task_rules": self.cfg.path(rules) if isinstance(rules, str) else None}
-        self.keys["pool"] = self.legacy["pool"] = stage_key("pool", p, {}, files)
+        self.keys["pool"] = self.legacy["pool"] = self.full["pool"] = stage_key("pool", p, {}, files)
 
     def _parts(self, st: StagePlan) -> KeyParts:
         parts = KeyParts(st.name, st.settings, {n: self.keys[n] for n in ("pool", *st.needs) if n in self.keys},
-                         st.files)
-        self.keys[st.name] = parts.key
+                         st.files, reformat=st.reformat)
+        self.keys[st.name] = parts.work_key  # what later stages see: an output's form does not change their inputs
+        self.full[st.name] = stage_key(st.name, st.settings, {n: self.full[n] for n in ("pool", *st.needs)
+                                                              if n in self.full}, st.files)
         legacy = st.legacy_settings if st.legacy_settings is not None else st.settings
         self.legacy[st.name] = stage_key(st.name, legacy, {n: self.legacy[n] for n in ("pool", *st.needs)
                                                            if n in self.legacy}, st.files)
@@ -87,10 +90,15 @@ class Pipeline:
     def _up_to_date(self, st: StagePlan, parts: KeyParts, marker: dict[str, Any] | None) -> bool:
         if marker is None or st.name in self.force:
             return False
-        if marker.get("key") == parts.key:
+        if marker.get("key") in (parts.key, self.full[st.name]):
             return True
         # a marker of an older presel whose key counted result-neutral settings: still the same result
         return "version" not in marker and marker.get("key") == self.legacy[st.name]
+
+    def _reformats(self, st: StagePlan, parts: KeyParts, marker: dict[str, Any] | None) -> bool:
+        """A finished stage whose settings changed only in an output's form: it rewrites that output, no recompute."""
+        return (st.resumable and marker is not None and st.name not in self.force
+                and marker.get("work_key") == parts.work_key)
 
     def _same_pending(self, st: StagePlan, parts: KeyParts, pending: dict[str, Any] | None) -> bool:
         """A partial output of the same key (or of the same key as an older presel computed it) resumes."""
@@ -144,7 +152,10 @@ class Pipeline:
             self.log(f"{tag} {st.name}: up to date ({sd.path}), skipped")
             return True
         resumes = st.resumable and marker is None and self._same_pending(st, parts, sd.pending())
-        if not resumes:  # finished with other settings, a partial output of other settings, or one that cannot resume
+        reformats = self._reformats(st, parts, marker)
+        if reformats:  # only an output's form changed: the stage rewrites it from what it has (nothing recomputed)
+            self.log(f"{tag} {st.name}: same results, other output form: rewriting its outputs ({sd.path})")
+        elif not resumes:  # finished with other settings, a partial output of other settings, or one that cannot resume
             sd.clear()
         self.log(f"{tag} {st.name} -> {sd.path}" + (" (resuming)" if resumes and sd.path.exists() else ""))
         sd.begin(parts)
@@ -174,6 +185,10 @@ class Pipeline:
             marker = sd.marker()
             if self._up_to_date(st, parts, marker):
                 rows.append((st.name, "up to date", []))
+                continue
+            if self._reformats(st, parts, marker):
+                why = change_reasons(stage, marker, parts, reruns)
+                rows.append((st.name, "will rewrite its outputs", [*why, "same results: nothing is recomputed"]))
                 continue
             reruns.add(st.name)
             if marker is None:

@@ -19,11 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from presel.errors import PreselError
 from presel.io.atomic import dumps_json, write_json
+from presel.layout import MARKER, PENDING  # where they lie is the layout's
 
-MARKER = ".presel-stage.json"
-PENDING = ".presel-pending"
 # what presel's writers leave beside an output folder: atomic_dir's temporary and replaced folders, fine-tuning's
 # checkpoints; anything else named like ``.<dir>.*`` is not presel's and stays
 LEFTOVERS = (".tmp-*", ".old-*", ".finetune-work")
@@ -73,6 +71,7 @@ class KeyParts:
     upstream: dict[str, str]
     files: dict[str, Path | None]
     prints: dict[str, str | None] = field(default_factory=dict)
+    reformat: frozenset[str] = frozenset()  # settings that only change an output's form: not in ``work_key``
 
     def __post_init__(self) -> None:
         self.prints = {k: fingerprint(v) for k, v in self.files.items()}
@@ -82,8 +81,18 @@ class KeyParts:
         return key_hash({"stage": self.stage, "settings": self.settings, "upstream": self.upstream,
                          "files": self.prints})
 
+    @property
+    def work_key(self) -> str:
+        """The key of the work itself: the stage key without the settings that only change an output's form. A
+        finished stage of the same work key rewrites its outputs from what it has; later stages see this key."""
+        settings = {k: v for k, v in self.settings.items() if k not in self.reformat}
+        if settings == self.settings:
+            return self.key
+        return key_hash({"stage": self.stage, "settings": settings, "upstream": self.upstream, "files": self.prints})
+
     def record(self) -> dict[str, Any]:
-        return {"key": self.key, "stage": self.stage, "version": VERSION, "settings": self.settings,
+        return {"key": self.key, "work_key": self.work_key, "stage": self.stage, "version": VERSION,
+                "settings": self.settings,
                 "upstream": self.upstream, "files": {k: str(v) if v is not None else None for k, v in self.files.items()},
                 "fingerprints": self.prints}
 
@@ -123,15 +132,14 @@ class StageDir:
         return self.marker() is not None or self.pending() is not None
 
     def check_owned(self) -> None:
-        """Stop when a folder that presel cannot prove it wrote sits where this stage writes."""
-        p = self.path
-        if not (p.exists() or p.is_symlink()) or self.proven():
-            return
-        if p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
-            return  # an empty folder holds nothing to lose
-        raise PreselError(f"stage folder {p} was not written by presel (no {MARKER} in it, no record in "
-                          f"{self.pending_path.parent}) and stage '{self.stage}' would replace it: move it away, or "
-                          "choose another `out` for the run; nothing was changed")
+        """Stop when something presel cannot prove it wrote sits where this stage writes: the one rule of
+        :func:`presel.io.owned.check_deletable`, with this run's pending record as the proof that it began."""
+        from presel.io.owned import check_deletable
+
+        check_deletable(self.path, started=self.pending() is not None, only=(MARKER,), what="stage folder",
+                        linked_proof=True, evidence=f"no {MARKER} in it, no record in {self.pending_path.parent}",
+                        fix=f"stage '{self.stage}' would replace it: move it away, or choose another `out` for the "
+                            "run; nothing was changed")
 
     def foreign_files(self) -> list[Path]:
         """Files in a finished stage folder that the stage did not write (a user's notes.txt): not in the

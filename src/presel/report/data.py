@@ -6,7 +6,7 @@ output that exists but does not have its writer's shape is a :class:`~presel.err
 naming the file (and key, column or line). :class:`RunOutputs` calls the readers lazily and turns such
 an error into a "problem" shown in the report, so one damaged file costs one section, not the page.
 
-Stage folders are those of ``presel run`` (:data:`presel.pipeline.STAGE_DIRS`); a folder written by
+Stage folders are those of ``presel run`` (:data:`presel.layout.STAGE_DIRS`); a folder written by
 the stage's own command (``presel select --out RUN/selection``) reads the same.
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from presel.errors import PreselError
+from presel.layout import MARKER, STAGE_DIRS
 
 # ----------------------------------------------------------------------------- file readers
 
@@ -494,7 +495,7 @@ def read_quality(folder: Path) -> QualityBench | None:
 
 def stage_status(run_dir: Path) -> list[tuple[str, str]]:
     """(stage, 'done' | 'missing') for every stage of ``presel run``, from its folder's completion marker."""
-    from presel.pipeline import MARKER, STAGE_DIRS, STAGES
+    STAGES = tuple(STAGE_DIRS)
 
     return [(s, "done" if (run_dir / STAGE_DIRS[s] / MARKER).is_file() else "missing") for s in STAGES]
 
@@ -523,41 +524,40 @@ class RunOutputs:
 
     @property
     def selection(self) -> SelectionSummary | None:
-        return self._get("selection", lambda: read_selection_summary(self.path("selection", "summary.json")))
+        return self._get("selection", lambda: read_selection_summary(self.path(STAGE_DIRS["select"], "summary.json")))
 
     @property
     def assignments(self) -> Assignments | None:
-        return self._get("assignments", lambda: read_assignments(self.path("selection", "assignments.parquet")))
+        return self._get("assignments", lambda: read_assignments(self.path(STAGE_DIRS["select"], "assignments.parquet")))
 
     @property
     def selection_inputs(self) -> SelectionInputs | None:
-        return self._get("selection_inputs", lambda: read_selection_inputs(self.path("selection", "config.json")))
+        return self._get("selection_inputs", lambda: read_selection_inputs(self.path(STAGE_DIRS["select"], "config.json")))
 
     @property
     def dedup(self) -> Dedup | None:
-        from presel.pipeline import STAGE_DIRS
 
         return self._get("dedup", lambda: read_dedup(self.path(STAGE_DIRS["dedup"])))
 
     @property
     def reference(self) -> ReferenceSet | None:
-        return self._get("reference", lambda: read_reference(self.path("reference")))
+        return self._get("reference", lambda: read_reference(self.path(STAGE_DIRS["reference"])))
 
     @property
     def irs(self) -> IrsScores | None:
-        return self._get("irs", lambda: read_irs(self.path("irs", "irs.parquet")))
+        return self._get("irs", lambda: read_irs(self.path(STAGE_DIRS["score"], "irs.parquet")))
 
     @property
     def weights(self) -> dict[str, TaskWeight] | None:
-        return self._get("weights", lambda: read_weights(self.path("weights", "task_weights.json")))
+        return self._get("weights", lambda: read_weights(self.path(STAGE_DIRS["weights"], "task_weights.json")))
 
     @property
     def features(self) -> FeatureStoreInfo | None:
-        return self._get("features", lambda: read_features(self.path("features")))
+        return self._get("features", lambda: read_features(self.path(STAGE_DIRS["embed"])))
 
     @property
     def generation(self) -> Generation | None:
-        return self._get("generation", lambda: read_generation(self.path("generate", "summary.json")))
+        return self._get("generation", lambda: read_generation(self.path(STAGE_DIRS["generate"], "summary.json")))
 
     @property
     def timings(self) -> dict[str, float] | None:
@@ -582,11 +582,11 @@ class RunOutputs:
     def train_logs(self) -> dict[str, dict[str, TrainLog]]:
         """{"reference model": {...}, "final models": {...}}: the fine-tuning logs that exist."""
         groups: dict[str, dict[str, TrainLog]] = {}
-        ref = self._get("ref_model", lambda: read_train_log(self.path("ref_model", "train_log.jsonl")))
+        ref = self._get("ref_model", lambda: read_train_log(self.path(STAGE_DIRS["ref_model"], "train_log.jsonl")))
         if ref is not None:
             groups["reference model"] = {"reference model": ref}
         finals: dict[str, TrainLog] = {}
-        one = self._get("final_model", lambda: read_train_log(self.path("final_model", "train_log.jsonl")))
+        one = self._get("final_model", lambda: read_train_log(self.path(STAGE_DIRS["final_model"], "train_log.jsonl")))
         if one is not None:
             finals["final model"] = one
         many = self.path("compare", "models")  # presel demo --compare: one folder per final model

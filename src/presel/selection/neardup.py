@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from presel.config import neutral
 from presel.errors import PreselError
 
 SCOPES = ("all", "task")
@@ -40,17 +41,19 @@ class DedupConfig:
     nlist: int | None = None
     nprobe: int = 4
     margin: float = 0.015
-    block: int = 16_384
+    block: int = neutral(16_384)  # query rows per call: how fast, not what
     seed: int = 0
-    threads: int | None = None
+    threads: int | None = neutral(None)
 
     def __post_init__(self) -> None:
         if not (0 < float(self.threshold) <= 1):
             raise PreselError(f"threshold={self.threshold} must be in (0, 1]; e.g. --threshold 0.95")
         if self.scope not in SCOPES:
             raise PreselError(f"scope={self.scope!r} must be one of {', '.join(SCOPES)}")
-        if self.nprobe < 1 or self.block < 1 or (self.nlist is not None and self.nlist < 1):
-            raise PreselError("nprobe, block and nlist must be >= 1")
+        for name in ("nprobe", "block", "nlist"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise PreselError(f"{name}={v} must be >= 1" + (" (or unset for ~2.5 sqrt(N))" if name == "nlist" else ""))
 
 
 def _normalized(a: np.ndarray) -> np.ndarray:

@@ -252,7 +252,8 @@ def _reference_positions(pool: Pool, reference: Iterable[str], source: str) -> s
 def select_official(pool: Pool, features, *, weights: Mapping[str, Any] | None, reference: Iterable[str], config,
                     weights_source: str = "weights", reference_source: str = "reference"):
     """The authors' step 2 on ``pool`` (see the module doc). Returns a :class:`SelectionResult` whose rows are records."""
-    from presel.selection.select import SelectionResult, _task_weights
+    from presel.selection.result import SelectionResult
+    from presel.selection.result import task_weights as _task_weights
 
     cfg = config
     if cfg.method != "presel":

@@ -51,6 +51,8 @@ from presel.records import Pool, image_key
 from presel.selection.budget import allocate
 from presel.selection.coverage import COVERAGE_METHODS
 from presel.selection.methods import WITHIN_CLUSTER_METHODS
+from presel.selection.result import SelectionResult  # shared with official
+from presel.selection.result import task_weights as _task_weights
 
 METHODS = ("presel", "random", "random-cluster", "typiclust", *WITHIN_CLUSTER_METHODS, *COVERAGE_METHODS)
 TASK_WEIGHT_MODES = ("irs", "uniform", "size")
@@ -130,18 +132,6 @@ class SelectConfig:
             raise PreselError(f"seed={self.seed} must be an integer >= 0")
         if self.include is not None and self.protocol == "official":
             raise PreselError("include is not part of protocol official (the authors' selection); use protocol paper")
-
-
-@dataclass
-class SelectionResult:
-    selection: dict[str, list]  # columns, one row per chosen image (reference rows included)
-    assignments: dict[str, list]  # columns, one row per item (task, image)
-    summary: dict[str, Any]
-    config: SelectConfig
-
-    @property
-    def selected_ids(self) -> list[str]:
-        return [i for i, s in zip(self.selection["id"], self.selection["source"]) if s == "selected"]
 
 
 @dataclass
@@ -226,22 +216,6 @@ def _resolve_reference(pool: Pool, keys: list[str], reference: Iterable[str], so
         rec = pool.records[i]
         out.setdefault(keys[i], (rec.task, rec.id))
     return out
-
-
-def _task_weights(cfg: SelectConfig, tasks: list[_Task], weights: Mapping[str, Any] | None, source: str) -> np.ndarray:
-    names = [t.name for t in tasks]
-    if cfg.task_weights == "uniform":
-        return np.full(len(tasks), 1.0 / len(tasks))
-    if cfg.task_weights == "size":
-        n = np.array([len(t.ids) for t in tasks], dtype=np.float64)
-        return n / n.sum()
-    if weights is None:
-        raise PreselError("task_weights='irs' needs task weights (--weights FILE from `presel weights`); "
-                          "or pass --task-weights uniform or size")
-    from presel.selection.weights_io import normalise_task_weights
-
-    w = normalise_task_weights(weights, names, source=source)
-    return np.array([w[n] for n in names], dtype=np.float64)
 
 
 def _feature_rows(features, tasks: list[_Task]) -> list[np.ndarray]:
@@ -444,20 +418,8 @@ def select(pool: Pool, features, *, weights: Mapping[str, Any] | None = None, re
         t.ref = ref_mask[t.img]
         t.selected = np.zeros(len(t.ids), dtype=bool)
     n_ref = len(refs)
-    budget = _budget(cfg, n_images)
     what = f"budget_count={cfg.budget_count}" if cfg.budget_count is not None else f"budget={cfg.budget}"
-    if budget > n_images:
-        raise PreselError(f"{what} means {budget} images but the pool {pool.source} has only {n_images} distinct images; "
-                          "lower the budget")
-    if budget <= n_ref:
-        raise PreselError(f"{what} means {budget} images, not larger than the reference set ({n_ref} distinct images in "
-                          f"{reference_source}); the budget includes the reference set: raise it above {n_ref}")
-    new_budget = budget - n_ref
-    cap = np.array([int((~t.ref).sum()) for t in tasks], dtype=np.int64)
-    available_images = int(cap.sum()) if cfg.allow_repeats else n_images - n_ref
-    if new_budget > available_images:
-        raise PreselError(f"{what} needs {new_budget} new images beyond the {n_ref} reference images but only "
-                          f"{available_images} are available; lower the budget")
+    budget, new_budget, cap = _check_budget(cfg, tasks, pool.source, n_images, n_ref, what, reference_source)
     w = _task_weights(cfg, tasks, weights, weights_source)
     quotas = allocate(new_budget, w, cap)
     for t, wt, q in zip(tasks, w, quotas):
@@ -498,6 +460,26 @@ def select(pool: Pool, features, *, weights: Mapping[str, Any] | None = None, re
         for t, f in zip(tasks, forced):
             result.summary["tasks"][t.name]["included"] = int(f)
     return result
+
+
+def _check_budget(cfg: SelectConfig, tasks: list[_Task], source: str, n_images: int, n_ref: int, what: str,
+                  reference_source: str) -> tuple[int, int, np.ndarray]:
+    """The budget in images, the new images beyond the reference set, and each task's capacity; an error when
+    the budget does not fit the pool."""
+    budget = _budget(cfg, n_images)
+    if budget > n_images:
+        raise PreselError(f"{what} means {budget} images but the pool {source} has only {n_images} distinct images; "
+                          "lower the budget")
+    if budget <= n_ref:
+        raise PreselError(f"{what} means {budget} images, not larger than the reference set ({n_ref} distinct images in "
+                          f"{reference_source}); the budget includes the reference set: raise it above {n_ref}")
+    new_budget = budget - n_ref
+    cap = np.array([int((~t.ref).sum()) for t in tasks], dtype=np.int64)
+    available_images = int(cap.sum()) if cfg.allow_repeats else n_images - n_ref
+    if new_budget > available_images:
+        raise PreselError(f"{what} needs {new_budget} new images beyond the {n_ref} reference images but only "
+                          f"{available_images} are available; lower the budget")
+    return budget, new_budget, cap
 
 
 def _force(pool: Pool, tasks: list[_Task], include: Iterable[str], new_budget: int, what: str) -> np.ndarray:

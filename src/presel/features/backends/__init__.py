@@ -8,33 +8,10 @@ torch tensor) and returns float32 N x d.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
-
-import numpy as np
-
+from presel.features.backends.spec import BACKENDS, POOLINGS, Backend, BackendSpec
 from presel.features.images import Preprocess
 
-BACKENDS = ("hf", "onnx")
-POOLINGS = ("cls", "mean", "pooler")
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    backend: str  # "hf" | "onnx"
-    model: str  # hub id, model directory, or .onnx file (offline names already resolved)
-    pooling: str = "cls"
-    dtype: str = "fp32"  # "fp32" | "bf16" | "fp16" (resolved, not "auto")
-    device: str = "cpu"
-    image_size: int | None = None
-    onnx_output: str | None = None
-    threads: int | None = None  # intra-op threads on CPU (None: library default)
-
-
-class Backend(Protocol):
-    preprocess: Preprocess
-
-    def embed(self, batch: Any) -> np.ndarray: ...
+__all__ = ["BACKENDS", "POOLINGS", "Backend", "BackendSpec", "load_backend", "preprocess_for"]
 
 
 def preprocess_for(spec: BackendSpec) -> Preprocess:

@@ -14,7 +14,7 @@ import numpy as np
 
 from presel.devices import torch_dtype
 from presel.errors import PreselError
-from presel.features.backends import BackendSpec
+from presel.features.backends.spec import BackendSpec
 from presel.features.images import Preprocess
 
 NO_CLS_MODEL_TYPES = {"siglip", "siglip_vision_model", "siglip2", "siglip2_vision_model"}

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from presel.errors import PreselError
-from presel.features.backends import BackendSpec
+from presel.features.backends.spec import BackendSpec
 from presel.features.images import Preprocess
 
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from presel.errors import PreselError
-from presel.pipeline.base import Stage
+from presel.pipeline.base import Estimate, Sizes, Stage
 
 
 class Annotate(Stage):
     name = "annotate"
-    dir = "reference_annotated"
     extra = ("annotations", "annotated", "match")
     paths = ("annotations", "annotated")
     needs = ("reference",)
     outputs = {"annotated": "train.json"}
+
+    def estimate(self, sizes: Sizes) -> Estimate:
+        return Estimate(f"{sizes.reference:,} reference instructions")
 
     def validate(self) -> None:
         super().validate()

@@ -5,20 +5,12 @@ from __future__ import annotations
 from presel.pipeline.base import Stage
 from presel.selection.neardup import DedupConfig
 
-SETTINGS = ("threshold", "scope", "nprobe", "exact_max", "threads")  # the `presel dedup` flags
-
 
 class Dedup(Stage):
     name = "dedup"
-    dir = "dedup"
     config = DedupConfig
     needs = ("embed",)
-    neutral = frozenset({"threads"})
     outputs = {"dedup": ""}
-
-    @classmethod
-    def takes(cls) -> set[str]:
-        return set(SETTINGS)
 
     def wire(self) -> bool:
         self.need("features", "needs features: add an 'embed' section")

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from presel.features.extract import EmbedConfig
-from presel.pipeline.base import Stage
+from presel.pipeline.base import Estimate, Sizes, Stage
 
 
 class Embed(Stage):
     name = "embed"
-    dir = "features"
     config = EmbedConfig
-    # the feature store's identity leaves these out: they change how fast, not the vectors
-    neutral = frozenset({"batch_size", "workers", "shard_size", "executor", "ray_address", "ray_actors", "threads",
-                         "progress"})
     resumable = True
     outputs = {"features": ""}
+
+    def estimate(self, sizes: Sizes) -> Estimate:
+        return Estimate(f"{self.section.get('model', 'facebook/dinov2-base')} on {sizes.images:,} distinct images",
+                        sizes.hours(sizes.images, "embed_images_per_s"))
 
     def wire(self) -> bool:
         self.files = {"pool": self.cfg.path(self.cfg.pool["path"])}

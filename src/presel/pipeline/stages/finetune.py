@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 from presel.errors import PreselError
-from presel.finetune.train import _RESUME_NEUTRAL, FinetuneConfig
-from presel.pipeline.base import Stage
+from presel.finetune.train import FinetuneConfig
+from presel.pipeline.base import Estimate, Sizes, Stage
 
 
 class _Finetune(Stage):
     config = FinetuneConfig
     extra = ("model", "image_root")
     paths = ("image_root",)
-    neutral = frozenset(_RESUME_NEUTRAL)
     resumable = True
     data_output: str = ""
+
+    def samples(self, sizes: Sizes) -> int:
+        raise NotImplementedError
+
+    def estimate(self, sizes: Sizes) -> Estimate:
+        ep, n = int(self.section.get("epochs", 1)), self.samples(sizes)
+        return Estimate(f"fine-tune {self.section.get('model')} on {n:,} samples x {ep} epoch(s)",
+                        sizes.hours(n * ep, "finetune_samples_per_s"))
 
     def validate(self) -> None:
         super().validate()
@@ -31,10 +38,12 @@ class _Finetune(Stage):
 
 class RefModel(_Finetune):
     name = "ref_model"
-    dir = "ref_model"
     needs = ("annotate",)
     data_output = "annotated"
     outputs = {"ref_model": ""}
+
+    def samples(self, sizes: Sizes) -> int:
+        return sizes.reference
 
     def wire(self) -> bool:
         data = self.need("annotated", "fine-tunes on the annotated reference set: add an 'annotate' section")
@@ -44,10 +53,12 @@ class RefModel(_Finetune):
 
 class FinalModel(_Finetune):
     name = "final_model"
-    dir = "final_model"
     needs = ("generate",)
     data_output = "train_json"
     outputs = {"final_model": ""}
+
+    def samples(self, sizes: Sizes) -> int:
+        return sizes.budget
 
     def wire(self) -> bool:
         self.need("train_json", "fine-tunes on the generated set: add a 'generate' section")

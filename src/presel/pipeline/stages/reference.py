@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from presel.importance.reference import ReferenceConfig
-from presel.pipeline.base import Stage
+from presel.pipeline.base import Estimate, Sizes, Stage
 
 
 class Reference(Stage):
     name = "reference"
-    dir = "reference"
     config = ReferenceConfig
     outputs = {"reference": "reference.jsonl"}
     paths = ("from_file",)
+
+    def estimate(self, sizes: Sizes) -> Estimate:
+        return Estimate(f"{sizes.reference:,} images to annotate ({float(self.section.get('fraction', 0.05)):.0%} per "
+                        "task, at least 1)")
 
     def wire(self) -> bool:
         self.files = {"pool": self.cfg.path(self.cfg.pool["path"])}

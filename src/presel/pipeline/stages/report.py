@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from presel.pipeline.base import Stage
+from presel.pipeline.base import Estimate, Sizes, Stage
 
 
 class Report(Stage):
     name = "report"
-    dir = "report"
     outputs = {"report": "report.html"}
 
+    def estimate(self, sizes: Sizes) -> Estimate:
+        return Estimate("HTML report")
+
     def wire(self) -> bool:
-        self.needs = tuple(self.ctx.planned)  # type: ignore[misc]  # every stage before it
+        self.before = tuple(self.ctx.planned)  # every stage before it
         return True
+
+    def upstream(self) -> tuple[str, ...]:
+        return self.before
 
     def run(self) -> None:
         from presel.report.html import build_report

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from presel.errors import PreselError
 from presel.importance.scoring import ScoreConfig
-from presel.pipeline.base import Stage
+from presel.pipeline.base import Estimate, Sizes, Stage
 
 
 class Score(Stage):
     name = "score"
-    dir = "irs"
     config = ScoreConfig
     needs = ("annotate", "ref_model")
-    # scoring's own resume state leaves these out: they change how fast, not what
-    neutral = frozenset({"batch_size", "executor", "ray_actors", "ray_address", "render_workers", "prefetch"})
     resumable = True
     outputs = {"irs": ""}
+
+    def estimate(self, sizes: Sizes) -> Estimate:
+        return Estimate(f"IRS: {sizes.reference:,} samples x 2 passes",
+                        sizes.hours(sizes.reference, "score_samples_per_s"))
 
     def wire(self) -> bool:
         data = self.need("annotated", "needs the annotated reference set: add an 'annotate' section")

@@ -6,19 +6,22 @@ from dataclasses import replace
 from typing import Any
 
 from presel.errors import PreselError
-from presel.pipeline.base import Stage
+from presel.pipeline.base import Estimate, Sizes, Stage
 from presel.selection.select import SelectConfig
 
 
 class Select(Stage):
     name = "select"
-    dir = "selection"
     config = SelectConfig
     # inputs given as files when their stage is not in the run
     extra = ("features", "feature_ids", "weights", "reference")
     paths = (*extra, "exclude", "include")  # exclude / include: SelectConfig fields naming id lists
     needs = ("reference", "weights", "embed", "dedup")
     outputs = {"selection": "selection.parquet"}
+
+    def estimate(self, sizes: Sizes) -> Estimate:
+        return Estimate(f"budget {sizes.budget:,} {sizes.unit} = {sizes.reference:,} reference + {sizes.new:,} new "
+                        "(CPU, minutes)")
 
     def settings(self) -> dict[str, Any]:  # the input files are in the key as files
         return {k: v for k, v in self.section.items() if k not in self.extra}
