@@ -72,15 +72,15 @@ def expanded_size(value: Any, limit: int = MAX_VALUES) -> int:
     return size(value)
 
 
-def _nul_at(value: Any, at: str = "") -> str | None:
-    """The dotted key path of the first string (key or value) holding a NUL character, or None."""
+def _nul_at(value: Any, at: str = "") -> tuple[str, str] | None:
+    """The dotted key path and the text of the first string (key or value) holding a NUL character, or None."""
     if isinstance(value, str):
-        return at if "\0" in value else None
+        return (at, value) if "\0" in value else None
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for k, v in items:
         sub = f"{at}.{k}" if at else str(k)
         if isinstance(k, str) and "\0" in k:
-            return sub
+            return sub, k
         found = _nul_at(v, sub)
         if found is not None:
             return found
@@ -123,10 +123,13 @@ def read_yaml(path: str | os.PathLike, *, what: str = "config file", mapping: bo
     if expanded_size(data) > MAX_VALUES:
         raise PreselError(f"{p}: its aliases (*name) expand into more than {MAX_VALUES:,} values; write the values "
                           "out instead of nesting aliases")
-    where = _nul_at(data)
-    if where is not None:
-        raise PreselError(f"{p}: {where or 'the document'} holds a NUL character, which no path, name or setting can; "
-                          "fix the file")
+    found = _nul_at(data)
+    if found is not None:
+        from presel.io.text import short
+
+        where, text = found
+        raise PreselError(f"{p}: {where or 'the document'}={short(text)} holds a NUL character, which no path, name or "
+                          "setting can; fix the file")
     if data is None and mapping:
         return {}
     if mapping and not isinstance(data, dict):

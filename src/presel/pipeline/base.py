@@ -193,9 +193,13 @@ class Stage:
             raise PreselError(f"{self.cfg.source}: unknown setting(s) {', '.join(unknown)} in '{self.name}'; "
                               + (f"known: {', '.join(known)}" if known else
                                  f"'{self.name}' takes no settings: write `{self.name}: {{}}`"))
+        self.check_paths()
+        self.conf = self.build_config()
+
+    def check_paths(self) -> None:
+        """Every ``paths`` key names an existing file (the runner checks them before ``wire`` reads them)."""
         for key in self.paths:
             require_path(self.cfg, self.name, key, self.section.get(key))
-        self.conf = self.build_config()
 
     def build_config(self) -> Any:
         """The config dataclass from the section (its ``__post_init__`` checks), or None for plain keys."""

@@ -56,6 +56,7 @@ class Pipeline:
             if section is None:
                 continue
             st = cls(ctx, section)
+            st.check_paths()
             planned = st.wire()
             st.validate()
             if planned:

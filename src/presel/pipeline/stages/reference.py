@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from presel.importance.reference import ReferenceConfig
-from presel.pipeline.base import Estimate, Sizes, Stage
+from presel.pipeline.base import Estimate, Sizes, Stage, require_path
 
 
 class Reference(Stage):
@@ -19,7 +19,7 @@ class Reference(Stage):
     def wire(self) -> bool:
         self.files = {"pool": self.cfg.path(self.cfg.pool["path"])}
         if self.section.get("from_file"):
-            self.files["from_file"] = self.cfg.path(self.section["from_file"])
+            self.files["from_file"] = require_path(self.cfg, self.name, "from_file", self.section["from_file"])
         return True
 
     def run(self) -> None:
