@@ -31,26 +31,35 @@ class ImageRejected(Exception):
         self.reason = reason
 
 
-def hash_file(path: str | os.PathLike) -> str:
-    """blake2b-128 hex digest of the file bytes; ImageRejected for missing/empty/unreadable files."""
-    try:
-        h = hashlib.blake2b(digest_size=16)
-        n = 0
-        from presel.io.paths import open_regular
+def _open_file(path: str | os.PathLike) -> Any:
+    """``path`` opened for reading as a regular file only (a FIFO would block); ImageRejected with the reason
+    when it cannot be."""
+    from presel.io.paths import open_regular
 
-        with open_regular(path) as f:
-            while True:
-                chunk = f.read(HASH_CHUNK)
-                if not chunk:
-                    break
-                n += len(chunk)
-                h.update(chunk)
+    try:
+        return open_regular(path)
     except FileNotFoundError:
         raise ImageRejected("missing: file not found") from None
     except IsADirectoryError:
         raise ImageRejected("not a file: is a directory") from None
     except ValueError:
         raise ImageRejected("bad path: the path holds a NUL byte") from None
+    except OSError as e:
+        raise ImageRejected(_os_reason(e)) from None
+
+
+def hash_file(path: str | os.PathLike) -> str:
+    """blake2b-128 hex digest of the file bytes; ImageRejected for missing/empty/unreadable files."""
+    h = hashlib.blake2b(digest_size=16)
+    n = 0
+    try:
+        with _open_file(path) as f:
+            while True:
+                chunk = f.read(HASH_CHUNK)
+                if not chunk:
+                    break
+                n += len(chunk)
+                h.update(chunk)
     except OSError as e:
         raise ImageRejected(_os_reason(e)) from None
     if n == 0:
@@ -101,17 +110,7 @@ def load_rgb(path: str | os.PathLike | Any, *, max_pixels: int = DEFAULT_MAX_PIX
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not hasattr(path, "read"):  # a path: opened as a regular file only (a FIFO would block)
-        from presel.io.paths import open_regular
-
-        try:
-            f = open_regular(path)
-        except FileNotFoundError:
-            raise ImageRejected("missing: file not found") from None
-        except ValueError:
-            raise ImageRejected("bad path: the path holds a NUL byte") from None
-        except OSError as e:
-            raise ImageRejected(_os_reason(e)) from None
-        with f:
+        with _open_file(path) as f:
             return load_rgb(f, max_pixels=max_pixels)
     p = path
     try:
