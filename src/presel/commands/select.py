@@ -31,6 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--images-per-cluster", type=int, default=100, help="k-means clusters per task = round(task images / this); protocol official: max(1, int(0.01 * records))")
     g.add_argument("--k", type=int, default=5, help="neighbours for neighbour centrality (protocol official: min(5, cluster size - 1))")
     g.add_argument("--kmeans-backend", default="faiss", choices=["faiss", "sklearn"])
+    g.add_argument("--kmeans", default="auto", choices=["flat", "hierarchical", "auto"],
+                   help="k-means per task in one level or two (coarse groups, then clusters inside each: cost grows as "
+                        "n*sqrt(n) instead of n^2); auto: two levels for tasks of 20,000+ images; protocol official: flat")
+    g.add_argument("--workers", type=int, default=0,
+                   help="small tasks (under 20,000 images) scored this many at a time, one core each; 0: one per core")
     g.add_argument("--kmeans-niter", type=int, default=None, help="faiss k-means iterations (default 25)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--allow-repeats", action="store_true", help="an image used by several tasks may be selected once per task")
@@ -50,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = SelectConfig(budget=args.budget, budget_count=args.budget_count, images_per_cluster=args.images_per_cluster,
                        k=args.k, method=args.method, task_weights=args.task_weights, kmeans_backend=args.kmeans_backend,
                        kmeans_niter=args.kmeans_niter, seed=args.seed, allow_repeats=args.allow_repeats,
-                       protocol=args.protocol)
-    pool = load_pool(args)
+                       protocol=args.protocol, kmeans=args.kmeans, workers=args.workers)
+    pool = load_pool(args, columnar=cfg.protocol != "official")
     features = load_features(args.features, args.feature_ids)
     summary = select_to_dir(pool, features, args.weights, args.reference, cfg, args.out, overwrite=args.overwrite,
                             dedup=args.dedup)

@@ -21,6 +21,10 @@ import numpy as np
 from presel.errors import PreselError
 
 BACKENDS = ("faiss", "sklearn")
+MODES = ("flat", "hierarchical", "auto")
+# `auto` runs hierarchical k-means for tasks of at least this many points (measured with
+# benchmarks/select_bench.py --hier-sweep: below it the flat run is cheap and hierarchical saves little)
+AUTO_HIERARCHICAL_MIN = 20_000
 DEFAULT_FAISS_NITER = 25
 # faiss stops once the objective improves by less than this fraction in one iteration; 1e-4 saves
 # ~2 of ~9 iterations on the benchmark data with the same objective to 6 digits
@@ -218,3 +222,182 @@ def kmeans(x: np.ndarray, n_clusters: int, *, backend: str = "faiss", seed: int 
         objective = float(km.inertia_)
     labels, centroids = _canonical(labels, centroids)
     return KMeansResult(labels, centroids, objective)
+
+
+def _seed_for(seed: int, group: int) -> int:
+    return (int(seed) * 1_000_003 + 7919 * (group + 1)) % (2**31 - 1)
+
+
+def group_cluster_counts(sizes: np.ndarray, spread: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Clusters per group: one each, the other ``n_clusters - G`` in proportion to the group's spread (its
+    sum of squared distances to the coarse centroid) by largest remainder
+    (:func:`presel.selection.budget.allocate`), never more than a group's points.
+
+    Spread, not size: measured on the benchmark pools (``benchmarks/select_bench.py --hier-sweep``), sharing
+    clusters by size starves the loose groups (outliers, broad concepts) and lands 2-10% above flat k-means;
+    by spread it lands within about 1%."""
+    from presel.selection.budget import allocate
+
+    sizes = np.asarray(sizes, dtype=np.int64)
+    w = np.asarray(spread, dtype=np.float64)
+    if not (w > 0).any():
+        w = sizes.astype(np.float64)
+    return 1 + allocate(n_clusters - len(sizes), w, sizes - 1)
+
+
+def _fill_to(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, n_clusters: int) -> tuple[np.ndarray, np.ndarray]:
+    """Make exactly ``n_clusters`` non-empty clusters: while some are missing, the point farthest from its
+    centroid among clusters of 2 or more becomes a cluster of its own (deterministic; rarely needed)."""
+    labels = labels.copy()
+    cents = [c for c in centroids]
+    missing = n_clusters - len(cents)
+    if missing <= 0:
+        return labels, centroids
+    d = _sq_dist(x, centroids, labels)
+    counts = np.bincount(labels, minlength=len(cents))
+    for j in np.argsort(-d, kind="stable"):
+        if missing == 0:
+            break
+        if counts[labels[j]] < 2:
+            continue
+        counts[labels[j]] -= 1
+        labels[j] = len(cents)
+        cents.append(x[j].astype(np.float32))
+        counts = np.append(counts, 1)
+        missing -= 1
+    cents_arr = np.stack(cents).astype(np.float32)
+    for c in range(len(centroids)):  # the clusters that gave a point: their mean again
+        cents_arr[c] = x[labels == c].mean(axis=0, dtype=np.float64)
+    return labels, cents_arr
+
+
+def default_groups(n_clusters: int) -> int:
+    """Coarse groups for ``C`` clusters: ``round(sqrt(C) / 2)``, at least 2. Per-iteration cost ``n (G + C / G) d``
+    is 1.25x its minimum (at ``G = sqrt(C)``) and the objective is markedly closer to flat's (fewer borders)."""
+    return max(2, int(round(np.sqrt(n_clusters) / 2)))
+
+
+def hierarchical_kmeans(x: np.ndarray, n_clusters: int, *, backend: str = "faiss", seed: int = 0,
+                        niter: int | None = None, groups: int | None = None, refine: int = 2) -> KMeansResult:
+    """Two-level k-means: a coarse k-means into ``G`` groups (:func:`default_groups`, about ``sqrt(C) / 2``), then
+    k-means inside each group with the ``C`` clusters split over groups (:func:`group_cluster_counts`).
+
+    Then ``refine`` Lloyd passes across group borders (:func:`_refine`: each point may join any cluster of its two
+    nearest groups), which halves the gap to flat k-means where coarse borders cut through dense blobs.
+
+    Cost per Lloyd iteration ``n (G + C / G) d``, about ``2.5 n sqrt(C) d``, instead of ``n C d``. Returns exactly
+    ``C`` non-empty clusters (canonical numbering, as :func:`kmeans`); the
+    objective is the sum of squared distances to those centroids. Deterministic for a seed (group ``g`` runs with
+    a seed derived from ``seed`` and ``g``).
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = x.shape[0]
+    if not 1 <= n_clusters <= n:
+        raise PreselError(f"n_clusters={n_clusters} must be between 1 and n_samples={n}")
+    g = int(groups) if groups else default_groups(n_clusters)
+    if g <= 1 or g >= n_clusters:
+        res = kmeans(x, n_clusters, backend=backend, seed=seed, niter=niter)
+        return _filled(x, res, n_clusters)
+    coarse = kmeans(x, g, backend=backend, seed=seed, niter=niter)
+    sizes = np.bincount(coarse.labels, minlength=coarse.n_clusters)
+    spread = np.bincount(coarse.labels, weights=_sq_dist(x, coarse.centroids, coarse.labels),
+                         minlength=coarse.n_clusters)
+    counts = group_cluster_counts(sizes, spread, n_clusters)
+    order = np.argsort(coarse.labels, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    labels = np.empty(n, dtype=np.int64)
+    cents: list[np.ndarray] = []
+    objective = 0.0
+    offset = 0
+    for grp in range(coarse.n_clusters):
+        idx = order[bounds[grp]:bounds[grp + 1]]
+        xg = x[idx]
+        res = _filled(xg, kmeans(xg, int(counts[grp]), backend=backend, seed=_seed_for(seed, grp), niter=niter),
+                      int(counts[grp]))
+        labels[idx] = res.labels + offset
+        cents.append(res.centroids)
+        objective += res.objective
+        offset += res.n_clusters
+    centroids = np.concatenate(cents)
+    if refine:
+        labels, centroids, objective = _refine(x, coarse.centroids, labels, centroids,
+                                               np.repeat(np.arange(coarse.n_clusters), counts), refine)
+    labels, centroids = _canonical(labels, centroids)
+    return KMeansResult(labels, centroids, objective)
+
+
+def _refine(x: np.ndarray, coarse: np.ndarray, labels: np.ndarray, centroids: np.ndarray, group_of: np.ndarray,
+            passes: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Lloyd passes across group borders: a point may move to any cluster of its two nearest groups (a blob
+    cut by a coarse border is where two levels lose against one); means are updated after each pass.
+    Cost per pass about ``2 n (C / G) d``. A pass never empties a cluster (its members would stay)."""
+    n_c = len(centroids)
+    near = _nearest2(x, coarse)
+    cand = [np.nonzero((near[:, 0] == g) | (near[:, 1] == g))[0] for g in range(len(coarse))]
+    members = [np.nonzero(group_of == g)[0] for g in range(len(coarse))]
+    for _ in range(passes):
+        best = np.full(len(x), np.inf)
+        new = labels.copy()
+        for pts, cl in zip(cand, members):
+            if not len(pts):
+                continue
+            lab, dist = _assign(x[pts], centroids[cl])
+            better = dist < best[pts]
+            best[pts[better]] = dist[better]
+            new[pts[better]] = cl[lab[better]]
+        counts = np.bincount(new, minlength=n_c)
+        if (counts == 0).any():
+            keep = counts[labels] == 0
+            new[keep] = labels[keep]
+        labels = new
+        order = np.argsort(labels, kind="stable")
+        starts = np.searchsorted(labels[order], np.arange(n_c))
+        sums = np.add.reduceat(x[order].astype(np.float64), starts, axis=0)
+        centroids = (sums / np.bincount(labels, minlength=n_c)[:, None]).astype(np.float32)
+    return labels, centroids, float(_sq_dist(x, centroids, labels).sum())
+
+
+def _nearest2(x: np.ndarray, centroids: np.ndarray, block: int = 8192) -> np.ndarray:
+    """Indices of the two nearest centroids of each row (the same one twice when there is only one)."""
+    c2 = np.einsum("ij,ij->i", centroids, centroids)
+    out = np.empty((len(x), 2), dtype=np.int64)
+    for s in range(0, len(x), block):
+        d = c2[None, :] - 2.0 * (x[s:s + block] @ centroids.T)
+        first = np.argmin(d, axis=1)
+        d[np.arange(len(d)), first] = np.inf
+        out[s:s + block, 0] = first
+        out[s:s + block, 1] = np.argmin(d, axis=1) if d.shape[1] > 1 else first
+    return out
+
+
+def _sq_dist(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, block: int = 16384) -> np.ndarray:
+    """Squared distance of each row to its assigned centroid (blocked: no n x d temporary)."""
+    out = np.empty(len(x), dtype=np.float64)
+    for s in range(0, len(x), block):
+        diff = x[s:s + block] - centroids[labels[s:s + block]]
+        out[s:s + block] = np.einsum("ij,ij->i", diff, diff, dtype=np.float64)
+    return out
+
+
+def _filled(x: np.ndarray, res: KMeansResult, n_clusters: int) -> KMeansResult:
+    """``res`` with exactly ``n_clusters`` non-empty clusters (:func:`_fill_to`), objective recomputed if changed."""
+    if res.n_clusters == n_clusters:
+        return res
+    labels, cents = _fill_to(x, res.labels, res.centroids, n_clusters)
+    labels, cents = _canonical(labels, cents)
+    return KMeansResult(labels, cents, float(_sq_dist(x, cents, labels).sum()))
+
+
+def use_hierarchical(mode: str, n: int) -> bool:
+    """Whether ``mode`` (flat | hierarchical | auto) runs hierarchical k-means for a task of ``n`` points."""
+    if mode not in MODES:
+        raise PreselError(f"kmeans={mode!r} must be one of {', '.join(MODES)}")
+    return mode == "hierarchical" or (mode == "auto" and n >= AUTO_HIERARCHICAL_MIN)
+
+
+def cluster(x: np.ndarray, n_clusters: int, *, mode: str = "flat", backend: str = "faiss", seed: int = 0,
+            niter: int | None = None) -> KMeansResult:
+    """k-means of one task: flat (:func:`kmeans`) or two-level (:func:`hierarchical_kmeans`) as ``mode`` says."""
+    if use_hierarchical(mode, x.shape[0]):
+        return hierarchical_kmeans(x, n_clusters, backend=backend, seed=seed, niter=niter)
+    return kmeans(x, n_clusters, backend=backend, seed=seed, niter=niter)

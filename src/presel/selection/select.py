@@ -51,6 +51,7 @@ from presel.selection.methods import WITHIN_CLUSTER_METHODS
 METHODS = ("presel", "random", "random-cluster", "typiclust", *WITHIN_CLUSTER_METHODS)
 TASK_WEIGHT_MODES = ("irs", "uniform", "size")
 KMEANS_BACKENDS = ("faiss", "sklearn")
+KMEANS_MODES = ("flat", "hierarchical", "auto")
 
 
 @dataclass
@@ -70,6 +71,11 @@ class SelectConfig:
     typiclust_k: neighbours for TypiClust typicality.
     protocol: paper (distinct images, this module) | official (the authors' code, counted in records:
     :mod:`presel.selection.official`).
+    workers: tasks below ``PARALLEL_TASK_MAX`` images are scored this many at a time, one core each (threads;
+    0 = one per core); larger tasks run one after the other on all cores. Results are identical to ``workers=1``.
+    kmeans: flat | hierarchical | auto: a task's k-means in one level, or two (coarse groups, then clusters
+    inside each: :func:`presel.selection.kmeans.hierarchical_kmeans`); auto runs two levels for tasks of at
+    least ``presel.selection.kmeans.AUTO_HIERARCHICAL_MIN`` images. Protocol official always runs flat.
     """
 
     budget: float | None = None
@@ -84,6 +90,8 @@ class SelectConfig:
     allow_repeats: bool = False
     typiclust_k: int = 20
     protocol: str = "paper"
+    kmeans: str = "auto"
+    workers: int = 0
 
     def __post_init__(self) -> None:
         from presel.protocol import check_protocol
@@ -111,6 +119,10 @@ class SelectConfig:
             raise PreselError(f"task_weights={self.task_weights!r} must be one of {', '.join(TASK_WEIGHT_MODES)}")
         if self.kmeans_backend not in KMEANS_BACKENDS:
             raise PreselError(f"kmeans_backend={self.kmeans_backend!r} must be one of {', '.join(KMEANS_BACKENDS)}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise PreselError(f"workers={self.workers} must be an integer >= 0 (0: one per core)")
+        if self.kmeans not in KMEANS_MODES:
+            raise PreselError(f"kmeans={self.kmeans!r} must be one of {', '.join(KMEANS_MODES)}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise PreselError(f"seed={self.seed} must be an integer >= 0")
 
@@ -315,15 +327,15 @@ def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
     """Clusters, scores and per-cluster orders of one task (fills t.labels/score/rank/order/cweights)."""
     from presel.selection.baselines import random_order, typiclust_clusters
     from presel.selection.centrality import neighbour_centrality, typicality
-    from presel.selection.kmeans import kmeans, n_clusters_for
+    from presel.selection.kmeans import cluster, n_clusters_for
 
     n = len(t.ids)
     avail = ~t.ref
     score = np.full(n, np.nan)
     seed = _task_seed(cfg.seed, t.name)
     if cfg.method in ("presel", "random-cluster", *WITHIN_CLUSTER_METHODS):
-        km = kmeans(x, n_clusters_for(n, cfg.images_per_cluster), backend=cfg.kmeans_backend, seed=seed,
-                    niter=cfg.kmeans_niter)
+        km = cluster(x, n_clusters_for(n, cfg.images_per_cluster), mode=cfg.kmeans, backend=cfg.kmeans_backend,
+                     seed=seed, niter=cfg.kmeans_niter)
         labels, t.objective = km.labels, km.objective
     elif cfg.method == "random":
         labels = np.zeros(n, dtype=np.int64)
@@ -357,6 +369,52 @@ def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
     t.order, t.rank = _cluster_orders(labels, avail, key)
     sizes = np.array([len(o) for o in t.order], dtype=np.float64)
     t.cweights = (sizes > 0).astype(np.float64) if cfg.method == "typiclust" else sizes
+
+
+PARALLEL_TASK_MAX = 20_000  # tasks this small are scored side by side (one core each) when workers > 1
+
+
+def _score_tasks(features, tasks: list[_Task], rows: list[np.ndarray], cfg: SelectConfig) -> None:
+    """Score every task: the large ones one at a time on all cores, the small ones ``cfg.workers`` at a time.
+
+    Features are gathered task by task from the (memory-mapped) matrix as float32 and dropped after scoring,
+    so at most one large task's matrix (plus ``workers`` small ones) is in memory at once."""
+    import os
+
+    def one(i: int) -> None:
+        x = _load_task_matrix(features, rows[i], tasks[i])
+        _score_task(tasks[i], x, cfg)
+
+    workers = cfg.workers or os.cpu_count() or 1
+    small = [i for i, t in enumerate(tasks) if len(t.ids) < PARALLEL_TASK_MAX] if workers > 1 else []
+    if len(small) < 2:
+        small = []
+    for i in range(len(tasks)):
+        if i not in small:
+            one(i)
+    if small:
+        _parallel(one, small, workers, cfg.kmeans_backend)
+
+
+def _parallel(fn, items: list[int], workers: int, backend: str) -> None:
+    """``fn(i)`` for each item on ``workers`` threads, each with one BLAS / OpenMP thread (so the results are those
+    of a serial run); the first failure in item order is raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    init = None
+    if backend == "faiss":
+        from presel.selection.kmeans import _import_faiss
+
+        faiss = _import_faiss()
+
+        def init() -> None:  # OpenMP's thread count is per calling thread
+            faiss.omp_set_num_threads(1)
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(min(workers, len(items)), initializer=init) as ex:
+        futures = [ex.submit(fn, i) for i in items]
+        for f in futures:
+            f.result()
 
 
 def _take(t: _Task, n: int, taken: np.ndarray | None) -> int:
@@ -429,11 +487,7 @@ def select(pool: Pool, features, *, weights: Mapping[str, Any] | None = None, re
     for t, wt, q in zip(tasks, w, quotas):
         t.weight, t.quota = float(wt), int(q)
 
-    rows = _feature_rows(features, tasks)
-    for t, r in zip(tasks, rows):
-        x = _load_task_matrix(features, r, t)
-        _score_task(t, x, cfg)
-        del x
+    _score_tasks(features, tasks, _feature_rows(features, tasks), cfg)
 
     order = sorted(range(len(tasks)), key=lambda i: (-tasks[i].weight, tasks[i].name))
     taken = None if cfg.allow_repeats else np.zeros(n_images, dtype=bool)
@@ -575,10 +629,10 @@ def select_to_dir(pool: Pool, features, weights_path=None, reference_path=None, 
         from presel.features.store import rejected_images
 
         rejected = rejected_images(src)
-    dropped = [r for r in pool.records if r.image_key in rejected]
+    dropped = [r for r, k in zip(pool.records, pool.image_keys()) if k in rejected] if rejected else []
     if dropped:
-        pool = Pool([r for r in pool.records if r.image_key not in rejected], pool.source, pool.image_root,
-                    text_only=pool.text_only, format=pool.format)
+        pool = Pool([r for r, k in zip(pool.records, pool.image_keys()) if k not in rejected], pool.source,
+                    pool.image_root, text_only=pool.text_only, format=pool.format)
     dedup_stats: dict[str, int] = {}
     if dedup is not None:  # near-duplicates: one image per group of `presel dedup`
         from presel.selection.duplicates import apply_dedup
