@@ -182,3 +182,11 @@ def test_columnar_reader_keeps_line_numbers_with_blank_lines(tmp_path):
     p = tmp_path / "pool.jsonl"
     p.write_text('{"id": "a", "image": "x.jpg", "task": "t"}\n\n{"id": "b", "image": "y.jpg", "task": "t"}\n')
     assert [r.line for r in read_pool_columns(p).records] == [1, 3]
+
+
+def test_faiss_gpu_without_a_gpu_is_a_clear_error():
+    if km.faiss_gpus() > 0:
+        pytest.skip("a GPU faiss is present: tests/gpu covers it")
+    assert km.resolve_backend("faiss") == "faiss-cpu"
+    with pytest.raises(PreselError, match="kmeans_backend=faiss-gpu: .*faiss-gpu-cu12"):
+        km.kmeans(np.eye(4, dtype=np.float32), 2, backend="faiss-gpu")

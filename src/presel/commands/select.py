@@ -30,10 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="irs: from --weights; uniform; size: proportional to task size")
     g.add_argument("--images-per-cluster", type=int, default=100, help="k-means clusters per task = round(task images / this); protocol official: max(1, int(0.01 * records))")
     g.add_argument("--k", type=int, default=5, help="neighbours for neighbour centrality (protocol official: min(5, cluster size - 1))")
-    g.add_argument("--kmeans-backend", default="faiss", choices=["faiss", "sklearn"])
+    g.add_argument("--kmeans-backend", default="faiss", choices=["faiss", "faiss-cpu", "faiss-gpu", "sklearn"],
+                   help="faiss: on the GPU when faiss has GPU support and sees a CUDA device, else the CPU; "
+                        "faiss-gpu: insist on the GPU")
     g.add_argument("--kmeans", default="auto", choices=["flat", "hierarchical", "auto"],
                    help="k-means per task in one level or two (coarse groups, then clusters inside each: cost grows as "
-                        "n*sqrt(n) instead of n^2); auto: two levels for tasks of 20,000+ images; protocol official: flat")
+                        "n*sqrt(n) instead of n^2); auto: two levels for tasks of 200,000+ images; protocol official: flat")
     g.add_argument("--workers", type=int, default=0,
                    help="small tasks (under 20,000 images) scored this many at a time, one core each; 0: one per core")
     g.add_argument("--kmeans-niter", type=int, default=None, help="faiss k-means iterations (default 25)")

@@ -20,11 +20,13 @@ import numpy as np
 
 from presel.errors import PreselError
 
-BACKENDS = ("faiss", "sklearn")
+BACKENDS = ("faiss", "faiss-cpu", "faiss-gpu", "sklearn")
 MODES = ("flat", "hierarchical", "auto")
-# `auto` runs hierarchical k-means for tasks of at least this many points (measured with
-# benchmarks/select_bench.py --hier-sweep: below it the flat run is cheap and hierarchical saves little)
-AUTO_HIERARCHICAL_MIN = 20_000
+# `auto` runs hierarchical k-means for tasks of at least this many points. Measured on 2 loaded cores
+# (benchmarks/select_bench.py --hier-sweep, README "Selection at scale"): up to 114K points flat k-means costs no
+# more CPU than two levels (faiss stops flat Lloyd after ~6 iterations) and two levels cost 0.5-4% objective, so
+# auto stays flat there; two levels pay where flat's n^2/100 work dominates (a 950K task: ~40x fewer FLOPs).
+AUTO_HIERARCHICAL_MIN = 200_000
 DEFAULT_FAISS_NITER = 25
 # faiss stops once the objective improves by less than this fraction in one iteration; 1e-4 saves
 # ~2 of ~9 iterations on the benchmark data with the same objective to 6 digits
@@ -70,6 +72,35 @@ def _import_faiss():
     finally:
         os.environ.pop("OPENBLAS_CORETYPE", None)
     return faiss
+
+
+def faiss_gpus() -> int:
+    """CUDA devices this faiss can use (0 for a CPU-only faiss build or without a device)."""
+    faiss = _import_faiss()
+    get = getattr(faiss, "get_num_gpus", None)
+    if get is None or not hasattr(faiss, "StandardGpuResources"):
+        return 0
+    try:
+        return int(get())
+    except Exception:  # noqa: BLE001 - a broken CUDA setup means no GPU here
+        return 0
+
+
+def resolve_backend(backend: str) -> str:
+    """``faiss``: faiss on the GPU when this faiss has GPU support and sees a CUDA device, else on the CPU;
+    ``faiss-gpu`` insists on the GPU (a clear error without one); ``faiss-cpu`` and ``sklearn`` as named."""
+    if backend not in BACKENDS:
+        raise PreselError(f"kmeans_backend={backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "faiss":
+        return "faiss-gpu" if faiss_gpus() > 0 else "faiss-cpu"
+    if backend == "faiss-gpu" and faiss_gpus() == 0:
+        faiss = _import_faiss()
+        why = ("this faiss build has no GPU support" if not hasattr(faiss, "StandardGpuResources")
+               else "faiss sees no CUDA device")
+        raise PreselError(f"kmeans_backend=faiss-gpu: {why} (faiss {getattr(faiss, '__version__', '?')}); install a "
+                          "CUDA build of faiss (pip install faiss-gpu-cu12, or conda's faiss-gpu) on a machine with an "
+                          "NVIDIA GPU, or use --kmeans-backend faiss (GPU when there is one, else CPU)")
+    return backend
 
 
 @dataclass(frozen=True)
@@ -175,7 +206,8 @@ def kmeans(x: np.ndarray, n_clusters: int, *, backend: str = "faiss", seed: int 
            niter: int | None = None) -> KMeansResult:
     """Cluster the rows of ``x`` (float32, n x d) into ``n_clusters``.
 
-    faiss: greedy k-means++ seeding (:func:`kmeanspp_init`, seeded) then Lloyd iterations on all
+    faiss (GPU when faiss has GPU support and sees a CUDA device, else CPU: :func:`resolve_backend`),
+    faiss-cpu, faiss-gpu: greedy k-means++ seeding (:func:`kmeanspp_init`, seeded) then Lloyd iterations on all
     points (no subsampling); ``niter`` caps the iterations (default 25; it stops earlier once an
     iteration improves the objective by less than 1e-4 relative, typically after ~7, where faiss
     has ``early_stop_threshold``).
@@ -199,10 +231,13 @@ def kmeans(x: np.ndarray, n_clusters: int, *, backend: str = "faiss", seed: int 
         c = x.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
         labels = np.zeros(n, dtype=np.int64)
         return KMeansResult(labels, c, float(((x.astype(np.float64) - c) ** 2).sum()))
-    if backend == "faiss":
+    backend = resolve_backend(backend)
+    if backend in ("faiss-cpu", "faiss-gpu"):
         faiss = _import_faiss()
         extra = {"early_stop_threshold": FAISS_EARLY_STOP} if hasattr(faiss.ClusteringParameters(),
                                                                       "early_stop_threshold") else {}
+        if backend == "faiss-gpu":
+            extra["gpu"] = True
         km = faiss.Kmeans(x.shape[1], int(n_clusters), niter=int(niter or DEFAULT_FAISS_NITER), seed=int(seed),
                           max_points_per_centroid=max(256, n // n_clusters + 1), min_points_per_centroid=1,
                           verbose=False, **extra)
@@ -278,12 +313,16 @@ def default_groups(n_clusters: int) -> int:
 
 
 def hierarchical_kmeans(x: np.ndarray, n_clusters: int, *, backend: str = "faiss", seed: int = 0,
-                        niter: int | None = None, groups: int | None = None, refine: int = 2) -> KMeansResult:
+                        niter: int | None = None, groups: int | None = None, refine: int = 2, workers: int = 1) -> KMeansResult:
     """Two-level k-means: a coarse k-means into ``G`` groups (:func:`default_groups`, about ``sqrt(C) / 2``), then
     k-means inside each group with the ``C`` clusters split over groups (:func:`group_cluster_counts`).
 
     Then ``refine`` Lloyd passes across group borders (:func:`_refine`: each point may join any cluster of its two
     nearest groups), which halves the gap to flat k-means where coarse borders cut through dense blobs.
+
+    A group that holds more than twice its share of the clusters (coarse centroids spent on outliers leave the
+    bulk of a task in one group) is split the same way again, so the cost bound holds on lopsided data.
+    ``workers`` > 1 runs the groups' k-means side by side, one core each (:func:`map_threads`; same result).
 
     Cost per Lloyd iteration ``n (G + C / G) d``, about ``2.5 n sqrt(C) d``, instead of ``n C d``. Returns exactly
     ``C`` non-empty clusters (canonical numbering, as :func:`kmeans`); the
@@ -306,15 +345,23 @@ def hierarchical_kmeans(x: np.ndarray, n_clusters: int, *, backend: str = "faiss
     order = np.argsort(coarse.labels, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     labels = np.empty(n, dtype=np.int64)
+    results: list[KMeansResult | None] = [None] * coarse.n_clusters
+    big = 2 * n_clusters / len(counts)  # a group holding more than twice its share of clusters splits again
+
+    def fine(grp: int) -> None:
+        xg = x[order[bounds[grp]:bounds[grp + 1]]]
+        c_g, s_g = int(counts[grp]), _seed_for(seed, grp)
+        if c_g > big and c_g >= 16:  # e.g. the bulk of a task when outliers took most coarse centroids
+            results[grp] = hierarchical_kmeans(xg, c_g, backend=backend, seed=s_g, niter=niter, refine=refine)
+        else:
+            results[grp] = _filled(xg, kmeans(xg, c_g, backend=backend, seed=s_g, niter=niter), c_g)
+
+    map_threads(fine, list(range(coarse.n_clusters)), workers, backend)
     cents: list[np.ndarray] = []
     objective = 0.0
     offset = 0
-    for grp in range(coarse.n_clusters):
-        idx = order[bounds[grp]:bounds[grp + 1]]
-        xg = x[idx]
-        res = _filled(xg, kmeans(xg, int(counts[grp]), backend=backend, seed=_seed_for(seed, grp), niter=niter),
-                      int(counts[grp]))
-        labels[idx] = res.labels + offset
+    for grp, res in enumerate(results):
+        labels[order[bounds[grp]:bounds[grp + 1]]] = res.labels + offset
         cents.append(res.centroids)
         objective += res.objective
         offset += res.n_clusters
@@ -329,13 +376,16 @@ def hierarchical_kmeans(x: np.ndarray, n_clusters: int, *, backend: str = "faiss
 def _refine(x: np.ndarray, coarse: np.ndarray, labels: np.ndarray, centroids: np.ndarray, group_of: np.ndarray,
             passes: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Lloyd passes across group borders: a point may move to any cluster of its two nearest groups (a blob
-    cut by a coarse border is where two levels lose against one); means are updated after each pass.
+    cut by a coarse border is where two levels lose against one); means are updated between passes.
     Cost per pass about ``2 n (C / G) d``. A pass never empties a cluster (its members would stay)."""
     n_c = len(centroids)
     near = _nearest2(x, coarse)
     cand = [np.nonzero((near[:, 0] == g) | (near[:, 1] == g))[0] for g in range(len(coarse))]
     members = [np.nonzero(group_of == g)[0] for g in range(len(coarse))]
-    for _ in range(passes):
+    best = None
+    for p in range(passes):
+        if p:
+            centroids = _means(x, labels, n_c)
         best = np.full(len(x), np.inf)
         new = labels.copy()
         for pts, cl in zip(cand, members):
@@ -347,14 +397,21 @@ def _refine(x: np.ndarray, coarse: np.ndarray, labels: np.ndarray, centroids: np
             new[pts[better]] = cl[lab[better]]
         counts = np.bincount(new, minlength=n_c)
         if (counts == 0).any():
-            keep = counts[labels] == 0
+            keep = np.nonzero(counts[labels] == 0)[0]
             new[keep] = labels[keep]
+            best[keep] = _sq_dist(x[keep], centroids, labels[keep])
         labels = new
-        order = np.argsort(labels, kind="stable")
-        starts = np.searchsorted(labels[order], np.arange(n_c))
-        sums = np.add.reduceat(x[order].astype(np.float64), starts, axis=0)
-        centroids = (sums / np.bincount(labels, minlength=n_c)[:, None]).astype(np.float32)
-    return labels, centroids, float(_sq_dist(x, centroids, labels).sum())
+    return labels, centroids, float(best.sum())
+
+
+def _means(x: np.ndarray, labels: np.ndarray, n_c: int) -> np.ndarray:
+    """Mean of the rows of each cluster (a sparse one-hot product: no copy of ``x``)."""
+    import scipy.sparse as sp
+
+    n = len(labels)
+    onehot = sp.csr_matrix((np.ones(n, dtype=np.float32), (labels, np.arange(n))), shape=(n_c, n))
+    sums = np.asarray(onehot @ x, dtype=np.float64)
+    return (sums / np.bincount(labels, minlength=n_c)[:, None]).astype(np.float32)
 
 
 def _nearest2(x: np.ndarray, centroids: np.ndarray, block: int = 8192) -> np.ndarray:
@@ -396,8 +453,32 @@ def use_hierarchical(mode: str, n: int) -> bool:
 
 
 def cluster(x: np.ndarray, n_clusters: int, *, mode: str = "flat", backend: str = "faiss", seed: int = 0,
-            niter: int | None = None) -> KMeansResult:
+            niter: int | None = None, workers: int = 1) -> KMeansResult:
     """k-means of one task: flat (:func:`kmeans`) or two-level (:func:`hierarchical_kmeans`) as ``mode`` says."""
     if use_hierarchical(mode, x.shape[0]):
-        return hierarchical_kmeans(x, n_clusters, backend=backend, seed=seed, niter=niter)
+        return hierarchical_kmeans(x, n_clusters, backend=backend, seed=seed, niter=niter, workers=workers)
     return kmeans(x, n_clusters, backend=backend, seed=seed, niter=niter)
+
+
+def map_threads(fn, items: list, workers: int, backend: str = "faiss") -> None:
+    """``fn(item)`` for each item: in order when ``workers <= 1``, else on ``workers`` threads with one BLAS /
+    OpenMP thread each (faiss and numpy release the GIL; the results are those of the serial run). The first
+    failure in item order is raised."""
+    if workers <= 1 or len(items) < 2 or resolve_backend(backend) == "faiss-gpu":  # one GPU: one at a time
+        for it in items:
+            fn(it)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    init = None
+    if backend.startswith("faiss"):
+        faiss = _import_faiss()
+
+        def init() -> None:  # OpenMP's thread count is per calling thread
+            faiss.omp_set_num_threads(1)
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(min(workers, len(items)), initializer=init) as ex:
+        futures = [ex.submit(fn, it) for it in items]
+        for f in futures:
+            f.result()

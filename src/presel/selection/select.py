@@ -50,7 +50,7 @@ from presel.selection.methods import WITHIN_CLUSTER_METHODS
 
 METHODS = ("presel", "random", "random-cluster", "typiclust", *WITHIN_CLUSTER_METHODS)
 TASK_WEIGHT_MODES = ("irs", "uniform", "size")
-KMEANS_BACKENDS = ("faiss", "sklearn")
+KMEANS_BACKENDS = ("faiss", "faiss-cpu", "faiss-gpu", "sklearn")
 KMEANS_MODES = ("flat", "hierarchical", "auto")
 
 
@@ -64,7 +64,8 @@ class SelectConfig:
     k: neighbours for neighbour centrality.
     method: presel | presel-cover | random | random-cluster | typiclust.
     task_weights: irs (from a weights file) | uniform | size (proportional to task item count).
-    kmeans_backend: faiss (seeded) | sklearn.
+    kmeans_backend: faiss (seeded; on the GPU when faiss has GPU support and sees a CUDA device) | faiss-cpu |
+    faiss-gpu (an error without a usable GPU) | sklearn.
     kmeans_niter: faiss iterations (default 25); for sklearn a cap on max_iter (default: its own 300).
     seed: every random choice derives from it.
     allow_repeats: let an image used by several tasks be selected once per task.
@@ -72,7 +73,8 @@ class SelectConfig:
     protocol: paper (distinct images, this module) | official (the authors' code, counted in records:
     :mod:`presel.selection.official`).
     workers: tasks below ``PARALLEL_TASK_MAX`` images are scored this many at a time, one core each (threads;
-    0 = one per core); larger tasks run one after the other on all cores. Results are identical to ``workers=1``.
+    0 = one per core); larger tasks run one after the other, their hierarchical k-means groups this many at a
+    time. Results are identical to ``workers=1``.
     kmeans: flat | hierarchical | auto: a task's k-means in one level, or two (coarse groups, then clusters
     inside each: :func:`presel.selection.kmeans.hierarchical_kmeans`); auto runs two levels for tasks of at
     least ``presel.selection.kmeans.AUTO_HIERARCHICAL_MIN`` images. Protocol official always runs flat.
@@ -323,7 +325,7 @@ def _per_cluster(labels: np.ndarray, avail: np.ndarray, fn, out: np.ndarray) -> 
                 out[mem] = fn(mem)
 
 
-def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
+def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig, workers: int = 1) -> None:
     """Clusters, scores and per-cluster orders of one task (fills t.labels/score/rank/order/cweights)."""
     from presel.selection.baselines import random_order, typiclust_clusters
     from presel.selection.centrality import neighbour_centrality, typicality
@@ -335,7 +337,7 @@ def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
     seed = _task_seed(cfg.seed, t.name)
     if cfg.method in ("presel", "random-cluster", *WITHIN_CLUSTER_METHODS):
         km = cluster(x, n_clusters_for(n, cfg.images_per_cluster), mode=cfg.kmeans, backend=cfg.kmeans_backend,
-                     seed=seed, niter=cfg.kmeans_niter)
+                     seed=seed, niter=cfg.kmeans_niter, workers=workers)
         labels, t.objective = km.labels, km.objective
     elif cfg.method == "random":
         labels = np.zeros(n, dtype=np.int64)
@@ -381,40 +383,22 @@ def _score_tasks(features, tasks: list[_Task], rows: list[np.ndarray], cfg: Sele
     so at most one large task's matrix (plus ``workers`` small ones) is in memory at once."""
     import os
 
-    def one(i: int) -> None:
-        x = _load_task_matrix(features, rows[i], tasks[i])
-        _score_task(tasks[i], x, cfg)
+    from presel.selection.kmeans import map_threads
 
     workers = cfg.workers or os.cpu_count() or 1
     small = [i for i, t in enumerate(tasks) if len(t.ids) < PARALLEL_TASK_MAX] if workers > 1 else []
     if len(small) < 2:
         small = []
+
+    def one(i: int) -> None:
+        x = _load_task_matrix(features, rows[i], tasks[i])
+        _score_task(tasks[i], x, cfg, workers=1 if i in small else workers)
+
     for i in range(len(tasks)):
         if i not in small:
             one(i)
     if small:
-        _parallel(one, small, workers, cfg.kmeans_backend)
-
-
-def _parallel(fn, items: list[int], workers: int, backend: str) -> None:
-    """``fn(i)`` for each item on ``workers`` threads, each with one BLAS / OpenMP thread (so the results are those
-    of a serial run); the first failure in item order is raised."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from threadpoolctl import threadpool_limits
-
-    init = None
-    if backend == "faiss":
-        from presel.selection.kmeans import _import_faiss
-
-        faiss = _import_faiss()
-
-        def init() -> None:  # OpenMP's thread count is per calling thread
-            faiss.omp_set_num_threads(1)
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(min(workers, len(items)), initializer=init) as ex:
-        futures = [ex.submit(fn, i) for i in items]
-        for f in futures:
-            f.result()
+        map_threads(one, small, workers, cfg.kmeans_backend)
 
 
 def _take(t: _Task, n: int, taken: np.ndarray | None) -> int:
