@@ -32,15 +32,10 @@ class _Fallback(Exception):
 
 def image_keys(images: Sequence[str]) -> list[str]:
     """``[image_key(p) for p in images]``, with ``os.path.normpath`` called only on the paths it would change."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    import re
 
-    arr = pa.array(images, pa.string())
-    needs = pc.match_substring_regex(arr, _NEEDS_NORMPATH).to_numpy(zero_copy_only=False)
-    out = arr.to_pylist() if not isinstance(images, list) else list(images)
-    for i in needs.nonzero()[0].tolist():
-        out[i] = image_key(out[i])
-    return out
+    needs = re.compile(_NEEDS_NORMPATH).search
+    return [image_key(p) if needs(p) else p for p in images]
 
 
 def read_pool_columns(path: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
