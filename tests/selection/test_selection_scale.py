@@ -190,3 +190,10 @@ def test_faiss_gpu_without_a_gpu_is_a_clear_error():
     assert km.resolve_backend("faiss") == "faiss-cpu"
     with pytest.raises(PreselError, match="kmeans_backend=faiss-gpu: .*faiss-gpu-cu12"):
         km.kmeans(np.eye(4, dtype=np.float32), 2, backend="faiss-gpu")
+
+
+def test_columnar_reader_invalid_utf8_names_the_line(tmp_path):
+    p = tmp_path / "pool.jsonl"
+    p.write_bytes(b'{"id": "a", "image": "x.jpg", "task": "t"}\n{"id": "\xff", "image": "y.jpg", "task": "t"}\n')
+    with pytest.raises(PreselError, match="line 2: not UTF-8"):
+        read_pool_columns(p)

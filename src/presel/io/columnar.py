@@ -54,7 +54,7 @@ def read_pool_columns(path: str | os.PathLike, *, image_root: str | os.PathLike 
     try:
         cols = _read_columns(p, suffix, id_field, image_field, task_field)
         return _to_pool(p, cols, **kw)
-    except _Fallback:
+    except (_Fallback, UnicodeDecodeError):  # invalid UTF-8 surfaces only when strings are converted
         return read_pool(path, **kw)
 
 
