@@ -18,7 +18,13 @@ at N=100K (a and b) and N=665K (a only). Also prints which BLAS ran (threadpoolc
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/select_bench.py --skewed --n 60000 --dim 384
         # 20 equal tasks vs one task holding 95% of the images, same N: the load case of issue 17
 
-Measured (2 shared cores, OMP_NUM_THREADS=2, --skewed --dim 384): N=60K balanced 18.9 s / skewed 31.9 s
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/select_bench.py --n 100000 --skew-n 120000,1000000
+        # the issue-25 table: presel vs official at 100K (wall and CPU ratios, objective ratio), then
+        # balanced vs skewed at 120K and 1M (--kmeans flat,hierarchical,auto to compare modes)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/select_bench.py --hier-sweep --n 5000,20000,50000,114000
+        # hierarchical vs flat k-means objective and CPU per task size (README "Selection at scale")
+
+Earlier measurement (issue 17; 2 shared cores, OMP_NUM_THREADS=2, --skewed --dim 384): N=60K balanced 18.9 s / skewed 31.9 s
 (1.7x), N=120K balanced 35.9 s / skewed 103.4 s (2.9x), peak RSS 412 vs 737 MB at 120K. The ratio grows
 with N because a task's k-means costs n_t * C_t * d with C_t = n_t / images_per_cluster, i.e. the square
 of the task size (Lloyd iterations and the k-means++ seeding alike); one task with 95% of the pool does
