@@ -23,6 +23,7 @@ Sections, each timed through presel's own code, peak GPU memory reset before eac
    forward, the VLM forward and a VLM forward+backward under bf16 autocast; torch.backends flags.
 5. ``projection``: ``presel run configs/llava665k.yaml --dry-run`` (:func:`presel.estimate.dry_run`) on a
    synthetic pool of LLaVA-665K's size with the measured throughputs (see the ``projection`` notes).
+6. ``kmeans``: faiss k-means on the GPU, 1M x 768 into 10K clusters, flat and hierarchical (seconds).
 
 Output in OUT: ``figures.json`` (every figure), ``throughputs.json`` (for ``presel run CONFIG --dry-run
 --throughputs FILE``), ``throughputs-7b-scaled.json``, ``dry-run.txt``, ``dry-run-7b-scaled.txt``.
@@ -581,6 +582,37 @@ def check_projection(sizes: dict[str, Any], work: Path, out: Path, figures: dict
 # ------------------------------------------------------------------------------------------- main
 
 
+def check_kmeans(figures: dict[str, Any]) -> None:
+    """k-means of 1M x 768 into 10K clusters on the GPU (faiss with CUDA), flat and hierarchical, seconds; the
+    CPU smoke run clusters 3,000 x 64 into 30 on the CPU. A faiss without GPU support is recorded, not failed."""
+    import numpy as np
+
+    from presel.selection.kmeans import faiss_gpus, hierarchical_kmeans, kmeans
+
+    smoke = figures["mode"] == "cpu-smoke"
+    n, d, c = (3_000, 64, 30) if smoke else (1_000_000, 768, 10_000)
+    backend = "faiss-cpu" if smoke else "faiss-gpu"
+    fig: dict[str, Any] = {"n": n, "dim": d, "clusters": c, "backend": backend}
+    figures["kmeans"] = fig
+    if not smoke and faiss_gpus() == 0:
+        fig["skipped"] = "faiss has no GPU support here (pip install faiss-gpu-cu12)"
+        log(f"kmeans: skipped: {fig['skipped']}")
+        return
+    rng = np.random.default_rng(0)
+    x = np.empty((n, d), dtype=np.float32)
+    centres = rng.standard_normal((max(2, c // 2), d)).astype(np.float32)
+    for s in range(0, n, 100_000):
+        e = min(n, s + 100_000)
+        x[s:e] = centres[rng.integers(0, len(centres), e - s)] + 0.5 * rng.standard_normal((e - s, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for name, fn in (("flat", kmeans), ("hierarchical", hierarchical_kmeans)):
+        t = time.perf_counter()
+        r = fn(x, c, backend=backend, seed=0)
+        fig[f"{name}_s"] = round(time.perf_counter() - t, 2)
+        fig[f"{name}_objective"] = round(r.objective, 2)
+        log(f"kmeans {name}: {n} x {d} into {c} clusters on {backend}: {fig[f'{name}_s']} s, objective {r.objective:.1f}")
+
+
 def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -639,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
         section("score", lambda: check_score(sizes, vlm, work, figures))
         section("finetune", lambda: check_finetune(sizes, vlm, work, figures))
         section("projection", lambda: check_projection(sizes, work, out, figures))
+        section("kmeans", lambda: check_kmeans(figures))
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)

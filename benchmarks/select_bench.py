@@ -18,7 +18,13 @@ at N=100K (a and b) and N=665K (a only). Also prints which BLAS ran (threadpoolc
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/select_bench.py --skewed --n 60000 --dim 384
         # 20 equal tasks vs one task holding 95% of the images, same N: the load case of issue 17
 
-Measured (2 shared cores, OMP_NUM_THREADS=2, --skewed --dim 384): N=60K balanced 18.9 s / skewed 31.9 s
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/select_bench.py --n 100000 --skew-n 120000,1000000
+        # the issue-25 table: presel vs official at 100K (wall and CPU ratios, objective ratio), then
+        # balanced vs skewed at 120K and 1M (--kmeans flat,hierarchical,auto to compare modes)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/select_bench.py --hier-sweep --n 5000,20000,50000,114000
+        # hierarchical vs flat k-means objective and CPU per task size (README "Selection at scale")
+
+Earlier measurement (issue 17; 2 shared cores, OMP_NUM_THREADS=2, --skewed --dim 384): N=60K balanced 18.9 s / skewed 31.9 s
 (1.7x), N=120K balanced 35.9 s / skewed 103.4 s (2.9x), peak RSS 412 vs 737 MB at 120K. The ratio grows
 with N because a task's k-means costs n_t * C_t * d with C_t = n_t / images_per_cluster, i.e. the square
 of the task size (Lloyd iterations and the k-means++ seeding alike); one task with 95% of the pool does
@@ -131,7 +137,7 @@ def _blas() -> list[str]:
             f"({Path(i.get('filepath', '')).name})" for i in threadpoolctl.threadpool_info()]
 
 
-def run_engine(npy: Path, n: int, backend: str) -> dict:
+def run_engine(npy: Path, n: int, backend: str, mode: str = "auto") -> dict:
     from presel.io.features import FeatureMatrix
     from presel.selection.kmeans import _import_faiss
     from presel.selection.select import SelectConfig, select
@@ -150,7 +156,7 @@ def run_engine(npy: Path, n: int, backend: str) -> dict:
     weights = {t: float(x / w.sum()) for t, x in zip(names, w)}
     t1 = time.perf_counter()
     res = select(pool, fm, weights=weights, reference=ref,
-                 config=SelectConfig(budget=0.15, kmeans_backend=backend, seed=0))
+                 config=SelectConfig(budget=0.15, kmeans_backend=backend, seed=0, kmeans=mode))
     t2 = time.perf_counter()
     tot = res.summary["totals"]
     assert tot["total"] == tot["budget"], tot
@@ -210,28 +216,61 @@ def niter_sweep(npy: Path, n: int) -> None:
                   f"({(r.objective / ref.objective - 1) * 100:+.2f}% vs sklearn) {time.perf_counter() - t:.2f} s", flush=True)
 
 
-def skew_compare(sizes: list[int], work: Path, coretype: str | None, timeout: float) -> None:
+def hier_sweep(sizes: list[int], work: Path) -> None:
+    """Objective and CPU time of hierarchical vs flat k-means (same C = n / 100) on one task of each size.
+
+    The rows are the first ``n`` images of the big task of a 95%-skewed pool of ``max(sizes) / 0.95`` images."""
+    global SHAPE
+    from presel.selection.kmeans import default_groups, hierarchical_kmeans, kmeans
+
+    SHAPE = "skewed"
+    total = int(np.ceil(max(sizes) / 0.95))
+    arr = np.load(generate(total, work), mmap_mode="r")
+    print(f"{'task n':>8}  {'C':>6}  {'G':>4}  {'flat objective':>14}  {'hier objective':>14}  {'hier / flat':>11}  "
+          f"{'flat cpu s':>10}  {'hier cpu s':>10}")
+    for n in sizes:
+        x = np.asarray(arr[:n], dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        c = max(1, round(n / 100))
+        t = time.process_time()
+        f = kmeans(x, c, seed=0)
+        tf = time.process_time() - t
+        t = time.process_time()
+        h = hierarchical_kmeans(x, c, seed=0)
+        th = time.process_time() - t
+        print(f"{n:>8}  {c:>6}  {default_groups(c):>4}  {f.objective:14.1f}  {h.objective:14.1f}  "
+              f"{h.objective / f.objective:11.4f}  {tf:10.1f}  {th:10.1f}", flush=True)
+
+
+def skew_compare(sizes: list[int], work: Path, coretype: str | None, timeout: float,
+                 modes: tuple[str, ...] = ("auto",)) -> None:
     """Balanced vs skewed task sizes at the same N: select time, peak RSS and the ratio."""
     global SHAPE
-    print(f"{'N':>7}  {'dim':>4}  {'shape':9}  {'largest task':>12}  {'clusters':>8}  {'select s':>9}  {'peak RSS MB':>11}  "
-          f"{'vs balanced':>11}")
+    print(f"{'N':>7}  {'dim':>4}  {'shape':9}  {'kmeans':12}  {'largest task':>12}  {'clusters':>8}  {'select s':>9}  "
+          f"{'cpu s':>7}  {'peak RSS MB':>11}  {'objective':>10}  {'vs balanced (wall, cpu)':>23}")
     for n in sizes:
-        base = None
-        for shape in ("balanced", "skewed"):
-            SHAPE = shape
-            r = _spawn("faiss", generate(n, work), n, coretype, timeout)
-            if "error" in r:
-                print(f"{n:>7}  {D:>4}  {shape:9}  ERROR {r['error']}", flush=True)
-                continue
-            base = r if shape == "balanced" else base
-            rel = f"{r['select_s'] / base['select_s']:.1f}x" if base is not None else ""
-            print(f"{n:>7}  {D:>4}  {shape:9}  {max(shaped_sizes(n, shape).values()):>12}  {r['clusters']:>8}  "
-                  f"{r['select_s']:9.1f}  {r['peak_rss_mb']:11.0f}  {rel:>11}", flush=True)
+        for mode in modes:
+            base = None
+            for shape in ("balanced", "skewed"):
+                SHAPE = shape
+                r = _spawn("faiss", generate(n, work), n, coretype, timeout, mode)
+                if "error" in r:
+                    print(f"{n:>7}  {D:>4}  {shape:9}  {mode:12}  ERROR {r['error']}", flush=True)
+                    continue
+                base = r if shape == "balanced" else base
+                rel = (f"{r['select_s'] / base['select_s']:.2f}x, {r['select_cpu_s'] / base['select_cpu_s']:.2f}x"
+                       if base is not None else "")
+                print(f"{n:>7}  {D:>4}  {shape:9}  {mode:12}  {max(shaped_sizes(n, shape).values()):>12}  "
+                      f"{r['clusters']:>8}  {r['select_s']:9.1f}  {r['select_cpu_s']:7.1f}  {r['peak_rss_mb']:11.0f}  "
+                      f"{r['objective']:10.1f}  {rel:>23}", flush=True)
 
 
 def _child(args) -> None:
     t0 = time.perf_counter()
-    out = run_official(args.npy, args.n) if args.child == "official" else run_engine(args.npy, args.n, args.child)
+    c0 = time.process_time()
+    out = run_official(args.npy, args.n) if args.child == "official" else run_engine(args.npy, args.n, args.child,
+                                                                                       args.kmeans)
+    out["select_cpu_s"] = time.process_time() - c0 - out.get("setup_s", 0.0)  # setup is single-threaded
     out["wall_s"] = time.perf_counter() - t0
     out["shape"] = SHAPE
     ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -240,13 +279,13 @@ def _child(args) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def _spawn(kind: str, npy: Path, n: int, coretype: str | None, timeout: float) -> dict:
+def _spawn(kind: str, npy: Path, n: int, coretype: str | None, timeout: float, mode: str = "auto") -> dict:
     env = dict(os.environ)
     if coretype is None:
         env.pop("OPENBLAS_CORETYPE", None)
     else:
         env["OPENBLAS_CORETYPE"] = coretype
-    cmd = [sys.executable, __file__, "--child", kind, "--npy", str(npy), "--n", str(n), "--dim", str(D)]
+    cmd = [sys.executable, __file__, "--child", kind, "--npy", str(npy), "--n", str(n), "--dim", str(D), "--kmeans", mode]
     env["PRESEL_BENCH_SHAPE"] = SHAPE
     try:
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -268,6 +307,12 @@ def main() -> None:
     ap.add_argument("--skewed", action="store_true",
                     help="compare 20 equal tasks with one task holding 95%% of the images (same N), engine only")
     ap.add_argument("--dim", type=int, default=768, help="feature dimension of the synthetic pool")
+    ap.add_argument("--kmeans", default="auto", help="select.kmeans for the engine: flat | hierarchical | auto; "
+                    "with --skewed a comma-separated list runs each")
+    ap.add_argument("--skew-n", default="120000,1000000",
+                    help="after the main table: balanced vs 95%%-skewed pools of these sizes ('' to skip)")
+    ap.add_argument("--hier-sweep", action="store_true",
+                    help="per task size (--n): hierarchical vs flat k-means objective and CPU time, then exit")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--npy", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -285,19 +330,22 @@ def main() -> None:
     if args.niter_sweep:
         niter_sweep(generate(sizes[0], work), sizes[0])
         return
+    if args.hier_sweep:
+        hier_sweep(sizes, work)
+        return
     if args.skewed:
-        skew_compare(sizes, work, given, args.timeout)
+        skew_compare(sizes, work, given, args.timeout, tuple(args.kmeans.split(",")))
         return
     rows = []
     for n in sizes:
         npy = generate(n, work)
-        configs = [("a: presel engine (faiss)", "faiss", given, "as given")]
+        configs = [(f"a: presel engine (faiss, kmeans {args.kmeans.split(',')[0]})", "faiss", given, "as given")]
         if given is not None:
             configs.append(("a: presel engine (faiss)", "faiss", None, "unset: presel picks"))
         if n <= args.official_max:
             configs.append(("b: official (sklearn KMeans + kNN)", "official", given, "as given"))
         for label, kind, core, core_label in configs:
-            r = _spawn(kind, npy, n, core, args.timeout)
+            r = _spawn(kind, npy, n, core, args.timeout, args.kmeans.split(",")[0])
             rows.append((n, label, core_label, r))
             if "error" in r:
                 print(f"N={n} {label} [{core_label}]: ERROR {r['error']}", flush=True)
@@ -315,9 +363,17 @@ def main() -> None:
             continue
         b = next((x for m, lab, _, x in rows if m == n and lab.startswith("b:") and "error" not in x), None)
         rel = "" if b is None else f"{(r['objective'] / b['objective'] - 1) * 100:+.2f}%"
-        speed = "" if b is None or label.startswith("b:") else f"  {b['select_s'] / r['select_s']:.1f}x faster than b"
+        speed = "" if b is None or label.startswith("b:") else (
+            f"  {b['select_s'] / r['select_s']:.1f}x faster than b (wall), {b['select_cpu_s'] / r['select_cpu_s']:.1f}x "
+            f"(cpu); objective {r['objective'] / b['objective']:.4f}x b's")
         print(f"{n:>7}  {label:36}  {core_label:20}  {r['select_s']:9.1f}  {r['wall_s']:8.1f}  {r['cpu_s']:8.1f}  {r['peak_rss_mb']:11.0f}  "
               f"{r['objective']:17.1f}  {rel:>8}{speed}")
+
+
+    skew = [int(x) for x in args.skew_n.split(",") if x]
+    if skew:
+        print()
+        skew_compare(skew, work, given, args.timeout, tuple(args.kmeans.split(",")))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ class Pool:
     image_root: Path  # a str for a URL root (s3://bucket/prefix)
     text_only: int = 0  # records without an image, counted and left out
     format: str = "jsonl"
+    keys: list[str] | None = field(default=None, repr=False)  # image key per record, when the reader computed them
     _by_id: dict[str, int] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -63,6 +64,12 @@ class Pool:
         if self._by_id is None:
             self._by_id = {r.id: i for i, r in enumerate(self.records)}
         return self._by_id
+
+    def image_keys(self) -> list[str]:
+        """The image key of every record, in record order (computed once)."""
+        if self.keys is None or len(self.keys) != len(self.records):
+            self.keys = [r.image_key for r in self.records]
+        return self.keys
 
     def distinct_images(self) -> list[str]:
         """Distinct image keys in first-seen order."""

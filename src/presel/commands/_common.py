@@ -25,13 +25,16 @@ def add_pool_arguments(p: argparse.ArgumentParser, *, required: bool = True) -> 
     g.add_argument("--id-field", "--id-column", dest="id_field", default="id", help="record id field; '@index' keys records by their position")
 
 
-def load_pool(args: argparse.Namespace) -> Pool:
+def load_pool(args: argparse.Namespace, *, columnar: bool = False) -> Pool:
+    """The pool named by the pool flags; ``columnar``: ids, images and tasks only, read column-wise
+    (:mod:`presel.io.columnar`: records without conversations, for commands that never read them)."""
+    from presel.io.columnar import read_pool_columns
     from presel.io.manifest import read_pool
 
     rules = args.task_rule
     if rules and len(rules) == 1 and rules[0].lower().endswith((".yaml", ".yml", ".json")):
         rules = rules[0]
-    return read_pool(args.pool, image_root=args.image_root, task_field=args.task_field, task_map=args.task_map,
+    return (read_pool_columns if columnar else read_pool)(args.pool, image_root=args.image_root, task_field=args.task_field, task_map=args.task_map,
                      task_rules=rules, default_task=args.default_task, id_field=args.id_field,
                      image_field=getattr(args, "image_field", "image"))
 

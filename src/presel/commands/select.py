@@ -21,6 +21,11 @@ HELPS = {
                           "max(1, int(0.01 * records))",
     "k": "neighbours for neighbour centrality (protocol official: min(5, cluster size - 1))",
     "kmeans_niter": "faiss k-means iterations (default 25)",
+    "kmeans_backend": "faiss: on the GPU when faiss has GPU support and sees a CUDA device, else the CPU; "
+                      "faiss-cpu; faiss-gpu: insist on the GPU; sklearn",
+    "kmeans": "k-means per task in one level or two (coarse groups, then clusters inside each: cost grows as "
+              "n*sqrt(n) instead of n^2); auto: two levels for tasks of 200,000+ images; protocol official: flat",
+    "threads": "small tasks (under 20,000 images) scored this many at a time, one core each; 0: one per core",
     "allow_repeats": "an image used by several tasks may be selected once per task",
     "official_quotas": "protocol official: the authors' task-quota rule (vision-flan: their allocate_samples)",
     "exclude": "ids (record ids or image paths, one per line, e.g. a `presel map` lasso export) to leave out of the "
@@ -42,18 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output of `presel dedup`: keep one image per group of near-duplicates before clustering")
     from presel.config import add_config_arguments
     from presel.protocol import add_protocol_argument
-    from presel.selection.select import (
-        KMEANS_BACKENDS,
-        METHODS,
-        OFFICIAL_QUOTAS,
-        TASK_WEIGHT_MODES,
-        SelectConfig,
-    )
+    from presel.selection.select import CHOICES, SelectConfig
 
     g = p.add_argument_group("selection (the keys of a run's select section)")
     add_config_arguments(g, SelectConfig, skip=("protocol",), helps=HELPS,
-                         choices={"method": METHODS, "task_weights": TASK_WEIGHT_MODES, "kmeans_backend": KMEANS_BACKENDS,
-                                                               "official_quotas": OFFICIAL_QUOTAS})
+                         choices=CHOICES)
     add_protocol_argument(g)
     add_out_arguments(p)
 
@@ -65,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from presel.selection.select import SelectConfig, select_to_dir
 
     cfg = config_from_args(SelectConfig, args)
-    pool = load_pool(args)
+    pool = load_pool(args, columnar=cfg.protocol != "official")  # the columnar reader: fast, for paper
     features = load_features(args.features, args.feature_ids)
     summary = select_to_dir(pool, features, args.weights, args.reference, cfg, args.out, overwrite=args.overwrite,
                             dedup=args.dedup)

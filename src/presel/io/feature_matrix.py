@@ -60,11 +60,10 @@ class FeatureMatrix:
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         part = np.searchsorted(self._offsets, rows, side="right") - 1
         for p in np.unique(part):
-            m = part == p
-            local = rows[m] - self._offsets[p]
+            dest = np.nonzero(part == p)[0]
+            local = rows[dest] - self._offsets[p]
             order = np.argsort(local, kind="stable")  # sorted reads are friendlier to memory maps
-            gathered = np.asarray(self._parts[p][local[order]], dtype=np.float32)
-            tmp = np.empty_like(gathered)
-            tmp[order] = gathered
-            out[m] = tmp
+            for s in range(0, len(order), 65_536):  # in blocks: no second full-size copy of the rows
+                o = order[s:s + 65_536]
+                out[dest[o]] = self._parts[p][local[o]]
         return out

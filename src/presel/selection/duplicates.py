@@ -23,7 +23,7 @@ def content_keys(pool: Pool, features: Any) -> tuple[list[str], int]:
     """Per record, the image key standing for its content, and how many distinct image keys were folded
     into another key with the same bytes. Without content hashes (plain .npy / Parquet features) the image
     keys themselves."""
-    keys = [r.image_key for r in pool.records]
+    keys = pool.image_keys()
     hashes = getattr(features, "content_hashes", None)
     if not hashes:
         return keys, 0

@@ -20,7 +20,13 @@ import numpy as np
 
 from presel.errors import PreselError
 
-BACKENDS = ("faiss", "sklearn")
+BACKENDS = ("faiss", "faiss-cpu", "faiss-gpu", "sklearn")
+MODES = ("flat", "hierarchical", "auto")
+# `auto` runs hierarchical k-means for tasks of at least this many points. Measured on 2 loaded cores
+# (benchmarks/select_bench.py --hier-sweep, README "Selection at scale"): up to 114K points flat k-means costs no
+# more CPU than two levels (faiss stops flat Lloyd after ~6 iterations) and two levels cost 0.5-4% objective, so
+# auto stays flat there; two levels pay where flat's n^2/100 work dominates (a 950K task: ~40x fewer FLOPs).
+AUTO_HIERARCHICAL_MIN = 200_000
 DEFAULT_FAISS_NITER = 25
 # faiss stops once the objective improves by less than this fraction in one iteration; 1e-4 saves
 # ~2 of ~9 iterations on the benchmark data with the same objective to 6 digits
@@ -66,6 +72,35 @@ def _import_faiss():
     finally:
         os.environ.pop("OPENBLAS_CORETYPE", None)
     return faiss
+
+
+def faiss_gpus() -> int:
+    """CUDA devices this faiss can use (0 for a CPU-only faiss build or without a device)."""
+    faiss = _import_faiss()
+    get = getattr(faiss, "get_num_gpus", None)
+    if get is None or not hasattr(faiss, "StandardGpuResources"):
+        return 0
+    try:
+        return int(get())
+    except Exception:  # noqa: BLE001 - a broken CUDA setup means no GPU here
+        return 0
+
+
+def resolve_backend(backend: str) -> str:
+    """``faiss``: faiss on the GPU when this faiss has GPU support and sees a CUDA device, else on the CPU;
+    ``faiss-gpu`` insists on the GPU (a clear error without one); ``faiss-cpu`` and ``sklearn`` as named."""
+    if backend not in BACKENDS:
+        raise PreselError(f"kmeans_backend={backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "faiss":
+        return "faiss-gpu" if faiss_gpus() > 0 else "faiss-cpu"
+    if backend == "faiss-gpu" and faiss_gpus() == 0:
+        faiss = _import_faiss()
+        why = ("this faiss build has no GPU support" if not hasattr(faiss, "StandardGpuResources")
+               else "faiss sees no CUDA device")
+        raise PreselError(f"kmeans_backend=faiss-gpu: {why} (faiss {getattr(faiss, '__version__', '?')}); install a "
+                          "CUDA build of faiss (pip install faiss-gpu-cu12, or conda's faiss-gpu) on a machine with an "
+                          "NVIDIA GPU, or use --kmeans-backend faiss (GPU when there is one, else CPU)")
+    return backend
 
 
 @dataclass(frozen=True)
@@ -171,7 +206,8 @@ def kmeans(x: np.ndarray, n_clusters: int, *, backend: str = "faiss", seed: int 
            niter: int | None = None) -> KMeansResult:
     """Cluster the rows of ``x`` (float32, n x d) into ``n_clusters``.
 
-    faiss: greedy k-means++ seeding (:func:`kmeanspp_init`, seeded) then Lloyd iterations on all
+    faiss (GPU when faiss has GPU support and sees a CUDA device, else CPU: :func:`resolve_backend`),
+    faiss-cpu, faiss-gpu: greedy k-means++ seeding (:func:`kmeanspp_init`, seeded) then Lloyd iterations on all
     points (no subsampling); ``niter`` caps the iterations (default 25; it stops earlier once an
     iteration improves the objective by less than 1e-4 relative, typically after ~7, where faiss
     has ``early_stop_threshold``).
@@ -195,10 +231,13 @@ def kmeans(x: np.ndarray, n_clusters: int, *, backend: str = "faiss", seed: int 
         c = x.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
         labels = np.zeros(n, dtype=np.int64)
         return KMeansResult(labels, c, float(((x.astype(np.float64) - c) ** 2).sum()))
-    if backend == "faiss":
+    backend = resolve_backend(backend)
+    if backend in ("faiss-cpu", "faiss-gpu"):
         faiss = _import_faiss()
         extra = {"early_stop_threshold": FAISS_EARLY_STOP} if hasattr(faiss.ClusteringParameters(),
                                                                       "early_stop_threshold") else {}
+        if backend == "faiss-gpu":
+            extra["gpu"] = True
         km = faiss.Kmeans(x.shape[1], int(n_clusters), niter=int(niter or DEFAULT_FAISS_NITER), seed=int(seed),
                           max_points_per_centroid=max(256, n // n_clusters + 1), min_points_per_centroid=1,
                           verbose=False, **extra)
@@ -218,3 +257,228 @@ def kmeans(x: np.ndarray, n_clusters: int, *, backend: str = "faiss", seed: int 
         objective = float(km.inertia_)
     labels, centroids = _canonical(labels, centroids)
     return KMeansResult(labels, centroids, objective)
+
+
+def _seed_for(seed: int, group: int) -> int:
+    return (int(seed) * 1_000_003 + 7919 * (group + 1)) % (2**31 - 1)
+
+
+def group_cluster_counts(sizes: np.ndarray, spread: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Clusters per group: one each, the other ``n_clusters - G`` in proportion to the group's spread (its
+    sum of squared distances to the coarse centroid) by largest remainder
+    (:func:`presel.selection.budget.allocate`), never more than a group's points.
+
+    Spread, not size: measured on the benchmark pools (``benchmarks/select_bench.py --hier-sweep``), sharing
+    clusters by size starves the loose groups (outliers, broad concepts) and lands 2-10% above flat k-means;
+    by spread it lands within about 1%."""
+    from presel.selection.budget import allocate
+
+    sizes = np.asarray(sizes, dtype=np.int64)
+    w = np.asarray(spread, dtype=np.float64)
+    if not (w > 0).any():
+        w = sizes.astype(np.float64)
+    return 1 + allocate(n_clusters - len(sizes), w, sizes - 1)
+
+
+def _fill_to(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, n_clusters: int) -> tuple[np.ndarray, np.ndarray]:
+    """Make exactly ``n_clusters`` non-empty clusters: while some are missing, the point farthest from its
+    centroid among clusters of 2 or more becomes a cluster of its own (deterministic; rarely needed)."""
+    labels = labels.copy()
+    cents = [c for c in centroids]
+    missing = n_clusters - len(cents)
+    if missing <= 0:
+        return labels, centroids
+    d = _sq_dist(x, centroids, labels)
+    counts = np.bincount(labels, minlength=len(cents))
+    for j in np.argsort(-d, kind="stable"):
+        if missing == 0:
+            break
+        if counts[labels[j]] < 2:
+            continue
+        counts[labels[j]] -= 1
+        labels[j] = len(cents)
+        cents.append(x[j].astype(np.float32))
+        counts = np.append(counts, 1)
+        missing -= 1
+    cents_arr = np.stack(cents).astype(np.float32)
+    for c in range(len(centroids)):  # the clusters that gave a point: their mean again
+        cents_arr[c] = x[labels == c].mean(axis=0, dtype=np.float64)
+    return labels, cents_arr
+
+
+def default_groups(n_clusters: int) -> int:
+    """Coarse groups for ``C`` clusters: ``round(sqrt(C) / 2)``, at least 2. Per-iteration cost ``n (G + C / G) d``
+    is 1.25x its minimum (at ``G = sqrt(C)``) and the objective is markedly closer to flat's (fewer borders)."""
+    return max(2, int(round(np.sqrt(n_clusters) / 2)))
+
+
+def hierarchical_kmeans(x: np.ndarray, n_clusters: int, *, backend: str = "faiss", seed: int = 0,
+                        niter: int | None = None, groups: int | None = None, refine: int = 2, workers: int = 1) -> KMeansResult:
+    """Two-level k-means: a coarse k-means into ``G`` groups (:func:`default_groups`, about ``sqrt(C) / 2``), then
+    k-means inside each group with the ``C`` clusters split over groups (:func:`group_cluster_counts`).
+
+    Then ``refine`` Lloyd passes across group borders (:func:`_refine`: each point may join any cluster of its two
+    nearest groups), which halves the gap to flat k-means where coarse borders cut through dense blobs.
+
+    A group that holds more than twice its share of the clusters (coarse centroids spent on outliers leave the
+    bulk of a task in one group) is split the same way again, so the cost bound holds on lopsided data.
+    ``workers`` > 1 runs the groups' k-means side by side, one core each (:func:`map_threads`; same result).
+
+    Cost per Lloyd iteration ``n (G + C / G) d``, about ``2.5 n sqrt(C) d``, instead of ``n C d``. Returns exactly
+    ``C`` non-empty clusters (canonical numbering, as :func:`kmeans`); the
+    objective is the sum of squared distances to those centroids. Deterministic for a seed (group ``g`` runs with
+    a seed derived from ``seed`` and ``g``).
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = x.shape[0]
+    if not 1 <= n_clusters <= n:
+        raise PreselError(f"n_clusters={n_clusters} must be between 1 and n_samples={n}")
+    g = int(groups) if groups else default_groups(n_clusters)
+    if g <= 1 or g >= n_clusters:
+        res = kmeans(x, n_clusters, backend=backend, seed=seed, niter=niter)
+        return _filled(x, res, n_clusters)
+    coarse = kmeans(x, g, backend=backend, seed=seed, niter=niter)
+    sizes = np.bincount(coarse.labels, minlength=coarse.n_clusters)
+    spread = np.bincount(coarse.labels, weights=_sq_dist(x, coarse.centroids, coarse.labels),
+                         minlength=coarse.n_clusters)
+    counts = group_cluster_counts(sizes, spread, n_clusters)
+    order = np.argsort(coarse.labels, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    labels = np.empty(n, dtype=np.int64)
+    results: list[KMeansResult | None] = [None] * coarse.n_clusters
+    big = 2 * n_clusters / len(counts)  # a group holding more than twice its share of clusters splits again
+
+    def fine(grp: int) -> None:
+        xg = x[order[bounds[grp]:bounds[grp + 1]]]
+        c_g, s_g = int(counts[grp]), _seed_for(seed, grp)
+        if c_g > big and c_g >= 16:  # e.g. the bulk of a task when outliers took most coarse centroids
+            results[grp] = hierarchical_kmeans(xg, c_g, backend=backend, seed=s_g, niter=niter, refine=refine)
+        else:
+            results[grp] = _filled(xg, kmeans(xg, c_g, backend=backend, seed=s_g, niter=niter), c_g)
+
+    map_threads(fine, list(range(coarse.n_clusters)), workers, backend)
+    cents: list[np.ndarray] = []
+    objective = 0.0
+    offset = 0
+    for grp, res in enumerate(results):
+        labels[order[bounds[grp]:bounds[grp + 1]]] = res.labels + offset
+        cents.append(res.centroids)
+        objective += res.objective
+        offset += res.n_clusters
+    centroids = np.concatenate(cents)
+    if refine:
+        labels, centroids, objective = _refine(x, coarse.centroids, labels, centroids,
+                                               np.repeat(np.arange(coarse.n_clusters), counts), refine)
+    labels, centroids = _canonical(labels, centroids)
+    return KMeansResult(labels, centroids, objective)
+
+
+def _refine(x: np.ndarray, coarse: np.ndarray, labels: np.ndarray, centroids: np.ndarray, group_of: np.ndarray,
+            passes: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Lloyd passes across group borders: a point may move to any cluster of its two nearest groups (a blob
+    cut by a coarse border is where two levels lose against one); means are updated between passes.
+    Cost per pass about ``2 n (C / G) d``. A pass never empties a cluster (its members would stay)."""
+    n_c = len(centroids)
+    near = _nearest2(x, coarse)
+    cand = [np.nonzero((near[:, 0] == g) | (near[:, 1] == g))[0] for g in range(len(coarse))]
+    members = [np.nonzero(group_of == g)[0] for g in range(len(coarse))]
+    best = None
+    for p in range(passes):
+        if p:
+            centroids = _means(x, labels, n_c)
+        best = np.full(len(x), np.inf)
+        new = labels.copy()
+        for pts, cl in zip(cand, members):
+            if not len(pts):
+                continue
+            lab, dist = _assign(x[pts], centroids[cl])
+            better = dist < best[pts]
+            best[pts[better]] = dist[better]
+            new[pts[better]] = cl[lab[better]]
+        counts = np.bincount(new, minlength=n_c)
+        if (counts == 0).any():
+            keep = np.nonzero(counts[labels] == 0)[0]
+            new[keep] = labels[keep]
+            best[keep] = _sq_dist(x[keep], centroids, labels[keep])
+        labels = new
+    return labels, centroids, float(best.sum())
+
+
+def _means(x: np.ndarray, labels: np.ndarray, n_c: int) -> np.ndarray:
+    """Mean of the rows of each cluster (a sparse one-hot product: no copy of ``x``)."""
+    import scipy.sparse as sp
+
+    n = len(labels)
+    onehot = sp.csr_matrix((np.ones(n, dtype=np.float32), (labels, np.arange(n))), shape=(n_c, n))
+    sums = np.asarray(onehot @ x, dtype=np.float64)
+    return (sums / np.bincount(labels, minlength=n_c)[:, None]).astype(np.float32)
+
+
+def _nearest2(x: np.ndarray, centroids: np.ndarray, block: int = 8192) -> np.ndarray:
+    """Indices of the two nearest centroids of each row (the same one twice when there is only one)."""
+    c2 = np.einsum("ij,ij->i", centroids, centroids)
+    out = np.empty((len(x), 2), dtype=np.int64)
+    for s in range(0, len(x), block):
+        d = c2[None, :] - 2.0 * (x[s:s + block] @ centroids.T)
+        first = np.argmin(d, axis=1)
+        d[np.arange(len(d)), first] = np.inf
+        out[s:s + block, 0] = first
+        out[s:s + block, 1] = np.argmin(d, axis=1) if d.shape[1] > 1 else first
+    return out
+
+
+def _sq_dist(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, block: int = 16384) -> np.ndarray:
+    """Squared distance of each row to its assigned centroid (blocked: no n x d temporary)."""
+    out = np.empty(len(x), dtype=np.float64)
+    for s in range(0, len(x), block):
+        diff = x[s:s + block] - centroids[labels[s:s + block]]
+        out[s:s + block] = np.einsum("ij,ij->i", diff, diff, dtype=np.float64)
+    return out
+
+
+def _filled(x: np.ndarray, res: KMeansResult, n_clusters: int) -> KMeansResult:
+    """``res`` with exactly ``n_clusters`` non-empty clusters (:func:`_fill_to`), objective recomputed if changed."""
+    if res.n_clusters == n_clusters:
+        return res
+    labels, cents = _fill_to(x, res.labels, res.centroids, n_clusters)
+    labels, cents = _canonical(labels, cents)
+    return KMeansResult(labels, cents, float(_sq_dist(x, cents, labels).sum()))
+
+
+def use_hierarchical(mode: str, n: int) -> bool:
+    """Whether ``mode`` (flat | hierarchical | auto) runs hierarchical k-means for a task of ``n`` points."""
+    if mode not in MODES:
+        raise PreselError(f"kmeans={mode!r} must be one of {', '.join(MODES)}")
+    return mode == "hierarchical" or (mode == "auto" and n >= AUTO_HIERARCHICAL_MIN)
+
+
+def cluster(x: np.ndarray, n_clusters: int, *, mode: str = "flat", backend: str = "faiss", seed: int = 0,
+            niter: int | None = None, workers: int = 1) -> KMeansResult:
+    """k-means of one task: flat (:func:`kmeans`) or two-level (:func:`hierarchical_kmeans`) as ``mode`` says."""
+    if use_hierarchical(mode, x.shape[0]):
+        return hierarchical_kmeans(x, n_clusters, backend=backend, seed=seed, niter=niter, workers=workers)
+    return kmeans(x, n_clusters, backend=backend, seed=seed, niter=niter)
+
+
+def map_threads(fn, items: list, workers: int, backend: str = "faiss") -> None:
+    """``fn(item)`` for each item: in order when ``workers <= 1``, else on ``workers`` threads with one BLAS /
+    OpenMP thread each (faiss and numpy release the GIL; the results are those of the serial run). The first
+    failure in item order is raised."""
+    if workers <= 1 or len(items) < 2 or resolve_backend(backend) == "faiss-gpu":  # one GPU: one at a time
+        for it in items:
+            fn(it)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    init = None
+    if backend.startswith("faiss"):
+        faiss = _import_faiss()
+
+        def init() -> None:  # OpenMP's thread count is per calling thread
+            faiss.omp_set_num_threads(1)
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(min(workers, len(items)), initializer=init) as ex:
+        futures = [ex.submit(fn, it) for it in items]
+        for f in futures:
+            f.result()

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from presel.config import neutral
 from presel.errors import PreselError
 from presel.records import Pool, image_key
 from presel.selection.budget import allocate
@@ -56,8 +57,12 @@ from presel.selection.result import task_weights as _task_weights
 
 METHODS = ("presel", "random", "random-cluster", "typiclust", *WITHIN_CLUSTER_METHODS, *COVERAGE_METHODS)
 TASK_WEIGHT_MODES = ("irs", "uniform", "size")
-KMEANS_BACKENDS = ("faiss", "sklearn")
+KMEANS_BACKENDS = ("faiss", "faiss-cpu", "faiss-gpu", "sklearn")
+KMEANS_MODES = ("flat", "hierarchical", "auto")
 OFFICIAL_QUOTAS = ("llava665k", "vision-flan")
+# the settings that take one of a few names: checked in SelectConfig, offered as `presel select` choices
+CHOICES = {"method": METHODS, "task_weights": TASK_WEIGHT_MODES, "kmeans_backend": KMEANS_BACKENDS,
+           "kmeans": KMEANS_MODES, "official_quotas": OFFICIAL_QUOTAS}
 
 
 @dataclass
@@ -70,7 +75,8 @@ class SelectConfig:
     k: neighbours for neighbour centrality.
     method: presel | presel-cover | herding | random | random-cluster | typiclust.
     task_weights: irs (from a weights file) | uniform | size (proportional to task item count).
-    kmeans_backend: faiss (seeded) | sklearn.
+    kmeans_backend: faiss (seeded; on the GPU when faiss has GPU support and sees a CUDA device) | faiss-cpu |
+    faiss-gpu (an error without a usable GPU) | sklearn.
     kmeans_niter: faiss iterations (default 25); for sklearn a cap on max_iter (default: its own 300).
     seed: every random choice derives from it.
     allow_repeats: let an image used by several tasks be selected once per task.
@@ -82,6 +88,12 @@ class SelectConfig:
     exclude: id list (record ids or image paths, e.g. a ``presel map`` lasso export): those images are left out
     of the pool before selecting (:mod:`presel.selection.pick_lists`).
     include: id list: those images are selected first, counted in the budget (their task's quota first).
+    threads: tasks below ``PARALLEL_TASK_MAX`` images are scored this many at a time, one core each (threads;
+    0 = one per core); larger tasks run one after the other, their hierarchical k-means groups this many at a
+    time. Results are identical to ``threads=1``.
+    kmeans: flat | hierarchical | auto: a task's k-means in one level, or two (coarse groups, then clusters
+    inside each: :func:`presel.selection.kmeans.hierarchical_kmeans`); auto runs two levels for tasks of at
+    least ``presel.selection.kmeans.AUTO_HIERARCHICAL_MIN`` images. Protocol official always runs flat.
     """
 
     budget: float | None = None
@@ -99,13 +111,16 @@ class SelectConfig:
     official_quotas: str = "llava665k"
     exclude: str | None = None
     include: str | None = None
+    kmeans: str = "auto"
+    threads: int = neutral(0)
 
     def __post_init__(self) -> None:
         from presel.protocol import check_protocol
 
         check_protocol(self.protocol)
-        if self.official_quotas not in OFFICIAL_QUOTAS:
-            raise PreselError(f"official_quotas={self.official_quotas!r} must be one of {', '.join(OFFICIAL_QUOTAS)}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise PreselError(f"{name}={getattr(self, name)!r} must be one of {', '.join(allowed)}")
         if (self.budget is None) == (self.budget_count is None):
             raise PreselError("give exactly one of budget (a fraction, e.g. 0.15) and budget_count (a number of images); "
                               f"got budget={self.budget}, budget_count={self.budget_count}")
@@ -122,12 +137,8 @@ class SelectConfig:
                 raise PreselError(f"{name}={v} must be an integer >= 1")
         if self.kmeans_niter is not None and (not isinstance(self.kmeans_niter, int) or self.kmeans_niter < 1):
             raise PreselError(f"kmeans_niter={self.kmeans_niter} must be an integer >= 1 (or unset for the default)")
-        if self.method not in METHODS:
-            raise PreselError(f"method={self.method!r} must be one of {', '.join(METHODS)}")
-        if self.task_weights not in TASK_WEIGHT_MODES:
-            raise PreselError(f"task_weights={self.task_weights!r} must be one of {', '.join(TASK_WEIGHT_MODES)}")
-        if self.kmeans_backend not in KMEANS_BACKENDS:
-            raise PreselError(f"kmeans_backend={self.kmeans_backend!r} must be one of {', '.join(KMEANS_BACKENDS)}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            raise PreselError(f"threads={self.threads} must be an integer >= 0 (0: one per core)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise PreselError(f"seed={self.seed} must be an integer >= 0")
         if self.include is not None and self.protocol == "official":
@@ -302,11 +313,11 @@ def _per_cluster(labels: np.ndarray, avail: np.ndarray, fn, out: np.ndarray) -> 
                 out[mem] = fn(mem)
 
 
-def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
+def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig, workers: int = 1) -> None:
     """Clusters, scores and per-cluster orders of one task (fills t.labels/score/rank/order/cweights)."""
     from presel.selection.baselines import random_order, typiclust_clusters
     from presel.selection.centrality import neighbour_centrality, typicality
-    from presel.selection.kmeans import kmeans, n_clusters_for
+    from presel.selection.kmeans import cluster, n_clusters_for
 
     n = len(t.ids)
     avail = ~t.ref
@@ -319,8 +330,8 @@ def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
         stage = herding_stage(t.quota, int(avail.sum()))
         method = "typiclust" if stage == "typiclust" else method
     if method in ("presel", "random-cluster", *WITHIN_CLUSTER_METHODS):
-        km = kmeans(x, n_clusters_for(n, cfg.images_per_cluster), backend=cfg.kmeans_backend, seed=seed,
-                    niter=cfg.kmeans_niter)
+        km = cluster(x, n_clusters_for(n, cfg.images_per_cluster), mode=cfg.kmeans, backend=cfg.kmeans_backend,
+                     seed=seed, niter=cfg.kmeans_niter, workers=workers)
         labels, t.objective = km.labels, km.objective
     elif method in ("random", *COVERAGE_METHODS):
         labels = np.zeros(n, dtype=np.int64)
@@ -362,6 +373,34 @@ def _score_task(t: _Task, x: np.ndarray, cfg: SelectConfig) -> None:
     t.order, t.rank = _cluster_orders(labels, avail, key)
     sizes = np.array([len(o) for o in t.order], dtype=np.float64)
     t.cweights = (sizes > 0).astype(np.float64) if method == "typiclust" else sizes
+
+
+PARALLEL_TASK_MAX = 20_000  # tasks this small are scored side by side (one core each) when threads > 1
+
+
+def _score_tasks(features, tasks: list[_Task], rows: list[np.ndarray], cfg: SelectConfig) -> None:
+    """Score every task: the large ones one at a time on all cores, the small ones ``cfg.threads`` at a time.
+
+    Features are gathered task by task from the (memory-mapped) matrix as float32 and dropped after scoring,
+    so at most one large task's matrix (plus ``workers`` small ones) is in memory at once."""
+    import os
+
+    from presel.selection.kmeans import map_threads
+
+    workers = cfg.threads or os.cpu_count() or 1
+    small = [i for i, t in enumerate(tasks) if len(t.ids) < PARALLEL_TASK_MAX] if workers > 1 else []
+    if len(small) < 2:
+        small = []
+
+    def one(i: int) -> None:
+        x = _load_task_matrix(features, rows[i], tasks[i])
+        _score_task(tasks[i], x, cfg, workers=1 if i in small else workers)
+
+    for i in range(len(tasks)):
+        if i not in small:
+            one(i)
+    if small:
+        map_threads(one, small, workers, cfg.kmeans_backend)
 
 
 def _take(t: _Task, n: int, taken: np.ndarray | None) -> int:
@@ -426,11 +465,7 @@ def select(pool: Pool, features, *, weights: Mapping[str, Any] | None = None, re
         t.weight, t.quota = float(wt), int(q)
     forced = _force(pool, tasks, include, new_budget, what)
 
-    rows = _feature_rows(features, tasks)
-    for t, r in zip(tasks, rows):
-        x = _load_task_matrix(features, r, t)
-        _score_task(t, x, cfg)
-        del x
+    _score_tasks(features, tasks, _feature_rows(features, tasks), cfg)
 
     order = sorted(range(len(tasks)), key=lambda i: (-tasks[i].weight, tasks[i].name))
     taken = None if cfg.allow_repeats else np.zeros(n_images, dtype=bool)
@@ -639,10 +674,10 @@ def select_to_dir(pool: Pool, features, weights_path=None, reference_path=None, 
 
         rejected = rejected_images(src)
     lists = _pick_lists(pool, config, reference)  # --exclude / --include, checked against the whole pool
-    dropped = [r for r in pool.records if r.image_key in rejected]
+    dropped = [r for r, k in zip(pool.records, pool.image_keys()) if k in rejected] if rejected else []
     if dropped:
-        pool = Pool([r for r in pool.records if r.image_key not in rejected], pool.source, pool.image_root,
-                    text_only=pool.text_only, format=pool.format)
+        pool = Pool([r for r, k in zip(pool.records, pool.image_keys()) if k not in rejected], pool.source,
+                    pool.image_root, text_only=pool.text_only, format=pool.format)
     if "exclude" in lists:
         from presel.selection.pick_lists import drop_excluded
 

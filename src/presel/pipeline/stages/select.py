@@ -24,7 +24,7 @@ class Select(Stage):
                         "(CPU, minutes)")
 
     def settings(self) -> dict[str, Any]:  # the input files are in the key as files
-        return {k: v for k, v in self.section.items() if k not in self.extra}
+        return {k: v for k, v in super().settings().items() if k not in self.extra}
 
     def legacy_settings(self) -> dict[str, Any]:
         return {k: v for k, v in self.section.items() if k not in self.extra}
