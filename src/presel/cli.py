@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "prepare": "prepare",
     "run": "run",
     "demo": "demo",
+    "compare": "compare",
     "report": "report",
     "evaluate": "evaluate",
 }
