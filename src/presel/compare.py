@@ -252,6 +252,25 @@ def run_compare(config: CompareConfig, base_dir: str | Path = ".", *, log: Calla
     return doc
 
 
+def compare_out(config: CompareConfig, base_dir: str | Path = ".") -> Path:
+    """The comparison's folder."""
+    from presel.pipeline import RunConfig
+
+    base_dir = Path(base_dir)
+    return (base_dir / config.out) if config.out else RunConfig.load(base_dir / config.run).out / "compare"
+
+
+def finished_results(config: CompareConfig, base_dir: str | Path = ".") -> dict[str, Any]:
+    """The evaluations finished so far (``evals/<name>.json``), by model name; for a table while a run goes on."""
+    out = compare_out(config, base_dir)
+    found = {}
+    for name, _, _ in config.model_names():
+        doc = _read_json(out / "evals" / f"{name}.json")
+        if doc is not None and "result" in doc:
+            found[name] = doc["result"]
+    return found
+
+
 def _auto_eval_batch(tune: Any) -> int:
     from presel.devices import resolve_device
 
