@@ -89,6 +89,19 @@ def test_every_arm_same_budget_and_reference_paired_table(run_dir):
     assert not any("fine-tuning" in m or "evaluating" in m for m in logs2)
 
 
+def test_cli_table_of_the_models_finished_so_far(run_dir, capsys):
+    from presel.cli import main
+
+    run, model = run_dir
+    _config(run, model, "cmp-cli", arms=["presel", "random"], seeds=1)
+    assert main(["compare", str(run / "cmp-cli.yaml"), "--table"]) == 0
+    assert "0 of 2 models evaluated so far" in capsys.readouterr().out
+    assert main(["compare", str(run / "cmp-cli.yaml")]) == 0
+    assert main(["compare", str(run / "cmp-cli.yaml"), "--table"]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 2 models evaluated so far" in out and "| presel | random |" in out
+
+
 def test_killed_comparison_resumes_without_refitting_finished_models(run_dir):
     from presel.compare import run_compare
 
