@@ -59,3 +59,12 @@ def test_image_features_match_the_models_own_embedding(tiny_llava, tmp_path):
     src = ds.pool.locator(ds.samples[0])
     (tmp_path / "copy.png").write_bytes(open(src, "rb").read())
     assert feats.image_key(tmp_path / "copy.png") == feats.image_key(src)
+
+
+def test_cache_with_bf16_weights_and_fp32_projector(tiny_llava, tmp_path):
+    """bf16 (as on CUDA): frozen tower in bf16, trained projector in fp32 master weights, autocast."""
+    data = make_train_set(tmp_path / "data", bad=False)
+    cfg = FinetuneConfig(**dict(FAST, dtype="bf16", max_steps=3))
+    plain = finetune(data, tiny_llava, tmp_path / "plain", cfg)
+    cached = finetune(data, tiny_llava, tmp_path / "cached", cfg, image_features=tmp_path / "f")
+    assert _losses(cached) == pytest.approx(_losses(plain), rel=2e-2)

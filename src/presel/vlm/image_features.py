@@ -90,6 +90,10 @@ def _jsonable(obj: Any) -> Any:
     return {k: v for k, v in d.items() if not k.startswith("_")}
 
 
+class _Captured(Exception):
+    """Raised by the projector hook once the projector's input is captured."""
+
+
 class ImageFeatures:
     """Projector inputs of images for one (frozen) vision tower: memory + optional disk cache.
 
@@ -197,15 +201,25 @@ class ImageFeatures:
         param = next(base.parameters())
         pv = pv.to(param.device, dtype=param.dtype if param.dtype.is_floating_point else None)
         captured: list[Any] = []
-        hook = _projector(base).register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+
+        def stop(_m: Any, args: Any) -> None:  # the projector's input is all we need: stop there
+            captured.append(args[0].detach())
+            raise _Captured
+
+        hook = _projector(base).register_forward_pre_hook(stop)
         was_training = base.training
         base.eval()  # the frozen tower's output, without dropout
         try:
             with torch.inference_mode():
                 base.get_image_features(pixel_values=pv)
+        except _Captured:
+            pass
         finally:
             hook.remove()
             base.train(was_training)
+        if not captured:
+            raise PreselError(f"{type(base).__name__}: its image features did not pass through the projector; "
+                              "run without the image feature cache")
         self.computed += len(paths)
         out = captured[0].float().cpu()
         return [out[i].clone() for i in range(out.shape[0])]
