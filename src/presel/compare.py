@@ -73,6 +73,7 @@ class CompareConfig:
     best_method: str = "presel-cover"  # within-task rule of the presel-best and size-best arms
     arms: tuple[str, ...] = tuple(ARMS)
     image_features: bool = True  # cache the frozen vision tower's outputs (LLaVA-style models)
+    jobs: int = 1  # models fine-tuned and evaluated at once, each in its own process (e.g. one per core or GPU)
     finetune: dict[str, Any] = field(default_factory=dict)  # FinetuneConfig settings (the recipe of every arm)
     evaluate: dict[str, Any] = field(default_factory=dict)  # EvalConfig settings
 
@@ -87,6 +88,8 @@ class CompareConfig:
             raise PreselError(f"budget={self.budget} must be > 0 (a fraction below 1, or a count)")
         if self.seeds < 1:
             raise PreselError(f"seeds={self.seeds} must be >= 1 (3 or more for a confidence interval)")
+        if self.jobs < 1:
+            raise PreselError(f"jobs={self.jobs} must be >= 1")
         if self.first_seed < 0:
             raise PreselError(f"first_seed={self.first_seed} must be >= 0")
         if self.best_method not in METHODS:
@@ -213,29 +216,37 @@ def run_compare(config: CompareConfig, base_dir: str | Path = ".", *, log: Calla
     feats_dir = out / "image-features" if cc.image_features else None
     timings = _read_json(out / "timings.json") or {}
     results: dict[str, Any] = {}
+    todo: list[tuple[str, Path, int]] = []
     for name, arm, seed in cc.model_names():
         if arm == "full":
-            data = full_data
-        else:
-            sel_dir = out / "selections" / name
-            sel_dir.mkdir(parents=True, exist_ok=True)
-            _write_yaml(sel_dir / "config.yaml", selection_config(run_cfg, raw, cc, arm, seed),
-                        f"presel compare: selection of arm {arm}, seed {seed}")
-            t0 = time.perf_counter()
-            Pipeline(RunConfig.load(sel_dir / "config.yaml"), log=lambda m: None).run()
-            timings.setdefault(name, {})["select_s"] = timings.get(name, {}).get("select_s") or round(
-                time.perf_counter() - t0, 1)
-            data = sel_dir / "generate" / "train.json"
-        model_dir = out / "models" / name
-        if not (model_dir / "config.json").exists():
-            log(f"compare: fine-tuning {name} on {data}")
-            t0 = time.perf_counter()
-            _finetune(data, cc.model, model_dir, tune, seed, image_root, feats_dir, on_step)
-            timings.setdefault(name, {})["finetune_s"] = round(time.perf_counter() - t0, 1)
+            assert full_data is not None
+            todo.append((name, full_data, seed))
+            continue
+        sel_dir = out / "selections" / name
+        sel_dir.mkdir(parents=True, exist_ok=True)
+        _write_yaml(sel_dir / "config.yaml", selection_config(run_cfg, raw, cc, arm, seed),
+                    f"presel compare: selection of arm {arm}, seed {seed}")
+        t0 = time.perf_counter()
+        Pipeline(RunConfig.load(sel_dir / "config.yaml"), log=lambda m: None).run()
+        timings.setdefault(name, {}).setdefault("select_s", round(time.perf_counter() - t0, 1))
+        todo.append((name, sel_dir / "generate" / "train.json", seed))
+    job = {"model": cc.model, "tune": tune, "image_root": image_root, "feats_dir": feats_dir, "heldout": heldout,
+           "ev": ev, "out": out, "threads": max(1, (os.cpu_count() or 1) // cc.jobs)}
+    if cc.jobs > 1 and on_step is None and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(cc.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {name: pool.submit(_model_job, name, data, seed, dict(job, worker=True)) for name, data, seed in todo}
+            for name, fut in futures.items():
+                results[name], spent = fut.result()
+                timings.setdefault(name, {}).update(spent)
+                _save_json(out / "timings.json", timings)
+    else:
+        for name, data, seed in todo:
+            results[name], spent = _model_job(name, data, seed, job, log=log, on_step=on_step)
+            timings.setdefault(name, {}).update(spent)
             _save_json(out / "timings.json", timings)
-        results[name] = _evaluated(model_dir, heldout, ev, out / "evals" / f"{name}.json", feats_dir, log, timings,
-                                   name)
-        _save_json(out / "timings.json", timings)
     cells = compare_cells(results, cc)
     table = compare_table(cells)
     log(table)
@@ -293,22 +304,36 @@ def _finetune(data: Path, model: str, out: Path, tune: Any, seed: int, image_roo
              image_features=feats_dir, on_step=on_step)
 
 
-def _evaluated(model_dir: Path, heldout: Path, ev: Any, path: Path, feats_dir: Path | None, log: Callable[[str], None],
-               timings: dict[str, Any], name: str) -> dict[str, Any]:
-    """The model's evaluation, from ``path`` when it was made for this model, held-out file and settings."""
+def _model_job(name: str, data: Path, seed: int, job: dict[str, Any], *, log: Callable[[str], None] = print,
+               on_step: Any = None) -> tuple[dict[str, Any], dict[str, float]]:
+    """Fine-tune model ``name`` unless it is finished, then its evaluation (reused when it was made for this model,
+    held-out file and settings). Returns ``(result, {"finetune_s", "evaluate_s"} of what ran here)``."""
     from presel.evaluate import evaluate_model
 
+    out: Path = job["out"]
+    if job.get("worker"):  # one of ``jobs`` processes: its share of the cores (CPU work)
+        import torch
+
+        torch.set_num_threads(min(torch.get_num_threads(), job["threads"]))
+    model_dir = out / "models" / name
+    spent: dict[str, float] = {}
+    if not (model_dir / "config.json").exists():
+        log(f"compare: fine-tuning {name} on {data}")
+        t0 = time.perf_counter()
+        _finetune(data, job["model"], model_dir, job["tune"], seed, job["image_root"], job["feats_dir"], on_step)
+        spent["finetune_s"] = round(time.perf_counter() - t0, 1)
+    path = out / "evals" / f"{name}.json"
     key = {"model": _file_digest(model_dir / "summary.json") if (model_dir / "summary.json").exists() else None,
-           "heldout": _file_digest(heldout), "evaluate": _jsonable(ev)}
+           "heldout": _file_digest(job["heldout"]), "evaluate": _jsonable(job["ev"])}
     old = _read_json(path)
     if old is not None and old.get("key") == key:
-        return old["result"]
+        return old["result"], spent
     log(f"compare: evaluating {name}")
     t0 = time.perf_counter()
-    res = evaluate_model(model_dir, heldout, ev, progress=False, image_features=feats_dir)
-    timings.setdefault(name, {})["evaluate_s"] = round(time.perf_counter() - t0, 1)
+    res = evaluate_model(model_dir, job["heldout"], job["ev"], progress=False, image_features=job["feats_dir"])
+    spent["evaluate_s"] = round(time.perf_counter() - t0, 1)
     _save_json(path, {"key": key, "result": res})
-    return res
+    return res, spent
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

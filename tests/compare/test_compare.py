@@ -162,3 +162,18 @@ def test_config_errors():
     with pytest.raises(PreselError, match="best_method"):
         CompareConfig(run="r", heldout="h", best_method="nope")
     assert CompareConfig(run="r", heldout="h", arms="presel, random").arms == ("presel", "random")
+
+
+def test_parallel_jobs_give_the_same_models_and_figures(run_dir):
+    from presel.compare import run_compare
+
+    run, model = run_dir
+    cc1, base = _config(run, model, "cmp-j1", arms=["presel", "random"], seeds=1)
+    one = run_compare(cc1, base, log=lambda m: None)
+    cc2, base = _config(run, model, "cmp-j2", arms=["presel", "random"], seeds=1, jobs=2)
+    two = run_compare(cc2, base, log=lambda m: None)
+    assert set(one["models"]) == set(two["models"]) == {"presel-s0", "random-s0"}
+    for n in one["models"]:
+        assert two["models"][n]["mean_answer_nll"] == pytest.approx(one["models"][n]["mean_answer_nll"], rel=1e-4)
+        assert two["models"][n]["mean_accuracy"] == one["models"][n]["mean_accuracy"]
+        assert set(two["timings"][n]) >= {"finetune_s", "evaluate_s"}

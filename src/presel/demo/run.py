@@ -10,6 +10,7 @@ match and answer loss (mean NLL of the answer tokens), mean +- 95% CI over the s
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -68,12 +69,13 @@ def run_demo(out: str | Path = "runs/demo", *, size: str = "default", seed: int 
 
 def compare_config(cfg_dict: dict[str, Any], *, seed: int = 0, seeds: int = 3) -> dict[str, Any]:
     """The demo's ``presel compare`` config (saved as ``compare.yaml`` next to ``config.yaml``): every arm of
-    :mod:`presel.compare` on the demo pool, fine-tuned with the reference model's recipe for one epoch."""
+    :mod:`presel.compare` on the demo pool, fine-tuned with the reference model's recipe for one epoch; two
+    models at a time on a machine with two or more cores (one process each, one thread each)."""
     tune = {k: v for k, v in cfg_dict["ref_model"].items() if k != "model"}
     return {"run": "config.yaml", "heldout": "pool/heldout.json", "full": "pool/annotations.json",
             "out": "compare", "model": cfg_dict["ref_model"]["model"], "budget": cfg_dict["select"]["budget"],
             "seeds": seeds, "first_seed": seed, "finetune": dict(tune, epochs=1, seed=seed),
-            "evaluate": {"max_new_tokens": 16}}
+            "evaluate": {"max_new_tokens": 16}, "jobs": max(1, min(2, os.cpu_count() or 1))}
 
 
 def compare_models(out: Path, cfg_dict: dict[str, Any], *, seed: int = 0, seeds: int = 3, log=print) -> dict[str, Any]:
