@@ -237,7 +237,8 @@ def run_compare(config: CompareConfig, base_dir: str | Path = ".", *, log: Calla
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(cc.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {name: pool.submit(_model_job, name, data, seed, dict(job, worker=True)) for name, data, seed in todo}
+            wjob = dict(job, worker=True, parent=os.getpid())
+            futures = {name: pool.submit(_model_job, name, data, seed, wjob) for name, data, seed in todo}
             for name, fut in futures.items():
                 results[name], spent = fut.result()
                 timings.setdefault(name, {}).update(spent)
@@ -315,6 +316,7 @@ def _model_job(name: str, data: Path, seed: int, job: dict[str, Any], *, log: Ca
         import torch
 
         torch.set_num_threads(min(torch.get_num_threads(), job["threads"]))
+        on_step = _stop_when_orphaned(job["parent"])
     model_dir = out / "models" / name
     spent: dict[str, float] = {}
     if not (model_dir / "config.json").exists():
@@ -334,6 +336,17 @@ def _model_job(name: str, data: Path, seed: int, job: dict[str, Any], *, log: Ca
     spent["evaluate_s"] = round(time.perf_counter() - t0, 1)
     _save_json(path, {"key": key, "result": res})
     return res, spent
+
+
+def _stop_when_orphaned(parent: int) -> Callable[[dict[str, Any]], None]:
+    """A fine-tuning step hook that stops a worker whose ``presel compare`` process is gone (killed), so a rerun
+    never trains the same model twice at once; the fine-tune resumes from its checkpoint on the rerun."""
+
+    def check(_row: dict[str, Any]) -> None:
+        if os.getppid() != parent:
+            raise SystemExit(f"presel compare (pid {parent}) is gone; stopping this worker")
+
+    return check
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
