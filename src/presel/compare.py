@@ -242,12 +242,12 @@ def run_compare(config: CompareConfig, base_dir: str | Path = ".", *, log: Calla
             for name, fut in futures.items():
                 results[name], spent = fut.result()
                 timings.setdefault(name, {}).update(spent)
-                _save_json(out / "timings.json", timings)
+                _save_timings(out / "timings.json", timings)
     else:
         for name, data, seed in todo:
             results[name], spent = _model_job(name, data, seed, job, log=log, on_step=on_step)
             timings.setdefault(name, {}).update(spent)
-            _save_json(out / "timings.json", timings)
+            _save_timings(out / "timings.json", timings)
     cells = compare_cells(results, cc)
     table = compare_table(cells)
     log(table)
@@ -347,6 +347,15 @@ def _stop_when_orphaned(parent: int) -> Callable[[dict[str, Any]], None]:
             raise SystemExit(f"presel compare (pid {parent}) is gone; stopping this worker")
 
     return check
+
+
+def _save_timings(path: Path, timings: dict[str, Any]) -> None:
+    """Merge this run's timings into the file (another ``presel compare`` with other arms may share the folder)."""
+    merged = _read_json(path) or {}
+    for name, t in timings.items():
+        merged.setdefault(name, {}).update(t)
+    timings.update(merged)
+    _save_json(path, merged)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
