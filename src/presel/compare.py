@@ -431,6 +431,8 @@ def _fmt(c: Mapping[str, float] | None, metric_name: str) -> str:
     if not c:
         return "n/a"
     scale, digits = (100.0, 1) if metric_name == "accuracy" else (1.0, 3)
+    if c.get("n", 2) < 2:  # one seed: no interval
+        return f"{scale * c['mean']:.{digits}f} (1 seed)"
     half = scale * (c["ci_high"] - c["mean"])
     return f"{scale * c['mean']:.{digits}f} ± {half:.{digits}f}"
 

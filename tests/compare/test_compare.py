@@ -149,6 +149,8 @@ def test_paired_differences_use_matched_seeds_only():
     unpaired_mean = (1.0 + 0.9 + 1.2) / 3 - (1.5 + 0.8 + 1.3) / 3
     assert c["mean"] == pytest.approx(unpaired_mean)  # same mean, but the interval is the paired one
     assert "PreSel - random" in compare_table(cells)
+    one = compare_cells({k: v for k, v in results.items() if k.endswith("-s0")}, cc)
+    assert "(1 seed)" in compare_table(one) and "±" not in compare_table(one)  # no interval from one seed
     del results["random-s1"]
     c = compare_cells(results, cc)["paired"]["PreSel - random"]["tasks"]["mean"]["answer_nll"]
     assert c["seeds"] == [0, 2] and c["mean"] == pytest.approx((-0.5 - 0.1) / 2)
