@@ -59,6 +59,14 @@ def test_image_features_match_the_models_own_embedding(tiny_llava, tmp_path):
     src = ds.pool.locator(ds.samples[0])
     (tmp_path / "copy.png").write_bytes(open(src, "rb").read())
     assert feats.image_key(tmp_path / "copy.png") == feats.image_key(src)
+    # a damaged cache file is computed again, not trusted
+    f = next((tmp_path / "f").glob("*/*.npy"))
+    key = f.stem
+    f.write_bytes(b"not a numpy file")
+    fresh = ImageFeatures(model, processor, tmp_path / "f")
+    fresh.ensure_keys([(key, next(ds.pool.locator(r) for r in ds.samples if feats.image_key(ds.pool.locator(r)) == key))])
+    assert fresh.computed == 1
+    torch.testing.assert_close(fresh.feature(key), feats.feature(key))
 
 
 def test_cache_with_bf16_weights_and_fp32_projector(tiny_llava, tmp_path):

@@ -156,8 +156,14 @@ class ImageFeatures:
             if k in self._mem or k in todo:
                 continue
             f = self.dir / f"{k}.npy" if self.dir is not None else None
+            x = None
             if f is not None and f.is_file():
-                self._mem[k] = torch.from_numpy(np.load(f))
+                try:
+                    x = np.load(f)
+                except (OSError, ValueError):  # a damaged cache file: computed again and replaced
+                    x = None
+            if x is not None and x.ndim == 2:
+                self._mem[k] = torch.from_numpy(x)
                 self.loaded += 1
             else:
                 todo[k] = p
