@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "prepare": "prepare",
     "run": "run",
     "demo": "demo",
+    "compare": "compare",
     "report": "report",
     "map": "map",
     "export": "export",

@@ -39,6 +39,9 @@ class EvalConfig:
     dtype: str = "auto"
     device: str = "auto"
     answer_nll: bool = True
+    # generation stops this many tokens after the reference answer's length (its tokens plus the end-of-turn
+    # token): room for a leading article or trailing punctuation that normalisation removes; None: max_new_tokens
+    answer_slack: int | None = 3
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -47,6 +50,8 @@ class EvalConfig:
             raise PreselError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
         if self.limit_per_task is not None and self.limit_per_task < 1:
             raise PreselError(f"limit_per_task={self.limit_per_task} must be >= 1 (or unset)")
+        if self.answer_slack is not None and self.answer_slack < 0:
+            raise PreselError(f"answer_slack={self.answer_slack} must be >= 0 (or unset)")
 
 
 def load_questions(data: str | Path, limit_per_task: int | None = None) -> tuple[list[dict[str, Any]], Path]:
@@ -83,8 +88,13 @@ def _prompt_text(processor: Any, question: str) -> str:
 
 
 def evaluate_model(model: str | Path, data: str | Path, config: EvalConfig | None = None,
-                   *, progress: bool = True) -> dict[str, Any]:
-    """Answer every held-out question; return per-task and overall exact-match accuracy."""
+                   *, progress: bool = True, image_features: str | Path | None = None) -> dict[str, Any]:
+    """Answer every held-out question; return per-task and overall exact-match accuracy (and answer NLL).
+
+    ``image_features``: a folder for the frozen vision tower's outputs (:mod:`presel.vlm.image_features`);
+    with it, a LLaVA-style model encodes each image once across all the models evaluated with that folder,
+    and each batch runs one forward pass for both the answer NLL and the start of generation.
+    """
     import torch
     from PIL import Image
 
@@ -94,6 +104,12 @@ def evaluate_model(model: str | Path, data: str | Path, config: EvalConfig | Non
     questions, _ = load_questions(data, config.limit_per_task)
     vlm, processor = load_vlm(model, dtype=config.dtype, device=config.device)
     vlm.eval()
+    if image_features is not None:
+        from presel.vlm.image_features import ImageFeatures, supports
+
+        if supports(vlm):
+            feats = ImageFeatures(vlm, processor, image_features)
+            return summarize(_evaluate_cached(vlm, processor, questions, config, feats, progress=progress))
     tok = getattr(processor, "tokenizer", processor)
     old_side = tok.padding_side
     tok.padding_side = "left"
@@ -122,10 +138,12 @@ def evaluate_model(model: str | Path, data: str | Path, config: EvalConfig | Non
             inputs = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in inputs.items()}
             if "pixel_values" in inputs and vlm.dtype != torch.float32:
                 inputs["pixel_values"] = inputs["pixel_values"].to(vlm.dtype)
+            caps = [_cap(config, len(tok(q["answer"], add_special_tokens=False)["input_ids"]) + 1) for q in batch]
             with torch.inference_mode():
-                out = vlm.generate(**inputs, max_new_tokens=config.max_new_tokens, do_sample=False,
+                out = vlm.generate(**inputs, max_new_tokens=max(caps), do_sample=False,
                                    pad_token_id=tok.pad_token_id)
-            answers = tok.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            new_tokens = out[:, inputs["input_ids"].shape[1]:]
+            answers = [tok.decode(row[:c], skip_special_tokens=True) for row, c in zip(new_tokens, caps)]
             for q, pred, loss in zip(batch, answers, nll):
                 pred = pred.strip()
                 predictions.append({"id": q["id"], "task": q["task"], "answer": q["answer"], "prediction": pred,
@@ -134,6 +152,141 @@ def evaluate_model(model: str | Path, data: str | Path, config: EvalConfig | Non
     finally:
         tok.padding_side = old_side
     return summarize(predictions)
+
+
+def _cap(config: EvalConfig, answer_tokens: int) -> int:
+    """New tokens generated for a question whose reference answer (with its end-of-turn token) has
+    ``answer_tokens`` tokens."""
+    if config.answer_slack is None:
+        return config.max_new_tokens
+    return max(1, min(config.max_new_tokens, answer_tokens + config.answer_slack))
+
+
+def _eos_ids(vlm: Any, tok: Any) -> set[int]:
+    """The tokens that end generation (the generation config's, as ``generate`` uses; else the tokenizer's)."""
+    eos = getattr(getattr(vlm, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tok.eos_token_id
+    return {int(x) for x in (eos if isinstance(eos, (list, tuple)) else [eos]) if x is not None}
+
+
+def _cache_arg(model: Any) -> str:
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _evaluate_cached(vlm: Any, processor: Any, questions: list[dict[str, Any]], config: EvalConfig, feats: Any,
+                     *, progress: bool) -> list[dict[str, Any]]:
+    """Exact match and answer NLL of every question with cached image features.
+
+    Each question is rendered once as (question, reference answer), as training and scoring render it; the
+    prompt is that rendering before the answer's first token. Per batch (questions of similar length, prompts
+    left-padded): one forward pass over the prompts with a KV cache gives the first generated token and the
+    first answer token's NLL; the reference answer fed on a copy of that cache gives the rest of the NLL;
+    greedy decoding continues from the cache, for at most the answer's length + ``answer_slack`` tokens."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from presel.records import Turn
+    from presel.vlm.render import IGNORE, encode_conversation
+
+    tok = getattr(processor, "tokenizer", processor)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    eos = _eos_ids(vlm, tok)
+    device = next(vlm.parameters()).device
+    cache_arg = _cache_arg(vlm)
+    keys = feats.ensure([q["image"] for q in questions])
+    blank = Image.new("RGB", (16, 16))  # LLaVA's image token count is fixed; the pixels come from the cache
+    rows = []
+    for q in questions:
+        enc = encode_conversation(processor, blank, (Turn("user", q["question"]), Turn("assistant", q["answer"])))
+        at = (enc.labels != IGNORE).nonzero()[:, 0]
+        first, last = int(at[0]), int(at[-1])
+        rows.append((enc.input_ids[:first], enc.input_ids[first:last + 1], enc.labels[first:last + 1]))
+    order = sorted(range(len(questions)), key=lambda i: (len(rows[i][0]) + len(rows[i][1]), i))
+    results: list[dict[str, Any] | None] = [None] * len(questions)
+    starts = range(0, len(order), config.batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="evaluate", unit="batch")
+    for s0 in starts:
+        idx = order[s0:s0 + config.batch_size]
+        B = len(idx)
+        P = max(len(rows[i][0]) for i in idx)
+        A = max(len(rows[i][1]) for i in idx)
+        ids = torch.full((B, P), int(pad), dtype=torch.long)
+        mask = torch.zeros((B, P), dtype=torch.long)
+        ans = torch.full((B, A), int(pad), dtype=torch.long)
+        ans_mask = torch.zeros((B, A), dtype=torch.long)
+        target = torch.full((B, A), IGNORE, dtype=torch.long)
+        plen = torch.zeros(B, dtype=torch.long)
+        for b, i in enumerate(idx):
+            prompt, answer, labels = rows[i]
+            ids[b, P - len(prompt):] = prompt
+            mask[b, P - len(prompt):] = 1
+            ans[b, :len(answer)] = answer
+            ans_mask[b, :len(answer)] = 1
+            target[b, :len(answer)] = labels
+            plen[b] = len(prompt)
+        caps = [_cap(config, int((target[b] != IGNORE).sum())) for b in range(B)]
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        image_feats = torch.stack([feats.feature(keys[i]) for i in idx])
+        with torch.inference_mode():
+            emb = feats.embed(vlm, ids.to(device), image_feats)
+            out = vlm(inputs_embeds=emb, attention_mask=mask.to(device), position_ids=pos.to(device),
+                      use_cache=True, logits_to_keep=1)
+            cache = getattr(out, cache_arg)
+            first_logits = out.logits[:, -1].float()
+            logits = [first_logits.unsqueeze(1)]
+            if A > 1 and config.answer_nll:  # teacher-forced continuation on a copy of the prompt cache
+                full_mask = torch.cat([mask, ans_mask], dim=1).to(device)
+                cpos = (plen.unsqueeze(1) + torch.arange(A - 1)).to(device)
+                cont = vlm(inputs_embeds=vlm.get_input_embeddings()(ans[:, :A - 1].to(device)),
+                           attention_mask=full_mask[:, :P + A - 1], position_ids=cpos, use_cache=True,
+                           **{cache_arg: copy.deepcopy(cache)})
+                logits.append(cont.logits.float())
+            logits = torch.cat(logits, dim=1)
+            nll = [None] * B
+            if config.answer_nll:
+                tgt = target[:, :logits.shape[1]].to(device)
+                m = tgt != IGNORE
+                per = F.cross_entropy(logits[m], tgt[m], reduction="none")
+                sums = torch.zeros(B, dtype=torch.float64, device=device).index_add(0, m.nonzero()[:, 0], per.double())
+                nll = (sums / m.sum(1)).tolist()
+            gen = [first_logits.argmax(-1)]
+            done = torch.tensor([int(t) in eos for t in gen[0].tolist()])
+            cur_mask = mask.to(device)
+            for t in range(1, max(caps)):
+                if bool(done.all()):
+                    break
+                cur_mask = torch.cat([cur_mask, torch.ones((B, 1), dtype=cur_mask.dtype, device=device)], dim=1)
+                step = vlm(inputs_embeds=vlm.get_input_embeddings()(gen[-1].unsqueeze(1)), attention_mask=cur_mask,
+                           position_ids=(plen + t - 1).unsqueeze(1).to(device), use_cache=True,
+                           logits_to_keep=1, **{cache_arg: cache})
+                cache = getattr(step, cache_arg)
+                nxt = step.logits[:, -1].argmax(-1)
+                nxt = torch.where(done.to(device), torch.full_like(nxt, int(pad)), nxt)
+                gen.append(nxt)
+                done |= torch.tensor([int(x) in eos for x in nxt.tolist()])
+        gen_t = torch.stack(gen, dim=1).cpu()
+        for b, i in enumerate(idx):
+            toks = []
+            for x in gen_t[b, :caps[b]].tolist():
+                if x in eos:
+                    break
+                toks.append(x)
+            q = questions[i]
+            pred = tok.decode(toks, skip_special_tokens=True).strip()
+            results[i] = {"id": q["id"], "task": q["task"], "answer": q["answer"], "prediction": pred,
+                          "correct": normalize_answer(pred) == normalize_answer(q["answer"]),
+                          "answer_nll": nll[b]}
+    return [r for r in results if r is not None]
 
 
 def answer_nll(scorer: Any, images: list[Any], batch: list[dict[str, Any]]) -> list[float]:

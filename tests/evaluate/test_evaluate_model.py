@@ -69,3 +69,54 @@ def test_heldout_without_answer_is_an_error(tmp_path):
                                                   "conversations": [{"from": "human", "value": "Q?"}]}]))
     with pytest.raises(PreselError, match="id '1' needs a user question and an assistant answer"):
         evaluate_model("unused", tmp_path / "h.json")
+
+
+def _heldout(tmp_path, n=7):
+    recs = []
+    answers = ["red", "a blue box", "7", "yes", "The green one.", "no", "two"]
+    for i in range(n):
+        Image.new("RGB", (32 + i, 30), (i * 30, 200 - i * 20, 10)).save(tmp_path / f"{i}.png")
+        recs.append({"id": str(i), "image": f"{i}.png", "task": f"t{i % 3}", "conversations": [
+            {"from": "human", "value": "<image>\n" + ("What color?" if i % 2 else "Describe the picture in a few words.")},
+            {"from": "gpt", "value": answers[i % len(answers)]}]})
+    (tmp_path / "heldout.json").write_text(json.dumps(recs))
+    return tmp_path / "heldout.json"
+
+
+def test_cached_image_features_give_the_same_answers_and_losses(tmp_path, monkeypatch):
+    """One forward pass per batch on cached image features == answer NLL by the scorer + generate()."""
+    monkeypatch.setenv("PRESEL_CACHE", str(tmp_path / "cache"))
+    from presel.cache import offline_model
+
+    model = offline_model("tiny-llava")
+    data = _heldout(tmp_path)
+    cfg = EvalConfig(batch_size=3, max_new_tokens=5, answer_slack=None)
+    plain = evaluate_model(model, data, cfg, progress=False)
+    fast = evaluate_model(model, data, cfg, progress=False, image_features=tmp_path / "feats")
+    assert len(list((tmp_path / "feats").glob("*/*.npy"))) == 7
+    assert [p["id"] for p in fast["predictions"]] == [p["id"] for p in plain["predictions"]]
+    assert [p["prediction"] for p in fast["predictions"]] == [p["prediction"] for p in plain["predictions"]]
+    assert [p["answer_nll"] for p in fast["predictions"]] == pytest.approx(
+        [p["answer_nll"] for p in plain["predictions"]], rel=1e-4)
+    # batch composition does not change a question's figures
+    one = evaluate_model(model, data, EvalConfig(batch_size=1, max_new_tokens=5, answer_slack=None),
+                         progress=False, image_features=tmp_path / "feats")
+    assert [p["answer_nll"] for p in one["predictions"]] == pytest.approx(
+        [p["answer_nll"] for p in fast["predictions"]], rel=1e-4)
+    assert [p["prediction"] for p in one["predictions"]] == [p["prediction"] for p in fast["predictions"]]
+
+
+def test_generation_is_capped_at_the_answer_length(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRESEL_CACHE", str(tmp_path / "cache"))
+    from presel.cache import offline_model
+
+    model = offline_model("tiny-llava")
+    data = _heldout(tmp_path)
+    for feats in (None, tmp_path / "feats"):
+        long = evaluate_model(model, data, EvalConfig(batch_size=4, max_new_tokens=12, answer_slack=None),
+                              progress=False, image_features=feats)
+        short = evaluate_model(model, data, EvalConfig(batch_size=4, max_new_tokens=12, answer_slack=0),
+                               progress=False, image_features=feats)
+        pairs = [(a["prediction"], b["prediction"]) for a, b in zip(long["predictions"], short["predictions"])]
+        assert all(full.startswith(cut) for full, cut in pairs)  # the same greedy answer, cut short
+        assert any(len(cut) < len(full) for full, cut in pairs)

@@ -13,9 +13,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: ~3,000 images, 7 tasks; small: ~300 images for a quick look")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare", action="store_true",
-                   help="also fine-tune on PreSel 15%% (IRS and size task weights), random 15%% (each over "
-                        "--compare-seeds seeds) and 100%%; print held-out exact match and answer loss, mean +- CI "
-                        "(slow: hours on 2 cores)")
+                   help="then run `presel compare` on the demo run (compare.yaml): PreSel, the best within-task rule "
+                        "with IRS and with size weights, random and TypiClust at 15%% (each over --compare-seeds "
+                        "seeds) and 100%%; held-out exact match and answer NLL, mean +- CI, paired differences")
     p.add_argument("--compare-seeds", type=int, default=3, help="seeds per 15%% arm of --compare")
 
 

@@ -483,13 +483,16 @@ def finetune(
     id_field: str = "id",
     overwrite: bool = False,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    image_features: str | os.PathLike | None = None,
 ) -> Path:
     """Fine-tune ``model`` (local dir, hub id, or ``tiny-llava`` / ``llava-small``) on ``data`` (LLaVA JSON/JSONL
     or any manifest :func:`presel.io.manifest.read_pool` reads); write the merged model to ``out``.
 
     Reruns resume from the last checkpoint. ``on_step(row)`` is called after each optimizer step with the
     log row (e.g. for progress bars; an exception raised there stops training like a crash would).
-    Returns ``out``.
+    ``image_features``: a folder for the frozen vision tower's outputs (:mod:`presel.vlm.image_features`): with a
+    frozen tower, one process and a LLaVA-style model, each image goes through the tower once and is reused
+    from there by later fine-tunes and evaluations (same losses to float tolerance). Returns ``out``.
     """
     import torch
 
@@ -565,7 +568,7 @@ def finetune(
 
     # ---- model
     from presel.vlm.load import load_vlm
-    from presel.vlm.render import collate, response_loss
+    from presel.vlm.render import collate
 
     torch.manual_seed(cfg.seed)
     base, processor = load_vlm(model_path, dtype=train_dtype, device=device)
@@ -610,6 +613,12 @@ def finetune(
     from presel.vlm.render import with_chat_format
 
     dataset = ConversationDataset(tdata, with_chat_format(processor, cfg.effective_chat_format), max_length=cfg.max_length)
+    feats = _feature_cache(net, processor, image_features, cfg, dist)
+    if feats is not None:
+        from presel.vlm.image_features import CachedFeatureDataset
+
+        dataset = CachedFeatureDataset(dataset, feats)
+    keep_logits = ddp is None and _accepts_arg(net, "logits_to_keep")
     sampler = MicroBatchSampler(plan, start, total, dist.rank)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
@@ -637,13 +646,11 @@ def finetune(
                 sync = ddp.no_sync() if ddp is not None and i < len(micro) - 1 else contextlib.nullcontext()
                 with sync:
                     with autocast:
-                        outputs = runner(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                         **b.get("extras", {}), use_cache=False)
-                    sums, _ = response_loss(outputs.logits, b["labels"])
+                        sums = _micro_loss(runner, net, b, feats, keep_logits)
                     loss = sums.float().sum() / max(g_resp, 1) * dist.world_size
                     loss.backward()
                 loss_sum += sums.detach().double().sum()
-                del outputs, sums, loss
+                del sums, loss
             if ddp is not None:
                 torch.distributed.all_reduce(loss_sum)
             grad_norm = None
@@ -720,6 +727,53 @@ def finetune(
     if dist.world_size > 1:
         torch.distributed.barrier()
     return out
+
+
+def _feature_cache(net: Any, processor: Any, folder: str | os.PathLike | None, cfg: FinetuneConfig,
+                   dist: _Dist) -> Any:
+    """An :class:`presel.vlm.image_features.ImageFeatures` when ``folder`` is given and the cache is exact
+    here (frozen vision tower, one process, a LLaVA-style model); None otherwise."""
+    if folder is None or not cfg.freeze_vision or dist.world_size > 1:
+        return None
+    from presel.vlm.image_features import ImageFeatures, supports
+
+    return ImageFeatures(net, processor, folder) if supports(net) else None
+
+
+def _accepts_arg(model: Any, name: str) -> bool:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return name in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _micro_loss(runner: Any, net: Any, b: dict[str, Any], feats: Any, keep_logits: bool) -> Any:
+    """Per-sample summed response loss of one micro-batch (as :func:`presel.vlm.render.response_loss`).
+
+    With ``feats`` the image features come from the cache (``extras["image_features"]``); with ``keep_logits``
+    the language-model head runs only at the positions that predict a response token of some sample."""
+    import torch
+    import torch.nn.functional as F
+
+    from presel.vlm.render import IGNORE, response_loss
+
+    extras = dict(b.get("extras", {}))
+    cached = extras.pop("image_features", None)
+    inputs = ({"inputs_embeds": feats.embed(net, b["input_ids"], cached)} if cached is not None
+              else {"input_ids": b["input_ids"]})
+    labels = b["labels"]
+    keep = (labels[:, 1:] != IGNORE).any(dim=0).nonzero()[:, 0] if keep_logits else None
+    if keep is None or not len(keep):
+        outputs = runner(**inputs, attention_mask=b["attention_mask"], **extras, use_cache=False)
+        return response_loss(outputs.logits, labels)[0]
+    outputs = runner(**inputs, attention_mask=b["attention_mask"], **extras, use_cache=False, logits_to_keep=keep)
+    target = labels[:, keep + 1]
+    mask = target != IGNORE
+    nll = F.cross_entropy(outputs.logits[mask].float(), target[mask], reduction="none")
+    return torch.zeros(labels.shape[0], dtype=torch.float32, device=nll.device).index_add(0, mask.nonzero()[:, 0], nll)
 
 
 def _pad_token_id(processor: Any) -> int:
