@@ -2,7 +2,8 @@
 
 import pytest
 
-from presel.finetune.train import FinetuneConfig, find_parts, prepare_model
+from presel.finetune.train import FinetuneConfig, prepare_model
+from presel.vlm.parts import find_parts
 
 pytest.importorskip("peft")
 

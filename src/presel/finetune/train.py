@@ -52,15 +52,12 @@ from typing import Any
 from presel.config import identity, neutral
 from presel.devices import dtype_choices
 from presel.errors import PreselError
+from presel.vlm.parts import ModelParts, find_parts
 
 DTYPES = dtype_choices(exclude=("fp16",))  # fp16 training would need loss scaling
 # the model's own config.json (transformers) owns that name in a model directory; presel's resolved config goes here
 PRESEL_CONFIG = "presel_config.json"
 SCHEDULERS = ("cosine", "linear", "constant")
-VISION_NAMES = ("vision_tower", "vision_model", "visual", "vision_encoder", "image_encoder", "vision")
-PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "connector", "merger", "visual_projection",
-                   "vision_projection", "mlp1", "projector", "aligner")
-LANGUAGE_NAMES = ("language_model", "text_model", "llm", "text_decoder")
 
 
 def resume_identity(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -193,38 +190,6 @@ def _torch_dtype(name: str) -> Any:
     from presel.devices import torch_dtype
 
     return torch_dtype(name)
-
-
-@dataclass
-class ModelParts:
-    """Module names (as in ``model.named_modules()``) of the three parts of a VLM."""
-
-    language: str
-    vision: str | None
-    projector: str | None
-
-
-def find_parts(model: Any) -> ModelParts:
-    """Locate the language model, vision tower and projector of an ``AutoModelForImageTextToText`` model."""
-    names = dict(model.named_modules())
-    by_id = {id(m): n for n, m in names.items()}
-
-    def shortest(candidates: tuple[str, ...], exclude: str | None = None) -> str | None:
-        found = [n for n in names if n and n.rsplit(".", 1)[-1] in candidates
-                 and not (exclude and (n == exclude or n.startswith(exclude + ".")))]
-        return min(found, key=lambda n: (n.count("."), n)) if found else None
-
-    language = None
-    with contextlib.suppress(Exception):
-        dec = model.get_decoder()
-        language = by_id.get(id(dec)) if dec is not None and dec is not model else None
-    language = language or shortest(LANGUAGE_NAMES)
-    if not language:
-        raise PreselError(f"{type(model).__name__}: cannot find the language model inside the VLM "
-                          f"(looked for {', '.join(LANGUAGE_NAMES)}); this architecture is not supported for fine-tuning")
-    vision = shortest(VISION_NAMES, exclude=language)
-    projector = shortest(PROJECTOR_NAMES, exclude=language)
-    return ModelParts(language, vision, projector)
 
 
 def _under(name: str, prefix: str | None) -> bool:

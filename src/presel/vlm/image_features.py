@@ -46,7 +46,7 @@ def supports(model: Any) -> bool:
 
 
 def _projector(base: Any) -> Any:
-    from presel.finetune.train import find_parts
+    from presel.vlm.parts import find_parts
 
     parts = find_parts(base)
     return base.get_submodule(parts.projector) if parts.projector else None
@@ -65,7 +65,7 @@ def vision_key(model: Any, processor: Any) -> str:
     import torch
 
     base = _base(model)
-    from presel.finetune.train import find_parts
+    from presel.vlm.parts import find_parts
 
     parts = find_parts(base)
     h = hashlib.sha256()
