@@ -30,7 +30,6 @@ models and evaluations; a fine-tune that was cut off resumes from its last check
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from presel.errors import PreselError
+from presel.io.digest import file_sha256
 
 ARMS: dict[str, dict[str, str] | None] = {
     "presel": {"method": "presel", "task_weights": "irs"},
@@ -142,11 +142,7 @@ def _abs(base: Path, value: Any) -> Any:
 
 
 def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:32]
+    return file_sha256(path)[:32]
 
 
 def _write_yaml(path: Path, data: dict[str, Any], note: str) -> None:

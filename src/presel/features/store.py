@@ -32,6 +32,7 @@ import numpy as np
 
 from presel.errors import PreselError
 from presel.io.atomic import atomic_file, write_json
+from presel.io.digest import file_sha256
 
 FORMAT = "presel-feature-store"
 VERSION = 1
@@ -303,14 +304,6 @@ def _proves_store(manifest: Path) -> bool:
         return json.loads(manifest.read_text(encoding="utf-8")).get("format") == FORMAT
     except (OSError, ValueError, AttributeError, RecursionError):
         return False
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_array(npy: Path, info: ShardInfo) -> str | None:

@@ -389,13 +389,9 @@ def _ray_stream(batches: list[list[dict[str, Any]]], config: ScoreConfig, model:
 
 
 def _fingerprint(data_path: Path, config: ScoreConfig, model: str) -> dict[str, Any]:
-    import hashlib
+    from presel.io.digest import file_sha256
 
-    h = hashlib.sha256()
-    with open(data_path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return {"data_sha256": h.hexdigest(), **score_identity(config, model)}
+    return {"data_sha256": file_sha256(data_path), **score_identity(config, model)}
 
 
 def score_identity(config: ScoreConfig, model: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from presel.io.atomic import dumps_json, write_json
+from presel.io.digest import file_sha256
 from presel.layout import MARKER, PENDING  # where they lie is the layout's
 
 # what presel's writers leave beside an output folder: atomic_dir's temporary and replaced folders, fine-tuning's
@@ -45,11 +46,7 @@ def fingerprint(path: Path | None) -> str | None:
     st = path.stat()
     if st.st_size > 256 * 2**20:
         return f"big:{st.st_size}:{st.st_mtime_ns}"
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 def key_hash(blob: Any) -> str:

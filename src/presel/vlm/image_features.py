@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from presel.errors import PreselError
+from presel.io.digest import file_sha256
 
 SUPPORTED_MODEL_TYPES = ("llava",)
 
@@ -50,14 +51,6 @@ def _projector(base: Any) -> Any:
 
     parts = find_parts(base)
     return base.get_submodule(parts.projector) if parts.projector else None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def vision_key(model: Any, processor: Any) -> str:
